@@ -1,0 +1,259 @@
+"""One serving replica: a tensor-parallel group of ``tp`` GPUs running one model.
+
+Memory (what fits) and time (how long an engine step takes), from first principles:
+
+* Every step reads the weights once per GPU (for MoE, only the experts the step's tokens
+  touch) and the KV cache of every decoding sequence: memory time = bytes / achievable bandwidth.
+* Every token costs 2 FLOPs per active parameter in the GEMMs, plus attention FLOPs that grow
+  with its context: compute time = FLOPs / achievable tensor-core throughput.
+* The two overlap; the step takes the soft maximum of them, plus a fixed engine overhead and,
+  with tensor parallelism, two all-reduces per layer.
+
+Decode (one token per sequence) is bound by bandwidth at small batch and batching amortizes
+the weight read; prefill (thousands of tokens at once) is bound by compute. One formula covers
+both and the chunked-prefill steps that mix them.
+
+Scalar calls cost a few microseconds; every argument may also be a numpy array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from goodput.model.architecture import ModelArch
+from goodput.model.efficiency import Efficiency, calibrated_efficiency
+from goodput.model.errors import CapacityModelError, DoesNotFitError
+from goodput.model.hardware import GIB, Accelerator
+from goodput.model.precision import (
+    KV_BYTES_PER_ELEMENT,
+    WeightPrecision,
+    check_supported,
+    kv_dtype,
+    weight_precision,
+)
+
+Num = TypeVar("Num", float, npt.NDArray[np.float64])
+
+TP_DEGREES = (1, 2, 4, 8)
+# vLLM defaults (V1 engine): continuous batching with chunked prefill.
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    usable_gib: float
+    weights_gib: float
+    activations_gib: float
+    reserve_gib: float
+    kv_cache_gib: float
+    kv_capacity_tokens: int
+    kv_bytes_per_token: float
+
+
+class ReplicaModel:
+    """Capacity model of one replica. Construct once per configuration, call many times."""
+
+    def __init__(
+        self,
+        arch: ModelArch,
+        gpu: Accelerator,
+        precision: WeightPrecision | str,
+        tp: int,
+        kv_cache_dtype: str = "auto",
+        efficiency: Efficiency | None = None,
+        max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    ) -> None:
+        self.arch = arch
+        self.gpu = gpu
+        self.precision = weight_precision(precision) if isinstance(precision, str) else precision
+        self.kv_cache_dtype = kv_dtype(kv_cache_dtype)
+        self.tp = int(tp)
+        self.eff = efficiency or calibrated_efficiency()
+        self.max_num_seqs = int(max_num_seqs)
+        self.max_num_batched_tokens = int(max_num_batched_tokens)
+        if not arch.valid_tp(self.tp):
+            raise CapacityModelError(
+                f"tensor-parallel degree {tp} does not divide {arch.model_id}'s "
+                f"{arch.attention_heads} attention heads / {arch.kv_heads} KV heads"
+            )
+        check_supported(self.precision, gpu)
+        eff = self.eff
+
+        # --- bytes ---------------------------------------------------------------------------
+        quantized = arch.params_total - arch.embedding_params
+        self.weight_bytes = quantized * self.precision.bytes_per_weight + arch.embedding_params * 2.0
+        self.weight_bytes_per_gpu = self.weight_bytes / self.tp
+        expert_params = arch.routed_expert_params
+        self.expert_bytes_per_gpu = expert_params * self.precision.bytes_per_weight / self.tp
+        self.dense_bytes_per_gpu = self.weight_bytes_per_gpu - self.expert_bytes_per_gpu
+        self.expert_miss = 1.0 - arch.experts_per_token / arch.experts if arch.is_moe else 0.0
+        kv_elem = KV_BYTES_PER_ELEMENT[self.kv_cache_dtype]
+        self.kv_bytes_per_token_per_gpu = arch.kv_bytes_per_token_per_gpu(self.tp, kv_elem)
+        self.kv_bytes_per_token = arch.kv_bytes_per_token_16bit * kv_elem / 2.0
+
+        # --- FLOPs ---------------------------------------------------------------------------
+        # The input embedding is a lookup; the LM head runs only where a token is sampled.
+        self.gemm_flops_per_token = 2.0 * (arch.params_active - arch.embedding_params)
+        self.lm_head_flops = 2.0 * arch.lm_head_params
+        self.attention_flops_per_pair = arch.attention_flops_per_pair
+
+        # --- rates ---------------------------------------------------------------------------
+        derate = 1.0 if self.precision.compute_dtype in ("bf16", "fp16") else eff.low_precision_compute_derate
+        self.gemm_flops_s = self.tp * gpu.flops(self.precision.compute_dtype) * eff.compute_fraction * derate
+        self.attention_flops_s = self.tp * gpu.flops("bf16") * eff.compute_fraction
+        self.lm_head_flops_s = self.tp * gpu.flops("bf16") * eff.compute_fraction
+        self.bandwidth_bytes_s = gpu.hbm_bandwidth_bytes_s * eff.bandwidth_fraction
+        self.sharpness = eff.roofline_sharpness
+
+        # --- fixed and communication costs ---------------------------------------------------
+        self.fixed_overhead_s = eff.step_overhead_s + eff.layer_overhead_s * arch.layers
+        self.per_sequence_overhead_s = eff.sequence_overhead_s
+        if self.tp > 1:
+            # Ring all-reduce (alpha-beta model): 2(p-1) hops of latency alpha, and each GPU sends
+            # 2(p-1)/p of the message. Two all-reduces per layer (attention out, MLP out).
+            allreduces = 2 * arch.layers
+            self.comm_latency_s = allreduces * 2 * (self.tp - 1) * eff.allreduce_hop_latency_s
+            ring_bytes_per_token = 2.0 * (self.tp - 1) / self.tp * arch.hidden_size * 2.0
+            self.comm_s_per_token = (
+                allreduces * ring_bytes_per_token / (gpu.link_bandwidth_bytes_s * eff.link_fraction)
+            )
+        else:
+            self.comm_latency_s = 0.0
+            self.comm_s_per_token = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # Memory
+    # ------------------------------------------------------------------------------------------
+    def memory(self) -> MemoryBreakdown:
+        eff = self.eff
+        usable = self.gpu.memory_bytes * eff.gpu_memory_utilization
+        # vLLM profiles a forward pass of max_num_batched_tokens: the MLP intermediate
+        # (gate, up, activation: 3 x ffn/tp, 2 bytes) dominates; the sampler holds fp32 logits.
+        ffn = self.arch.ffn_size or 4 * self.arch.hidden_size
+        activations = self.max_num_batched_tokens * 3.0 * ffn / self.tp * 2.0
+        activations += self.max_num_seqs * self.arch.vocab_size * 4.0
+        reserve = eff.runtime_reserve_gib * GIB
+        kv = usable - self.weight_bytes_per_gpu - activations - reserve
+        tokens = int(max(kv, 0.0) // self.kv_bytes_per_token_per_gpu)
+        return MemoryBreakdown(
+            usable_gib=usable / GIB,
+            weights_gib=self.weight_bytes_per_gpu / GIB,
+            activations_gib=activations / GIB,
+            reserve_gib=reserve / GIB,
+            kv_cache_gib=max(kv, 0.0) / GIB,
+            kv_capacity_tokens=tokens,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+        )
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.memory().kv_capacity_tokens
+
+    def fits(self, context_len: int) -> bool:
+        """vLLM refuses to start unless one sequence of ``max_model_len`` tokens fits in the KV cache."""
+        return self.kv_capacity_tokens >= context_len
+
+    def max_batch(self, context_len: float) -> int:
+        """Largest number of sequences of ``context_len`` tokens the KV cache holds at once."""
+        if context_len <= 0:
+            raise CapacityModelError("context length must be positive")
+        return int(min(self.max_num_seqs, self.kv_capacity_tokens // math.ceil(context_len)))
+
+    # ------------------------------------------------------------------------------------------
+    # Time
+    # ------------------------------------------------------------------------------------------
+    def step_time_s(
+        self,
+        decode_seqs: Num,
+        decode_context_tokens: Num,
+        prefill_tokens: Num | float = 0.0,
+        prefill_pairs: Num | float = 0.0,
+        prefill_seqs: Num | float = 0.0,
+    ) -> Num:
+        """Time of one engine step.
+
+        decode_seqs: sequences producing one token each; decode_context_tokens: the sum of their
+        context lengths (the KV they read). prefill_tokens: prompt tokens computed in the step;
+        prefill_pairs: (query, key) pairs of their causal attention; prefill_seqs: prompts that
+        complete in the step (each samples its first token).
+        """
+        tokens = decode_seqs + prefill_tokens
+        weights = self.dense_bytes_per_gpu
+        if self.expert_miss:
+            # Each token routes to k of E experts: the step reads the experts any token touched.
+            weights = weights + self.expert_bytes_per_gpu * (1.0 - self.expert_miss**tokens)
+        mem_bytes = weights + self.kv_bytes_per_token_per_gpu * (decode_context_tokens + prefill_tokens)
+        t_mem = mem_bytes / self.bandwidth_bytes_s
+        t_compute = (
+            self.gemm_flops_per_token * tokens / self.gemm_flops_s
+            + self.attention_flops_per_pair * (decode_context_tokens + prefill_pairs) / self.attention_flops_s
+            + self.lm_head_flops * (decode_seqs + prefill_seqs) / self.lm_head_flops_s
+        )
+        n = self.sharpness
+        t_core = (t_mem**n + t_compute**n) ** (1.0 / n)
+        t_comm = self.comm_latency_s + self.comm_s_per_token * tokens
+        return t_core + t_comm + self.fixed_overhead_s + self.per_sequence_overhead_s * (decode_seqs + prefill_seqs)
+
+    def decode_step_s(self, batch: Num, context_len: Num) -> Num:
+        """One decode iteration of ``batch`` sequences, each holding ``context_len`` tokens."""
+        return self.step_time_s(batch, batch * context_len)
+
+    def prefill_s(self, batch: Num, prompt_len: Num) -> Num:
+        """Prefill of ``batch`` prompts of ``prompt_len`` tokens in one forward pass."""
+        return self.step_time_s(
+            0.0 * batch,
+            0.0 * batch,
+            batch * prompt_len,
+            batch * prompt_len * (prompt_len + 1) / 2.0,
+            batch,
+        )
+
+    def chunked_prefill_s(self, prompt_len: float, chunk_tokens: float, decode_seqs: float = 0.0,
+                          decode_context_tokens: float = 0.0) -> float:
+        """Time to prefill one prompt in chunks of ``chunk_tokens`` sharing steps with a decode batch."""
+        if prompt_len <= 0:
+            return 0.0
+        chunk = max(chunk_tokens, 1.0)
+        steps = math.ceil(prompt_len / chunk)
+        full = float(self.step_time_s(decode_seqs, decode_context_tokens, chunk, chunk * prompt_len / 2.0, 0.0))
+        return steps * full
+
+    def ttft_batch1_s(self, prompt_len: float) -> float:
+        return float(self.prefill_s(1.0, prompt_len))
+
+    def kv_transfer_s(self, prompt_len: Num) -> Num:
+        """Moving a prompt's KV cache from a prefill replica to a decode replica (disaggregated)."""
+        per_gpu = prompt_len * self.kv_bytes_per_token_per_gpu
+        return self.eff.kv_transfer_latency_s + per_gpu / self.eff.kv_transfer_bytes_s_per_gpu
+
+
+def smallest_tp(
+    arch: ModelArch,
+    gpu: Accelerator,
+    precision: WeightPrecision | str,
+    context_len: int,
+    kv_cache_dtype: str = "auto",
+    efficiency: Efficiency | None = None,
+    degrees: tuple[int, ...] = TP_DEGREES,
+) -> int:
+    """The smallest tensor-parallel degree whose weights plus one ``context_len`` sequence fit."""
+    tried = []
+    for tp in degrees:
+        if not arch.valid_tp(tp):
+            continue
+        replica = ReplicaModel(arch, gpu, precision, tp, kv_cache_dtype, efficiency)
+        if replica.fits(context_len):
+            return tp
+        tried.append(f"TP={tp}: {replica.memory().weights_gib:.1f} GiB weights per GPU")
+    raise DoesNotFitError(
+        f"{arch.model_id} in {replica.precision.name} does not fit on {gpu.name} "
+        f"({gpu.memory_gib:.0f} GiB) with a {context_len}-token context at any TP up to {max(degrees)} "
+        f"({'; '.join(tried)}); choose a larger GPU or a smaller precision"
+    )

@@ -1,0 +1,302 @@
+"""Sizing: the cheapest configuration that serves a demand within the SLOs and the budget.
+
+Candidates are every GPU type offered x serving mode x tensor-parallel degree (for
+disaggregated serving, a degree per pool), each with its best token budget per step. A
+candidate's replicas per pool are ceil(demand / goodput per replica). The cheapest one that
+meets the SLOs and the budget wins; every other candidate is kept with the reason it lost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from goodput.model.architecture import ModelArch
+from goodput.model.efficiency import Efficiency
+from goodput.model.errors import CapacityModelError
+from goodput.model.goodput import (
+    ReplicaCapacity,
+    aggregated_capacity,
+    decode_capacity,
+    prefill_capacity,
+)
+from goodput.model.hardware import Accelerator
+from goodput.model.precision import check_supported, weight_precision
+from goodput.model.replica import TP_DEGREES, ReplicaModel
+from goodput.model.workload import SLO, Workload
+
+MODES = ("auto", "aggregated", "disaggregated")
+# Token budgets per step (vLLM --max-num-batched-tokens) tried for aggregated serving: smaller
+# budgets shorten the steps that carry prompt chunks (ITL), larger ones finish prompts sooner (TTFT).
+AGGREGATED_TOKEN_BUDGETS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+PREFILL_TOKEN_BUDGET = 16384
+DECODE_MAX_NUM_SEQS = 1024
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    role: str  # "aggregated", "prefill", "decode"
+    tp: int
+    replicas: int
+    capacity: ReplicaCapacity
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.replicas
+
+
+@dataclass(frozen=True)
+class Candidate:
+    gpu: Accelerator
+    mode: str  # "aggregated" or "disaggregated"
+    pools: tuple[PoolPlan, ...]
+    demand_rps: float
+    ttft_ms: float  # predicted at the SLO percentile, at the planned load per replica
+    itl_ms: float
+    feasible: bool  # meets the SLOs at some load (and fits)
+    reason: str = ""  # why it is infeasible or lost
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.pools)
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.gpus * self.gpu.usd_per_gpu_hour
+
+    @property
+    def tp_label(self) -> str:
+        return "/".join(f"{p.role[0].upper()}{p.tp}" for p in self.pools) if self.mode == "disaggregated" \
+            else str(self.pools[0].tp)
+
+    @property
+    def replicas_label(self) -> str:
+        return "+".join(f"{p.replicas}{p.role[0].upper()}" for p in self.pools) if self.mode == "disaggregated" \
+            else str(self.pools[0].replicas)
+
+    @property
+    def served_rps(self) -> float:
+        """Demand this configuration can serve within the SLOs (the smallest pool's limit)."""
+        return min(p.replicas * p.capacity.goodput_rps for p in self.pools)
+
+    def pool(self, role: str) -> PoolPlan | None:
+        return next((p for p in self.pools if p.role == role), None)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_gpus: int | None = None
+    max_usd_per_hour: float | None = None
+
+    def allows(self, c: Candidate) -> bool:
+        if self.max_gpus is not None and c.gpus > self.max_gpus:
+            return False
+        return not (self.max_usd_per_hour is not None and c.usd_per_hour > self.max_usd_per_hour + 1e-9)
+
+
+@dataclass
+class Plan:
+    chosen: Candidate | None
+    alternatives: list[Candidate]
+    workload: Workload
+    slo: SLO
+    limited: bool = False  # chosen does not serve the whole demand: the budget binds
+    message: str = ""
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (configuration, reason)
+
+    def usd_per_million_tokens(self, candidate: Candidate | None = None) -> float | None:
+        c = candidate or self.chosen
+        if c is None:
+            return None
+        rate = min(self.workload.rate_rps, c.served_rps)
+        tokens_per_hour = rate * 3600.0 * (self.workload.input_len.mean + self.workload.output_len.mean)
+        return c.usd_per_hour / tokens_per_hour * 1e6 if tokens_per_hour > 0 else None
+
+    def usd_per_million_output_tokens(self, candidate: Candidate | None = None) -> float | None:
+        c = candidate or self.chosen
+        if c is None:
+            return None
+        rate = min(self.workload.rate_rps, c.served_rps)
+        tokens_per_hour = rate * 3600.0 * self.workload.output_len.mean
+        return c.usd_per_hour / tokens_per_hour * 1e6 if tokens_per_hour > 0 else None
+
+
+def _replicas(demand: float, capacity: ReplicaCapacity, minimum: int = 1) -> int:
+    if capacity.goodput_rps <= 0:
+        return 0
+    # A hair of slack so a demand equal to a multiple of goodput does not round up a replica.
+    return max(minimum, math.ceil(demand / capacity.goodput_rps - 1e-9))
+
+
+def _best_aggregated(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, tp: int,
+                     w: Workload, slo: SLO, eff: Efficiency | None) -> ReplicaCapacity:
+    best: ReplicaCapacity | None = None
+    for budget in AGGREGATED_TOKEN_BUDGETS:
+        r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=budget)
+        cap = aggregated_capacity(r, w, slo)
+        if best is None or cap.goodput_rps > best.goodput_rps * 1.0001:
+            best = cap
+    assert best is not None
+    return best
+
+
+def _point_latencies(pool: PoolPlan, demand: float, w: Workload, slo: SLO,
+                     replica: ReplicaModel, first_step_s: float = 0.0) -> tuple[float, float]:
+    """Predicted TTFT and ITL percentiles at the planned load per replica."""
+    import numpy as np
+
+    from goodput.model.goodput import evaluate_aggregated, evaluate_decode, evaluate_prefill
+
+    per_replica = np.array([max(demand / pool.replicas, 1e-9)])
+    if pool.role == "aggregated":
+        p = evaluate_aggregated(replica, w, slo, per_replica)[0]
+    elif pool.role == "decode":
+        p = evaluate_decode(replica, w, slo, per_replica)[0]
+    else:
+        p = evaluate_prefill(replica, w, slo, per_replica, first_step_s)[0]
+    return p.ttft_ms, p.itl_ms
+
+
+def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, w: Workload,
+                       slo: SLO, mode: str, eff: Efficiency | None,
+                       rejected: list[tuple[str, str]]) -> list[Candidate]:
+    demand = w.rate_rps
+    context = w.max_context
+    fitting: list[int] = []
+    for tp in TP_DEGREES:
+        if not arch.valid_tp(tp):
+            continue
+        r = ReplicaModel(arch, gpu, precision, tp, kv, eff)
+        if r.fits(context):
+            fitting.append(tp)
+        else:
+            mem = r.memory()
+            rejected.append((f"{gpu.gpu_id} TP={tp}",
+                             f"does not fit: {mem.weights_gib:.1f} GiB weights per GPU leave room for "
+                             f"{mem.kv_capacity_tokens} KV tokens < {context}-token context"))
+    out: list[Candidate] = []
+    if mode in ("auto", "aggregated"):
+        for tp in fitting:
+            cap = _best_aggregated(arch, gpu, precision, kv, tp, w, slo, eff)
+            if cap.goodput_rps <= 0:
+                rejected.append((f"{gpu.gpu_id} aggregated TP={tp}", f"cannot meet the SLOs: {cap.binding}"))
+                continue
+            pool = PoolPlan("aggregated", tp, _replicas(demand, cap), cap)
+            r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=cap.max_num_batched_tokens)
+            ttft, itl = _point_latencies(pool, demand, w, slo, r)
+            out.append(Candidate(gpu, "aggregated", (pool,), demand, ttft, itl, True))
+    if mode in ("auto", "disaggregated"):
+        decodes: list[tuple[ReplicaCapacity, ReplicaModel]] = []
+        for tp in fitting:
+            r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_seqs=DECODE_MAX_NUM_SEQS)
+            cap = decode_capacity(r, w, slo)
+            if cap.goodput_rps <= 0:
+                rejected.append((f"{gpu.gpu_id} decode TP={tp}", f"cannot meet the ITL SLO: {cap.binding}"))
+                continue
+            decodes.append((cap, r))
+        prefills: list[tuple[ReplicaCapacity, ReplicaModel]] = []
+        # The first token after a KV transfer costs one decode step of the decode pool.
+        first_step_s = min((c.at_goodput.itl_ms for c, _ in decodes), default=0.0) / 1e3
+        for tp in fitting:
+            r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=PREFILL_TOKEN_BUDGET)
+            cap = prefill_capacity(r, w, slo, first_step_s)
+            if cap.goodput_rps <= 0:
+                rejected.append((f"{gpu.gpu_id} prefill TP={tp}", f"cannot meet the TTFT SLO: {cap.binding}"))
+                continue
+            prefills.append((cap, r))
+        if decodes and prefills:
+            # Per pool, the TP degree with the fewest GPUs for this demand (ties: smaller TP).
+            def gpus_needed(item: tuple[ReplicaCapacity, ReplicaModel]) -> tuple[int, int]:
+                return (_replicas(demand, item[0]) * item[0].tp, item[0].tp)
+
+            pcap, pr = min(prefills, key=gpus_needed)
+            dcap, dr = min(decodes, key=gpus_needed)
+            ppool = PoolPlan("prefill", pcap.tp, _replicas(demand, pcap), pcap)
+            dpool = PoolPlan("decode", dcap.tp, _replicas(demand, dcap), dcap)
+            _, itl = _point_latencies(dpool, demand, w, slo, dr)
+            ttft, _ = _point_latencies(ppool, demand, w, slo, pr, itl / 1e3)
+            out.append(Candidate(gpu, "disaggregated", (ppool, dpool), demand, ttft, itl, True))
+    return out
+
+
+def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,
+         kv_cache_dtype: str = "auto", mode: str = "auto", budget: Budget | None = None,
+         efficiency: Efficiency | None = None) -> Plan:
+    """The cheapest configuration meeting the SLOs within the budget, and why the others lost."""
+    if mode not in MODES:
+        raise CapacityModelError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if not gpus:
+        raise CapacityModelError("no GPU type to plan for")
+    budget = budget or Budget()
+    prec = weight_precision(precision)
+    rejected: list[tuple[str, str]] = []
+    candidates: list[Candidate] = []
+    for gpu in gpus:
+        try:
+            check_supported(prec, gpu)
+        except CapacityModelError as exc:
+            rejected.append((gpu.gpu_id, str(exc)))
+            continue
+        candidates += candidates_for_gpu(arch, gpu, prec.name, kv_cache_dtype, workload, slo, mode,
+                                         efficiency, rejected)
+    if not candidates:
+        reasons = "; ".join(f"{k}: {v}" for k, v in rejected) or "no configuration"
+        return Plan(None, [], workload, slo, message=f"no configuration can serve this workload: {reasons}",
+                    rejected=rejected)
+
+    def cost_key(c: Candidate) -> tuple[float, int, int, int]:
+        # Cheapest first; then fewer GPUs; then aggregated (simpler to run); then smaller TP.
+        return (round(c.usd_per_hour, 6), c.gpus, 0 if c.mode == "aggregated" else 1, c.pools[0].tp)
+
+    ranked = sorted(candidates, key=cost_key)
+    within = [c for c in ranked if budget.allows(c)]
+    if within:
+        chosen = within[0]
+        limited = False
+        message = (f"{chosen.mode} on {chosen.gpu.name}: {chosen.gpus} GPUs, "
+                   f"${chosen.usd_per_hour:.2f}/h serves {workload.rate_rps:g} req/s within the SLOs")
+    else:
+        # Over budget: the configuration serving the most demand within it, scaled down.
+        chosen, limited = _largest_within_budget(ranked, budget, workload.rate_rps)
+        message = (f"the cheapest plan meeting the demand costs ${ranked[0].usd_per_hour:.2f}/h on "
+                   f"{ranked[0].gpus} GPUs, over the budget; within it "
+                   + (f"{chosen.gpus} GPUs serve {chosen.served_rps:.2f} of {workload.rate_rps:g} req/s"
+                      if chosen else "no configuration fits"))
+    alternatives = []
+    for c in ranked:
+        if c is chosen:
+            continue
+        if not budget.allows(c):
+            why = f"over budget ({c.gpus} GPUs, ${c.usd_per_hour:.2f}/h)"
+        elif chosen is not None:
+            extra = (c.usd_per_hour / chosen.usd_per_hour - 1.0) * 100 if chosen.usd_per_hour else 0.0
+            why = f"costs {extra:.0f}% more" if extra > 0.05 else "same cost, more GPUs or more complex"
+        else:
+            why = ""
+        alternatives.append(Candidate(c.gpu, c.mode, c.pools, c.demand_rps, c.ttft_ms, c.itl_ms, c.feasible, why))
+    return Plan(chosen, alternatives, workload, slo, limited, message, rejected)
+
+
+def _largest_within_budget(ranked: list[Candidate], budget: Budget, demand: float) -> tuple[Candidate | None, bool]:
+    best: Candidate | None = None
+    for c in ranked:
+        scaled = _scale_to_budget(c, budget)
+        if scaled is not None and (best is None or scaled.served_rps > best.served_rps + 1e-9
+                                   or (abs(scaled.served_rps - best.served_rps) <= 1e-9
+                                       and scaled.usd_per_hour < best.usd_per_hour)):
+            best = scaled
+    return best, True
+
+
+def _scale_to_budget(c: Candidate, budget: Budget) -> Candidate | None:
+    """Shrink every pool in proportion until the configuration fits the budget."""
+    pools = list(c.pools)
+    while not budget.allows(Candidate(c.gpu, c.mode, tuple(pools), c.demand_rps, c.ttft_ms, c.itl_ms, True)):
+        # Remove a replica from the pool with the most spare capacity relative to its share.
+        shrinkable = [p for p in pools if p.replicas > 1]
+        if not shrinkable:
+            return None
+        victim = max(shrinkable, key=lambda p: (p.replicas - 1) * p.capacity.goodput_rps)
+        pools = [PoolPlan(p.role, p.tp, p.replicas - 1, p.capacity) if p is victim else p for p in pools]
+    return Candidate(c.gpu, c.mode, tuple(pools), c.demand_rps, c.ttft_ms, c.itl_ms, True,
+                     "limited by budget")

@@ -1,0 +1,161 @@
+"""Workload description: request rate, prompt/output length distributions, SLOs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from goodput.model.errors import CapacityModelError
+
+FloatArray = npt.NDArray[np.float64]
+
+# Quantile bins, finer in the tail: the p99 TTFT is decided by the longest prompts.
+_EDGES = np.array([0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .95, .98, .99, .995, .999, 1.0])
+_Z99 = 2.3263478740408408
+
+
+@dataclass(frozen=True)
+class LengthDistribution:
+    """A token-length distribution as weighted representative points (quantile bins)."""
+
+    values: FloatArray
+    weights: FloatArray
+
+    def __post_init__(self) -> None:
+        if self.values.shape != self.weights.shape or self.values.size == 0:
+            raise CapacityModelError("length distribution needs as many weights as values")
+        if not np.all(np.isfinite(self.values)) or np.any(self.values < 0):
+            raise CapacityModelError("token lengths must be finite and non-negative")
+
+    @classmethod
+    def fixed(cls, length: float) -> LengthDistribution:
+        if not length > 0:
+            raise CapacityModelError(f"token length must be positive, got {length}")
+        return cls(np.array([float(length)]), np.array([1.0]))
+
+    @classmethod
+    def lognormal(cls, mean: float, p99: float) -> LengthDistribution:
+        """Lognormal with the given mean and 99th percentile (p99 >= mean)."""
+        if not mean > 0 or p99 < mean:
+            raise CapacityModelError(f"need 0 < mean <= p99, got mean={mean}, p99={p99}")
+        if p99 == mean:
+            return cls.fixed(mean)
+        ratio = math.log(p99 / mean)
+        disc = _Z99**2 - 2.0 * ratio
+        sigma = _Z99 - math.sqrt(disc) if disc > 0 else _Z99
+        mu = math.log(mean) - sigma**2 / 2.0
+        mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
+        z = np.array([_inverse_normal(float(p)) for p in mids])
+        values = np.exp(mu + sigma * z)
+        weights = np.diff(_EDGES)
+        # Re-scale so the discretized mean is exactly the requested mean.
+        values *= mean / float(np.sum(values * weights))
+        return cls(values, weights)
+
+    @classmethod
+    def empirical(cls, samples: npt.ArrayLike) -> LengthDistribution:
+        data = np.asarray(samples, dtype=np.float64)
+        data = data[np.isfinite(data)]
+        if data.size == 0:
+            raise CapacityModelError("no token lengths to build a distribution from")
+        mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
+        values = np.quantile(data, mids)
+        weights = np.diff(_EDGES)
+        return cls(np.maximum(values, 1.0), weights)
+
+    @property
+    def mean(self) -> float:
+        return float(np.sum(self.values * self.weights))
+
+    @property
+    def mean_square(self) -> float:
+        return float(np.sum(self.values**2 * self.weights))
+
+    @property
+    def max(self) -> float:
+        return float(np.max(self.values))
+
+    def quantile(self, q: float) -> float:
+        order = np.argsort(self.values)
+        cdf = np.cumsum(self.weights[order])
+        idx = int(np.searchsorted(cdf, q * cdf[-1] - 1e-12))
+        return float(self.values[order][min(idx, len(order) - 1)])
+
+    def token_weighted_mean(self) -> float:
+        """Mean length seen by a token picked at random (long prompts hold more steps)."""
+        return self.mean_square / self.mean
+
+    def scaled(self, factor: float) -> LengthDistribution:
+        return LengthDistribution(self.values * factor, self.weights)
+
+    def describe(self) -> str:
+        if self.values.size == 1:
+            return f"{self.mean:.0f}"
+        return f"mean {self.mean:.0f}, p99 {self.quantile(0.99):.0f}"
+
+
+def _inverse_normal(p: float) -> float:
+    """Acklam's rational approximation of the standard normal quantile (|error| < 1.2e-9)."""
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
+         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
+         6.680131188771972e01, -1.328068155288572e01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
+         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    low = 0.02425
+    if p < low:
+        q = math.sqrt(-2 * math.log(p))
+        return (((((c[0]*q+c[1])*q+c[2])*q+c[3])*q+c[4])*q+c[5]) / ((((d[0]*q+d[1])*q+d[2])*q+d[3])*q+1)
+    if p > 1 - low:
+        q = math.sqrt(-2 * math.log(1 - p))
+        return -(((((c[0]*q+c[1])*q+c[2])*q+c[3])*q+c[4])*q+c[5]) / ((((d[0]*q+d[1])*q+d[2])*q+d[3])*q+1)
+    q = p - 0.5
+    r = q * q
+    return ((((((a[0]*r+a[1])*r+a[2])*r+a[3])*r+a[4])*r+a[5])*q
+            / (((((b[0]*r+b[1])*r+b[2])*r+b[3])*r+b[4])*r+1))
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate_rps: float
+    input_len: LengthDistribution
+    output_len: LengthDistribution
+    prefix_cache_hit_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate_rps) and self.rate_rps >= 0):
+            raise CapacityModelError(f"request rate must be a finite non-negative number, got {self.rate_rps}")
+        if not 0.0 <= self.prefix_cache_hit_rate < 1.0:
+            raise CapacityModelError("prefix-cache hit rate must be in [0, 1)")
+
+    @property
+    def max_context(self) -> int:
+        return math.ceil(self.input_len.max + self.output_len.max)
+
+    def with_rate(self, rate_rps: float) -> Workload:
+        return Workload(rate_rps, self.input_len, self.output_len, self.prefix_cache_hit_rate)
+
+
+@dataclass(frozen=True)
+class SLO:
+    ttft_ms: float
+    itl_ms: float
+    percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        if not (self.ttft_ms > 0 and self.itl_ms > 0):
+            raise CapacityModelError("SLO targets must be positive milliseconds")
+        if not 50.0 <= self.percentile < 100.0:
+            raise CapacityModelError("SLO percentile must be in [50, 100)")
+
+    @property
+    def quantile(self) -> float:
+        return self.percentile / 100.0
+
+    @property
+    def label(self) -> str:
+        return f"p{self.percentile:g}"
