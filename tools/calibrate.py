@@ -106,7 +106,8 @@ def main() -> int:
         "fitted_on": str(args.measurements.name),
         "fitted_on_sha256": hashlib.sha256(args.measurements.read_bytes()).hexdigest(),
         "fitted_at": dt.date.today().isoformat(),
-        "method": "Nelder-Mead on the mean |log(predicted/measured)|, each source weighted equally; one global set of factors",
+        "method": ("Nelder-Mead on the mean |log(predicted/measured)|, each source weighted equally; "
+                   "one global set of factors"),
         "mean_abs_log_error": round(float(best.fun), 5),
         "median_ape": round(summary["overall"]["median_ape"], 4),  # type: ignore[index]
         "p90_ape": round(summary["overall"]["p90_ape"], 4),  # type: ignore[index]

@@ -26,7 +26,14 @@ from goodput.model.report import plan_report, predict_report
 from goodput.model.sizing import MODES, Budget, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
 
-EXAMPLE_DIR = Path(__file__).parent / "data"
+# Public traces shipped in the package (see data/SOURCES.md): usable by name wherever a trace is.
+BUNDLED_TRACES = {"azure-conv": "azure-conv.csv", "azure-code": "azure-code.csv"}
+
+
+def trace_path(name_or_path: str) -> Path:
+    if name_or_path in BUNDLED_TRACES:
+        return Path(__file__).parent / "data" / "traces" / BUNDLED_TRACES[name_or_path]
+    return Path(name_or_path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -150,8 +157,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{arch.model_id} · {r.precision.name} weights · KV {r.kv_cache_dtype} · {gpu.name} × TP{tp}",
         f"  fits                 {fits}",
         f"  weights              {report['weights_per_gpu_gib']} GiB per GPU ({report['weights_total_gib']} GiB total)",
-        f"  KV cache             {report['kv_cache_per_gpu_gib']} GiB per GPU = {report['kv_capacity_tokens']:,} tokens "
-        f"({report['kv_bytes_per_token']:.0f} B/token)",
+        f"  KV cache             {report['kv_cache_per_gpu_gib']} GiB per GPU = "
+        f"{report['kv_capacity_tokens']:,} tokens ({report['kv_bytes_per_token']:.0f} B/token)",
         f"  largest batch        {report['max_batch']} sequences of {args.input_len + args.output_len} tokens"
         + ("" if report["batch_fits"] else f"  (batch {args.batch} does NOT fit)"),
         f"  decode step          {report['decode_step_ms']} ms at batch {args.batch} ({report['decode_bound']}-bound)",
@@ -168,7 +175,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 def _workload(args: argparse.Namespace) -> Workload:
     if args.lengths_from is not None:
-        inputs, outputs = _trace_lengths(args.lengths_from)
+        inputs, outputs = _trace_lengths(trace_path(args.lengths_from))
     else:
         if args.input_len is None or args.output_len is None:
             raise CapacityModelError("give --input-len and --output-len, or --lengths-from TRACE.csv")
@@ -195,7 +202,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     report["precision"] = args.precision
     report["kv_cache_dtype"] = args.kv_dtype
     report["elapsed_s"] = round(elapsed, 3)
-    if args.plot:
+    plotted = args.plot is not None and result.chosen is not None
+    if plotted:
         from goodput.plot import plot_plan  # matplotlib only when asked for
 
         plot_plan(result, arch, args.precision, args.kv_dtype, args.plot)
@@ -203,8 +211,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _emit(report)
         return 0 if result.chosen is not None else 1
     print(_plan_text(report, slo))
-    if args.plot:
+    if plotted:
         print(f"\nroofline plot written to {args.plot}")
+    elif args.plot is not None:
+        print("\nno roofline plot: there is no plan to draw")
     return 0 if result.chosen is not None else 1
 
 
@@ -238,8 +248,8 @@ def _plan_text(report: dict[str, Any], slo: SLO) -> str:
         for a in report["alternatives"]:
             reps = "+".join(f"{p['replicas']}{p['role'][0].upper()}" for p in a["pools"]) \
                 if a["mode"] == "disaggregated" else str(a["pools"][0]["replicas"])
-            out.append(f"  {a['mode']:<14}{a['gpu']:<16}{a['tp']:<8}{reps:<10}{a['gpus']:>5}"
-                       f"{_fmt_money(a['usd_per_hour']):>10}{_fmt_money(a['usd_per_million_tokens']):>10}  {a['reason']}")
+            money = f"{_fmt_money(a['usd_per_hour']):>10}{_fmt_money(a['usd_per_million_tokens']):>10}"
+            out.append(f"  {a['mode']:<14}{a['gpu']:<16}{a['tp']:<8}{reps:<10}{a['gpus']:>5}{money}  {a['reason']}")
     if report["rejected"]:
         out += ["", "not possible:"] + [f"  {r['configuration']}: {r['reason']}" for r in report["rejected"]]
     out.append(f"\n(planned in {report['elapsed_s'] * 1000:.0f} ms)")
@@ -289,7 +299,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         per_metric = summary["per_metric"]
         assert isinstance(per_metric, dict)
         for metric, s in per_metric.items():
-            print(f"  {metric:<26} n={s['count']:<4} median {s['median_ape'] * 100:5.1f}%  p90 {s['p90_ape'] * 100:5.1f}%")
+            print(f"  {metric:<26} n={s['count']:<4} median {s['median_ape'] * 100:5.1f}%  "
+                  f"p90 {s['p90_ape'] * 100:5.1f}%")
     overall = summary["overall"]
     assert isinstance(overall, dict)
     failed = summary["errors"] != 0 and args.strict
@@ -305,7 +316,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 def cmd_catalog(args: argparse.Namespace) -> int:
     if args.what == "gpus":
-        rows = [{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
+        rows: list[dict[str, Any]] = [{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
                  "hbm_tb_s": g.hbm_bandwidth_bytes_s / 1e12,
                  "tflops": {k: v / 1e12 for k, v in g.dense_flops.items()},
                  "usd_per_gpu_hour": g.usd_per_gpu_hour, "price_source": g.price_source}
@@ -353,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-len-p99", type=_positive_float, help="p99 prompt tokens (lognormal); default: all alike")
     p.add_argument("--output-len", type=_positive_float, help="mean output tokens")
     p.add_argument("--output-len-p99", type=_positive_float, help="p99 output tokens (lognormal)")
-    p.add_argument("--lengths-from", type=Path, metavar="TRACE.csv",
-                   help="take the length distributions from an Azure-format trace")
+    p.add_argument("--lengths-from", metavar="TRACE.csv",
+                   help="take the length distributions from an Azure-format trace CSV, or a bundled one: "
+                   + ", ".join(BUNDLED_TRACES))
     p.add_argument("--prefix-hit-rate", type=_non_negative_float, default=0.0,
                    help="fraction of prompt tokens served from the prefix cache")
     p.add_argument("--ttft-p99-ms", type=_positive_float, required=True)

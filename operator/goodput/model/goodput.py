@@ -188,7 +188,7 @@ def _aggregated_points(r: ReplicaModel, w: Workload, slo: SLO, shape: _Shape,
 
 def _decode_at_batch(r: ReplicaModel, shape: _Shape, batch: FloatArray) -> dict[str, FloatArray]:
     running = np.maximum(batch, 1.0)
-    step = r.step_time_s(running, running * shape.context)
+    step = np.asarray(r.step_time_s(running, running * shape.context), dtype=np.float64)
     return {"batch": batch, "rate": batch / (shape.mean_out * step), "step": step}
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +36,8 @@ from goodput.model.precision import (
     weight_precision,
 )
 
-Num = TypeVar("Num", float, npt.NDArray[np.float64])
+# Every time function takes floats or numpy arrays (broadcast together) and returns the same.
+Num = float | npt.NDArray[np.float64]
 
 TP_DEGREES = (1, 2, 4, 8)
 # vLLM defaults (V1 engine): continuous batching with chunked prefill.
@@ -185,7 +185,7 @@ class ReplicaModel:
         complete in the step (each samples its first token).
         """
         tokens = decode_seqs + prefill_tokens
-        weights = self.dense_bytes_per_gpu
+        weights: Num = self.dense_bytes_per_gpu
         if self.expert_miss:
             # Each token routes to k of E experts: the step reads the experts any token touched.
             weights = weights + self.expert_bytes_per_gpu * (1.0 - self.expert_miss**tokens)
@@ -197,9 +197,10 @@ class ReplicaModel:
             + self.lm_head_flops * (decode_seqs + prefill_seqs) / self.lm_head_flops_s
         )
         n = self.sharpness
-        t_core = (t_mem**n + t_compute**n) ** (1.0 / n)
+        t_core: Num = (t_mem**n + t_compute**n) ** (1.0 / n)
         t_comm = self.comm_latency_s + self.comm_s_per_token * tokens
-        return t_core + t_comm + self.fixed_overhead_s + self.per_sequence_overhead_s * (decode_seqs + prefill_seqs)
+        overhead = self.fixed_overhead_s + self.per_sequence_overhead_s * (decode_seqs + prefill_seqs)
+        return t_core + t_comm + overhead
 
     def decode_step_s(self, batch: Num, context_len: Num) -> Num:
         """One decode iteration of ``batch`` sequences, each holding ``context_len`` tokens."""

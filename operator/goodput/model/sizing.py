@@ -29,7 +29,7 @@ MODES = ("auto", "aggregated", "disaggregated")
 # Token budgets per step (vLLM --max-num-batched-tokens) tried for aggregated serving: smaller
 # budgets shorten the steps that carry prompt chunks (ITL), larger ones finish prompts sooner (TTFT).
 AGGREGATED_TOKEN_BUDGETS = (256, 512, 1024, 2048, 4096, 8192, 16384)
-PREFILL_TOKEN_BUDGET = 16384
+PREFILL_TOKEN_BUDGETS = (16384, 8192, 4096, 2048)
 DECODE_MAX_NUM_SEQS = 1024
 
 
@@ -130,14 +130,33 @@ def _replicas(demand: float, capacity: ReplicaCapacity, minimum: int = 1) -> int
 
 def _best_aggregated(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, tp: int,
                      w: Workload, slo: SLO, eff: Efficiency | None) -> ReplicaCapacity:
+    # Goodput is unimodal in the budget (too small starves prefill and TTFT, too large stalls
+    # decode steps and ITL): scan upwards and stop after two budgets in a row do worse.
     best: ReplicaCapacity | None = None
+    worse = 0
     for budget in AGGREGATED_TOKEN_BUDGETS:
         r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=budget)
         cap = aggregated_capacity(r, w, slo)
         if best is None or cap.goodput_rps > best.goodput_rps * 1.0001:
-            best = cap
+            best, worse = cap, 0
+        elif best.goodput_rps > 0:
+            worse += 1
+            if worse == 2:
+                break
     assert best is not None
     return best
+
+
+def _prefill_replica(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, tp: int, w: Workload,
+                     eff: Efficiency | None) -> ReplicaModel | None:
+    """A prefill replica with the largest token budget per step its KV cache can hold: every
+    prompt token computed in a step needs its KV slot until it is sent to the decode pool."""
+    longest_prompt = w.input_len.max
+    for budget in PREFILL_TOKEN_BUDGETS:
+        r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=budget)
+        if r.kv_capacity_tokens >= max(budget, longest_prompt):
+            return r
+    return None
 
 
 def _point_latencies(pool: PoolPlan, demand: float, w: Workload, slo: SLO,
@@ -198,7 +217,11 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
         # The first token after a KV transfer costs one decode step of the decode pool.
         first_step_s = min((c.at_goodput.itl_ms for c, _ in decodes), default=0.0) / 1e3
         for tp in fitting:
-            r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=PREFILL_TOKEN_BUDGET)
+            r = _prefill_replica(arch, gpu, precision, kv, tp, w, eff)
+            if r is None:
+                rejected.append((f"{gpu.gpu_id} prefill TP={tp}",
+                                 "the KV cache cannot hold one step's prompt tokens (2048) and the longest prompt"))
+                continue
             cap = prefill_capacity(r, w, slo, first_step_s)
             if cap.goodput_rps <= 0:
                 rejected.append((f"{gpu.gpu_id} prefill TP={tp}", f"cannot meet the TTFT SLO: {cap.binding}"))
@@ -250,6 +273,7 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
 
     ranked = sorted(candidates, key=cost_key)
     within = [c for c in ranked if budget.allows(c)]
+    chosen: Candidate | None
     if within:
         chosen = within[0]
         limited = False
@@ -257,7 +281,7 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
                    f"${chosen.usd_per_hour:.2f}/h serves {workload.rate_rps:g} req/s within the SLOs")
     else:
         # Over budget: the configuration serving the most demand within it, scaled down.
-        chosen, limited = _largest_within_budget(ranked, budget, workload.rate_rps)
+        chosen, limited = _largest_within_budget(ranked, budget), True
         message = (f"the cheapest plan meeting the demand costs ${ranked[0].usd_per_hour:.2f}/h on "
                    f"{ranked[0].gpus} GPUs, over the budget; within it "
                    + (f"{chosen.gpus} GPUs serve {chosen.served_rps:.2f} of {workload.rate_rps:g} req/s"
@@ -277,7 +301,7 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
     return Plan(chosen, alternatives, workload, slo, limited, message, rejected)
 
 
-def _largest_within_budget(ranked: list[Candidate], budget: Budget, demand: float) -> tuple[Candidate | None, bool]:
+def _largest_within_budget(ranked: list[Candidate], budget: Budget) -> Candidate | None:
     best: Candidate | None = None
     for c in ranked:
         scaled = _scale_to_budget(c, budget)
@@ -285,7 +309,7 @@ def _largest_within_budget(ranked: list[Candidate], budget: Budget, demand: floa
                                    or (abs(scaled.served_rps - best.served_rps) <= 1e-9
                                        and scaled.usd_per_hour < best.usd_per_hour)):
             best = scaled
-    return best, True
+    return best
 
 
 def _scale_to_budget(c: Candidate, budget: Budget) -> Candidate | None:
