@@ -25,7 +25,7 @@ FORBIDDEN_EXTERNAL = (
     "kopf", "kubernetes", "prometheus_api_client", "prometheus_client", "requests", "urllib3", "httpx",
     "aiohttp", "http", "socket", "urllib.request", "subprocess", "asyncio", "matplotlib",
 )
-IO_PACKAGES = ("metrics", "kube", "handlers", "cli", "plot", "emulator", "simulator")
+IO_PACKAGES = ("metrics", "kube", "handlers", "cli", "plot", "emulator", "simulator", "devcluster")
 
 
 def _imports(tree: ast.AST) -> list[tuple[int, str]]:

@@ -341,6 +341,33 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the operator (kopf) against the cluster of $KUBECONFIG, or in-cluster."""
+    import os
+
+    os.environ["GOODPUT_TIMER_SECONDS"] = str(args.timer_seconds)  # read when the handlers register
+    import kopf
+
+    import goodput.handlers.operator  # noqa: F401  (registers the handlers)
+
+    kopf.run(standalone=args.standalone, clusterwide=not args.namespace, namespaces=args.namespace or (),
+             liveness_endpoint=args.liveness)
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from goodput.api.crd import crd_yaml
+
+    text = crd_yaml()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goodput", description="Size LLM inference fleets from first principles.")
@@ -392,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("gpus", "models"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_catalog)
+    p = sub.add_parser("operator", help="run the operator against the current cluster")
+    p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
+    p.add_argument("--timer-seconds", type=_positive_float, default=30.0, help="reconcile period (default 30)")
+    p.add_argument("--standalone", action="store_true", default=True,
+                   help="no peering between operator replicas (default; the Helm chart enables peering)")
+    p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+    p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE.yaml")
+    p.set_defaults(func=cmd_crd)
     return parser
 
 

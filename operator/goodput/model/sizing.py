@@ -178,11 +178,11 @@ def _point_latencies(pool: PoolPlan, demand: float, w: Workload, slo: SLO,
 
 def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, w: Workload,
                        slo: SLO, mode: str, eff: Efficiency | None,
-                       rejected: list[tuple[str, str]]) -> list[Candidate]:
+                       rejected: list[tuple[str, str]], tp_degrees: tuple[int, ...] = TP_DEGREES) -> list[Candidate]:
     demand = w.rate_rps
     context = w.max_context
     fitting: list[int] = []
-    for tp in TP_DEGREES:
+    for tp in tp_degrees:
         if not arch.valid_tp(tp):
             continue
         r = ReplicaModel(arch, gpu, precision, tp, kv, eff)
@@ -217,16 +217,16 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
         # The first token after a KV transfer costs one decode step of the decode pool.
         first_step_s = min((c.at_goodput.itl_ms for c, _ in decodes), default=0.0) / 1e3
         for tp in fitting:
-            r = _prefill_replica(arch, gpu, precision, kv, tp, w, eff)
-            if r is None:
+            pr_model = _prefill_replica(arch, gpu, precision, kv, tp, w, eff)
+            if pr_model is None:
                 rejected.append((f"{gpu.gpu_id} prefill TP={tp}",
                                  "the KV cache cannot hold one step's prompt tokens (2048) and the longest prompt"))
                 continue
-            cap = prefill_capacity(r, w, slo, first_step_s)
+            cap = prefill_capacity(pr_model, w, slo, first_step_s)
             if cap.goodput_rps <= 0:
                 rejected.append((f"{gpu.gpu_id} prefill TP={tp}", f"cannot meet the TTFT SLO: {cap.binding}"))
                 continue
-            prefills.append((cap, r))
+            prefills.append((cap, pr_model))
         if decodes and prefills:
             # Per pool, the TP degree with the fewest GPUs for this demand (ties: smaller TP).
             def gpus_needed(item: tuple[ReplicaCapacity, ReplicaModel]) -> tuple[int, int]:
@@ -244,7 +244,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
 
 def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,
          kv_cache_dtype: str = "auto", mode: str = "auto", budget: Budget | None = None,
-         efficiency: Efficiency | None = None) -> Plan:
+         efficiency: Efficiency | None = None, tp_degrees: tuple[int, ...] = TP_DEGREES) -> Plan:
     """The cheapest configuration meeting the SLOs within the budget, and why the others lost."""
     if mode not in MODES:
         raise CapacityModelError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -261,7 +261,7 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
             rejected.append((gpu.gpu_id, str(exc)))
             continue
         candidates += candidates_for_gpu(arch, gpu, prec.name, kv_cache_dtype, workload, slo, mode,
-                                         efficiency, rejected)
+                                         efficiency, rejected, tp_degrees)
     if not candidates:
         reasons = "; ".join(f"{k}: {v}" for k, v in rejected) or "no configuration"
         return Plan(None, [], workload, slo, message=f"no configuration can serve this workload: {reasons}",

@@ -1,0 +1,158 @@
+"""Generate the CustomResourceDefinition from the pydantic models.
+
+Pydantic emits JSON Schema 2020-12 ($defs/$ref, anyOf-with-null, numeric exclusiveMinimum);
+Kubernetes wants a *structural* OpenAPI v3 schema (everything inlined, a type on every node,
+boolean exclusiveMinimum, no null). `to_structural` converts one into the other, keeping
+descriptions, defaults, bounds, enums, patterns and the CEL rules (x-kubernetes-validations).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from goodput.api.v1alpha1 import (
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    InferenceDeploymentSpec,
+    InferenceDeploymentStatus,
+)
+
+_KEEP = {
+    "type", "properties", "required", "items", "additionalProperties", "enum", "minimum", "maximum",
+    "minLength", "maxLength", "pattern", "description", "default", "maxItems", "minItems", "format",
+}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Mode", "type": "string", "jsonPath": ".status.plan.mode"},
+    {"name": "Prefill", "type": "integer", "jsonPath": ".status.plan.prefillReplicas"},
+    {"name": "Decode", "type": "integer", "jsonPath": ".status.plan.decodeReplicas",
+     "description": "Decoding replicas: the decode pool, or the aggregated pool"},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus"},
+    {"name": "$/h", "type": "number", "jsonPath": ".status.plan.costPerHour"},
+    {"name": "TTFT p99", "type": "number", "jsonPath": ".status.plan.predictedTtftMs",
+     "description": "Predicted TTFT at the SLO percentile, ms"},
+    {"name": "ITL p99", "type": "number", "jsonPath": ".status.plan.predictedItlMs",
+     "description": "Predicted inter-token latency at the SLO percentile, ms"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    node = copy.deepcopy(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").split("/")[-1]]
+        merged = to_structural(target, defs)
+        merged.update({k: v for k, v in node.items() if k in ("description", "default")})
+        return merged
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express anyOf {options} in a structural schema")
+        # Siblings of anyOf (description, default, extensions) apply to the one real option.
+        merged_node = {**options[0], **{k: v for k, v in node.items() if k != "title"}}
+        if merged_node.get("default", 0) is None:
+            del merged_node["default"]
+        return to_structural(merged_node, defs)
+    out: dict[str, Any] = {}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "enum" in node and "type" not in node:
+        node["type"] = "integer" if all(isinstance(v, int) for v in node["enum"]) else "string"
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node:
+            out[flag] = node.pop(bound)
+            out[bound] = True
+    preserve = node.pop("x-kubernetes-preserve-unknown-fields", False)
+    for key, value in node.items():
+        if key in _KEEP or key.startswith("x-kubernetes-"):
+            out[key] = value
+    if "properties" in out:
+        out["type"] = "object"
+        out["properties"] = {k: to_structural(v, defs) for k, v in out["properties"].items()}
+        for prop_name, prop in out["properties"].items():
+            # An all-optional nested object defaults to {} so the apiserver fills its defaults.
+            if (prop_name not in out.get("required", []) and prop.get("type") == "object"
+                    and "properties" in prop and not prop.get("required") and "default" not in prop):
+                prop["default"] = {}
+    if "items" in out:
+        out["items"] = to_structural(out["items"], defs)
+    if isinstance(out.get("additionalProperties"), dict):
+        ap = out["additionalProperties"]
+        if ap:
+            out["additionalProperties"] = to_structural(ap, defs)
+        else:
+            del out["additionalProperties"]
+            preserve = True
+    elif out.get("additionalProperties") is False:
+        # Structural schemas may not say so: the apiserver prunes unknown fields, and kubectl's
+        # strict field validation (its default) rejects them with a message naming the field.
+        del out["additionalProperties"]
+    elif out.get("additionalProperties") is True:
+        del out["additionalProperties"]
+        preserve = True
+    if preserve:
+        if out.get("type") == "array":
+            out["items"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        else:
+            out["type"] = "object"
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if "type" not in out:
+        raise ValueError(f"schema node without a type: {node}")
+    return out
+
+
+def _schema(model: type[InferenceDeploymentSpec] | type[InferenceDeploymentStatus]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    return to_structural(raw, defs)
+
+
+def crd() -> dict[str, Any]:
+    spec = _schema(InferenceDeploymentSpec)
+    spec["description"] = "What to serve, on which GPUs, within which latency SLOs and budget."
+    status = _schema(InferenceDeploymentStatus)
+    status["x-kubernetes-preserve-unknown-fields"] = True  # kopf keeps its bookkeeping here
+    status["description"] = "What the operator decided and observed, and why."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "goodput-operator"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": ["goodput"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An LLM inference service sized by goodput-operator.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `goodput crd` from operator/goodput/api/v1alpha1.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)

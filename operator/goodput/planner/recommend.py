@@ -1,0 +1,197 @@
+"""From an InferenceDeployment spec and a demand to a recommended configuration.
+
+Pure: no I/O, no clock. `resolve` turns the spec into capacity-model objects (raising
+CapacityModelError with a message a person can act on); `recommend` sizes the pools for a
+demand, applies the per-pool min/max and the budget, and says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
+from goodput.model.architecture import ModelArch, get_model
+from goodput.model.errors import CapacityModelError, DoesNotFitError
+from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
+from goodput.model.precision import check_supported, weight_precision
+from goodput.model.replica import TP_DEGREES, ReplicaModel
+from goodput.model.sizing import Budget, Candidate, Plan, plan
+from goodput.model.workload import SLO, LengthDistribution, Workload
+
+ROLES = ("aggregated", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    arch: ModelArch
+    gpu: Accelerator
+    precision: str
+    kv_cache_dtype: str
+    slo: SLO
+    hugging_face_name: str
+    served_model_name: str
+    tp_degrees: tuple[int, ...]
+
+
+def _arch(spec: InferenceDeploymentSpec) -> ModelArch:
+    m = spec.model
+    if m.architecture is None:
+        assert m.id is not None  # admission (CEL) guarantees one of the two
+        return get_model(m.id)
+    a = m.architecture
+    kv_heads = a.kv_heads or a.attention_heads
+    head_dim = a.head_dim or a.hidden_size // a.attention_heads
+    kv_bytes = float(a.layers * 576 * 2) if a.attention == "MLA" else float(2 * a.layers * kv_heads * head_dim * 2)
+    return ModelArch(
+        model_id=m.id or (m.hugging_face_name or "custom"),
+        hf_name=m.hugging_face_name or "",
+        params_total=a.params_total_b * 1e9,
+        params_active=(a.params_active_b or a.params_total_b) * 1e9,
+        layers=a.layers,
+        hidden_size=a.hidden_size,
+        attention_heads=a.attention_heads,
+        kv_heads=0 if a.attention == "MLA" else kv_heads,
+        head_dim=head_dim,
+        ffn_size=a.ffn_size,
+        vocab_size=a.vocab_size,
+        attention=a.attention,
+        kv_bytes_per_token_16bit=kv_bytes,
+        experts=a.experts or 0,
+        experts_per_token=a.experts_per_token or 0,
+        tied_embeddings=a.tied_embeddings,
+        notes="inline architecture",
+    )
+
+
+def _gpu(spec: InferenceDeploymentSpec) -> Accelerator:
+    acc = spec.accelerator
+    if acc.custom is not None:
+        c = acc.custom
+        if acc.price_per_gpu_hour is None:
+            raise CapacityModelError(f"custom accelerator {acc.gpu!r} needs accelerator.pricePerGpuHour")
+        return custom_accelerator(
+            acc.gpu, memory_gib=c.memory_gib, hbm_bandwidth_tb_s=c.hbm_bandwidth_tb_s, bf16_tflops=c.bf16_tflops,
+            fp8_tflops=c.fp8_tflops or 0.0, fp4_tflops=c.fp4_tflops or 0.0, int8_tops=c.int8_tops or 0.0,
+            link_gb_s_bidirectional=c.link_gb_s_bidirectional, usd_per_gpu_hour=acc.price_per_gpu_hour)
+    gpu = get_accelerator(acc.gpu)
+    if acc.price_per_gpu_hour is not None:
+        gpu = gpu.with_price(acc.price_per_gpu_hour, "spec.accelerator.pricePerGpuHour")
+    return gpu
+
+
+def resolve(spec: InferenceDeploymentSpec, name: str) -> ResolvedSpec:
+    """Everything admission cannot check: catalog ids, hardware support, that the model fits."""
+    arch = _arch(spec)
+    gpu = _gpu(spec)
+    precision = weight_precision(spec.precision.weights)
+    check_supported(precision, gpu)
+    degrees = (spec.scaling.tensor_parallel,) if spec.scaling.tensor_parallel else TP_DEGREES
+    context = max_model_len(spec)
+    if not any(arch.valid_tp(tp) and ReplicaModel(arch, gpu, precision, tp, spec.precision.kv_cache).fits(context)
+               for tp in degrees):
+        tp_text = f"TP={degrees[0]}" if len(degrees) == 1 else f"any TP up to {max(degrees)}"
+        raise DoesNotFitError(
+            f"{arch.model_id} in {precision.name} does not fit on {gpu.name} ({gpu.memory_gib:.0f} GiB) with a "
+            f"{context}-token context at {tp_text}; choose a larger GPU, a smaller precision or a shorter "
+            "model.maxModelLen")
+    return ResolvedSpec(
+        arch=arch, gpu=gpu, precision=precision.name, kv_cache_dtype=spec.precision.kv_cache,
+        slo=SLO(spec.slo.ttft_ms, spec.slo.itl_ms, spec.slo.percentile),
+        hugging_face_name=spec.model.hugging_face_name or arch.hf_name or arch.model_id,
+        served_model_name=spec.model.served_model_name or name,
+        tp_degrees=degrees,
+    )
+
+
+def _lengths(mean: float, p99: float | None) -> LengthDistribution:
+    return LengthDistribution.fixed(mean) if p99 is None else LengthDistribution.lognormal(mean, p99)
+
+
+def hinted_workload(spec: InferenceDeploymentSpec) -> Workload:
+    """The demand from the spec's workload hints, used before live metrics exist."""
+    h = spec.workload
+    return Workload(h.request_rate, _lengths(h.input_tokens.mean, h.input_tokens.p99),
+                    _lengths(h.output_tokens.mean, h.output_tokens.p99), h.prefix_cache_hit_rate)
+
+
+def max_model_len(spec: InferenceDeploymentSpec) -> int:
+    """--max-model-len: the spec's, or the hinted workload's longest request rounded up to 1024."""
+    if spec.model.max_model_len:
+        return spec.model.max_model_len
+    return int(math.ceil(hinted_workload(spec).max_context / 1024.0) * 1024)
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    role: str
+    tp: int
+    replicas: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    goodput_rps: float  # per replica
+    limit: str  # what stops one replica from serving more
+    clamped: str = ""  # non-empty when min/max replicas overrode the model
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    mode: str
+    pools: tuple[PoolTarget, ...]
+    gpus: int
+    usd_per_hour: float
+    usd_per_million_tokens: float | None
+    predicted_ttft_ms: float
+    predicted_itl_ms: float
+    demand_rps: float
+    served_rps: float
+    limited: str  # non-empty when the budget or max replicas keep the plan below the demand
+    summary: str
+
+    def pool(self, role: str) -> PoolTarget | None:
+        return next((p for p in self.pools if p.role == role), None)
+
+
+def _clamp(replicas: int, bounds: PoolScaling) -> tuple[int, str]:
+    if replicas < bounds.min_replicas:
+        return bounds.min_replicas, f"raised to minReplicas {bounds.min_replicas} from {replicas}"
+    if replicas > bounds.max_replicas:
+        return bounds.max_replicas, f"capped at maxReplicas {bounds.max_replicas} from {replicas}"
+    return replicas, ""
+
+
+def recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload) -> Recommendation:
+    budget = Budget(spec.scaling.max_gpus, spec.scaling.max_cost_per_hour)
+    result: Plan = plan(resolved.arch, [resolved.gpu], resolved.precision, demand, resolved.slo,
+                        resolved.kv_cache_dtype, spec.mode, budget, tp_degrees=resolved.tp_degrees)
+    chosen: Candidate | None = result.chosen
+    if chosen is None:
+        raise CapacityModelError(result.message)
+    pools = []
+    clamp_notes = []
+    for p in chosen.pools:
+        replicas, note = _clamp(p.replicas, getattr(spec.scaling, p.role))
+        if note:
+            clamp_notes.append(f"{p.role} {note}")
+        cap = p.capacity
+        pools.append(PoolTarget(p.role, p.tp, replicas, cap.max_num_batched_tokens, cap.max_num_seqs,
+                                cap.goodput_rps, cap.binding, note))
+    gpus = sum(p.tp * p.replicas for p in pools)
+    usd = gpus * resolved.gpu.usd_per_gpu_hour
+    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
+    limited = ""
+    if result.limited:
+        limited = result.message
+    elif served + 1e-9 < demand.rate_rps:
+        limited = f"maxReplicas keeps capacity at {served:.2f} of {demand.rate_rps:g} req/s"
+    tokens_per_hour = min(demand.rate_rps, served) * 3600 * (demand.input_len.mean + demand.output_len.mean)
+    per_million = usd / tokens_per_hour * 1e6 if tokens_per_hour > 0 else None
+    parts = [f"{p.replicas}×{p.role} TP{p.tp} (goodput {p.goodput_rps:.2f} req/s each, then {p.limit})"
+             for p in pools]
+    summary = (f"{chosen.mode} on {resolved.gpu.name}: " + ", ".join(parts)
+               + f" for {demand.rate_rps:g} req/s at TTFT {resolved.slo.label} ≤ {resolved.slo.ttft_ms:g} ms, "
+               f"ITL ≤ {resolved.slo.itl_ms:g} ms")
+    if clamp_notes:
+        summary += "; " + "; ".join(clamp_notes)
+    return Recommendation(chosen.mode, tuple(pools), gpus, usd, per_million, chosen.ttft_ms, chosen.itl_ms,
+                          demand.rate_rps, served, limited, summary)

@@ -1,0 +1,259 @@
+"""One reconcile step as a pure function: (object, what the cluster shows, now) -> Outcome.
+
+The kopf handler reads the cluster, calls `reconcile`, and carries out the Outcome (server-side
+apply, deletes, status patch, events). Everything that decides, and every message a person
+reads, is here, testable without a cluster and with an explicit clock.
+
+Invariants:
+- an invalid spec changes nothing that runs: no apply, no delete, only conditions and an event;
+- `paused` changes nothing; `dryRun` plans and reports but applies nothing;
+- every change of replicas, mode or TP produces a Decision in status and an Event with its reason;
+- an unchanged object reconciled again produces no Decision and no Event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.model.errors import CapacityModelError
+from goodput.planner.recommend import Recommendation, hinted_workload, recommend, resolve
+from goodput.render.vllm import desired_objects, obsolete_pools
+
+MAX_DECISIONS = 20
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """What the cluster shows for one pool's Deployment."""
+
+    replicas: int
+    ready_replicas: int = 0
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete_pools: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def timestamp(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
+                  now: dt.datetime, generation: int | None) -> list[dict[str, Any]]:
+    """Kubernetes condition semantics: lastTransitionTime changes only when status changes."""
+    out = [c for c in conditions if c.get("type") != ctype]
+    previous = next((c for c in conditions if c.get("type") == ctype), None)
+    changed = previous is None or previous.get("status") != status
+    cond = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp(now) if changed or previous is None else previous["lastTransitionTime"],
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    out.append(cond)
+    order = ["Ready", "MetricsAvailable", "ScalingActive", "ScalingLimited", "SLOAtRisk", "Degraded"]
+    return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+
+
+def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c.get("type") == ctype), None)
+
+
+def _plan_status(rec: Recommendation) -> dict[str, Any]:
+    decoding = rec.pool("decode") or rec.pool("aggregated")
+    assert decoding is not None
+    prefill = rec.pool("prefill")
+    agg = rec.pool("aggregated")
+    plan: dict[str, Any] = {
+        "mode": rec.mode,
+        "tensorParallel": decoding.tp,
+        "decodeReplicas": decoding.replicas,
+        "gpus": rec.gpus,
+        "costPerHour": round(rec.usd_per_hour, 2),
+        "predictedTtftMs": round(rec.predicted_ttft_ms, 1),
+        "predictedItlMs": round(rec.predicted_itl_ms, 2),
+        "maxNumBatchedTokens": decoding.max_num_batched_tokens,
+        "maxNumSeqs": decoding.max_num_seqs,
+        "reason": rec.summary,
+    }
+    if rec.usd_per_million_tokens is not None:
+        plan["costPerMillionTokens"] = round(rec.usd_per_million_tokens, 4)
+    if agg is not None:
+        plan["aggregatedReplicas"] = agg.replicas
+    if prefill is not None:
+        plan["prefillReplicas"] = prefill.replicas
+        plan["prefillTensorParallel"] = prefill.tp
+    return plan
+
+
+def _pool_replicas(plan: dict[str, Any] | None) -> dict[str, int]:
+    """Replicas per pool recorded in a status plan."""
+    if not plan:
+        return {}
+    if plan.get("mode") == "aggregated":
+        return {"aggregated": int(plan.get("aggregatedReplicas", plan.get("decodeReplicas", 0)))}
+    return {"prefill": int(plan.get("prefillReplicas", 0)), "decode": int(plan.get("decodeReplicas", 0))}
+
+
+def _changes(previous: dict[str, Any] | None, rec: Recommendation) -> list[tuple[str, str, int | None, int, str]]:
+    """(reason code, pool, from, to, message) for every change against the previous plan."""
+    out: list[tuple[str, str, int | None, int, str]] = []
+    before = _pool_replicas(previous)
+    if previous is None:
+        for p in rec.pools:
+            out.append(("Initial", p.role, None, p.replicas,
+                        f"{p.role} 0→{p.replicas} × TP{p.tp}: {p.goodput_rps:.2f} req/s per replica "
+                        f"({p.limit}) for {rec.demand_rps:g} req/s"))
+        return out
+    if previous.get("mode") != rec.mode:
+        out.append(("ModeChange", rec.mode, None, sum(p.replicas for p in rec.pools),
+                    f"mode {previous.get('mode')}→{rec.mode}: {rec.summary}"))
+    for p in rec.pools:
+        old = before.get(p.role)
+        old_tp = previous.get("prefillTensorParallel") if p.role == "prefill" else previous.get("tensorParallel")
+        if old is not None and old_tp is not None and int(old_tp) != p.tp:
+            out.append(("Reconfigure", p.role, old, p.replicas, f"{p.role} TP{old_tp}→TP{p.tp}: {rec.summary}"))
+        elif old is not None and old != p.replicas:
+            code = "ScaleUp" if p.replicas > old else "ScaleDown"
+            out.append((code, p.role, old, p.replicas,
+                        f"{p.role} {old}→{p.replicas}: {rec.demand_rps:g} req/s needs "
+                        f"{rec.demand_rps / max(p.goodput_rps, 1e-9):.1f} replicas at {p.goodput_rps:.2f} req/s each "
+                        f"(TTFT {rec.predicted_ttft_ms:.0f} ms, ITL {rec.predicted_itl_ms:.1f} ms predicted)"
+                        + (f"; {p.clamped}" if p.clamped else "")))
+    return out
+
+
+def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt.datetime) -> Outcome:
+    meta = obj.get("metadata", {})
+    name, namespace = meta.get("name", ""), meta.get("namespace", "default")
+    uid = meta.get("uid", "")
+    generation = meta.get("generation")
+    previous: dict[str, Any] = dict(obj.get("status") or {})
+    conditions: list[dict[str, Any]] = list(previous.get("conditions", []))
+    decisions: list[dict[str, Any]] = list(previous.get("decisions", []))
+    status: dict[str, Any] = {"observedGeneration": generation}
+    events: list[Event] = []
+
+    def cond(ctype: str, state: str, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, ctype, state, reason, message, now, generation)
+
+    def decide(reason: str, message: str, pool: str | None = None, frm: int | None = None,
+               to: int | None = None, event_type: str = "Normal") -> None:
+        d: dict[str, Any] = {"time": timestamp(now), "reason": reason, "message": message}
+        if pool is not None:
+            d["pool"] = pool
+        if frm is not None:
+            d["fromReplicas"] = frm
+        if to is not None:
+            d["toReplicas"] = to
+        decisions.append(d)
+        events.append(Event(event_type, reason, message))
+
+    # 1. The spec: admission checked its shape; here what only the capacity model can check.
+    try:
+        spec = InferenceDeploymentSpec.model_validate(obj.get("spec") or {})
+        resolved = resolve(spec, name)
+        rec = recommend(spec, resolved, hinted_workload(spec))
+    except (ValidationError, CapacityModelError) as exc:
+        message = _error_text(exc)
+        old = _condition(previous, "Degraded")
+        if not (old and old.get("status") == "True" and old.get("message") == message):
+            decide("InvalidSpec", message, event_type="Warning")
+        cond("Degraded", "True", "InvalidSpec", message)
+        cond("Ready", "False", "InvalidSpec", "the spec cannot be served; what runs is left as it is")
+        cond("ScalingActive", "False", "InvalidSpec", message)
+        status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
+        if previous.get("plan"):
+            status["plan"] = previous["plan"]
+        return Outcome(status, events=events)
+
+    cond("Degraded", "False", "SpecValid", "the spec resolves to a servable configuration")
+    cond("MetricsAvailable", "False", "NoMetrics",
+         f"no live metrics yet: planning for spec.workload hints ({spec.workload.request_rate:g} req/s)")
+    plan_status = _plan_status(rec)
+    status["observed"] = {"source": "spec.workload", "requestRate": spec.workload.request_rate}
+
+    # 2. paused / dryRun: report, change nothing.
+    if spec.paused:
+        if (_condition(previous, "ScalingActive") or {}).get("reason") != "Paused":
+            decide("Paused", "spec.paused is true: nothing is changed until it is cleared")
+        cond("ScalingActive", "False", "Paused", "spec.paused is true")
+        status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
+        if previous.get("plan"):
+            status["plan"] = previous["plan"]
+        return Outcome(status, events=events)
+
+    previous_plan = previous.get("plan")
+    for code, pool, frm, to, message in _changes(previous_plan, rec):
+        decide(code, message, pool, frm, to)
+    if _changes(previous_plan, rec):
+        status["lastScaleTime"] = timestamp(now)
+    elif previous.get("lastScaleTime"):
+        status["lastScaleTime"] = previous["lastScaleTime"]
+
+    if spec.dry_run:
+        cond("ScalingActive", "False", "DryRun", "spec.dryRun is true: the plan is reported, not applied")
+    else:
+        cond("ScalingActive", "True", "Planned", rec.summary)
+    if rec.limited or any(p.clamped for p in rec.pools):
+        why = rec.limited or "; ".join(f"{p.role} {p.clamped}" for p in rec.pools if p.clamped)
+        cond("ScalingLimited", "True", "BudgetOrBounds", why)
+    else:
+        cond("ScalingLimited", "False", "WithinLimits", "the plan is within maxGpus, maxCostPerHour and replica bounds")
+    at_risk = rec.served_rps + 1e-9 < rec.demand_rps
+    cond("SLOAtRisk", "True" if at_risk else "False", "CapacityBelowDemand" if at_risk else "CapacityMeetsDemand",
+         f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:g} req/s")
+
+    apply: list[dict[str, Any]] = []
+    delete: list[str] = []
+    if not spec.dry_run:
+        apply = desired_objects(name, namespace, uid, spec, resolved, rec)
+        delete = [role for role in obsolete_pools(rec) if role in observed]
+        # Replicas someone changed by hand are put back (and said so) when the plan did not change.
+        if not _changes(previous_plan, rec):
+            for p in rec.pools:
+                seen = observed.get(p.role)
+                if seen is not None and seen.replicas != p.replicas:
+                    events.append(Event("Normal", "ReplicasRestored",
+                                        f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
+    ready = not spec.dry_run and all(
+        (o := observed.get(p.role)) is not None and o.replicas == p.replicas and o.ready_replicas >= p.replicas
+        for p in rec.pools)
+    if spec.dry_run:
+        cond("Ready", "False", "DryRun", "dry run: no Deployment is managed")
+    elif ready:
+        cond("Ready", "True", "AllReplicasReady", "every pool has its planned replicas ready")
+    else:
+        waiting = ", ".join(f"{p.role} {observed[p.role].ready_replicas if p.role in observed else 0}/{p.replicas}"
+                            for p in rec.pools)
+        cond("Ready", "False", "ReplicasNotReady", f"waiting for ready replicas: {waiting}")
+    status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:], plan=plan_status)
+    return Outcome(status, apply, delete, events)
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return f"spec.{where}: {first.get('msg')}"
+    return str(exc)

@@ -1,0 +1,168 @@
+"""The pure reconcile step: decisions, conditions, events and desired objects, with an explicit clock."""
+
+import copy
+import datetime as dt
+import json
+
+from goodput.render.reconcile import PoolObservation, reconcile
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+OBJ = {
+    "metadata": {"name": "llm", "namespace": "serving", "uid": "uid-1", "generation": 1},
+    "spec": {
+        "model": {"id": "llama-3.1-8b"}, "accelerator": {"gpu": "h100-sxm-80gb"},
+        "slo": {"ttftMs": 1000, "itlMs": 40}, "mode": "aggregated",
+        "workload": {"requestRate": 20, "inputTokens": {"mean": 1000, "p99": 4000},
+                     "outputTokens": {"mean": 200, "p99": 800}},
+    },
+}
+
+
+def conds(status: dict) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def settled(obj: dict, now: dt.datetime) -> tuple[dict, dict]:
+    """Reconcile, then pretend the cluster converged to the plan."""
+    out = reconcile(obj, {}, now)
+    nxt = copy.deepcopy(obj)
+    nxt["status"] = out.status
+    replicas = out.status["plan"]["decodeReplicas"]
+    return nxt, {"aggregated": PoolObservation(replicas, replicas)}
+
+
+def test_initial_plan_renders_vllm_deployment_and_event() -> None:
+    out = reconcile(OBJ, {}, NOW)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in out.apply]
+    assert kinds == [("Deployment", "llm-aggregated"), ("Service", "llm-aggregated"), ("Service", "llm")]
+    dep = out.apply[0]
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    for flag in ("--model", "--served-model-name", "--tensor-parallel-size", "--max-num-seqs",
+                 "--max-num-batched-tokens", "--max-model-len", "--gpu-memory-utilization", "--kv-cache-dtype",
+                 "--port"):
+        assert flag in args
+    assert args[args.index("--model") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
+    tp = int(args[args.index("--tensor-parallel-size") + 1])
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == tp
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert dep["metadata"]["labels"]["goodput.dev/role"] == "aggregated"
+    assert dep["spec"]["replicas"] == out.status["plan"]["decodeReplicas"] >= 1
+    assert any(v["name"] == "dshm" for v in pod["volumes"])
+    assert [e.reason for e in out.events] == ["Initial"]
+    assert out.status["decisions"][0]["reason"] == "Initial"
+    assert conds(out.status)["Ready"] == ("False", "ReplicasNotReady")
+
+
+def test_unchanged_object_reconciled_again_changes_nothing() -> None:
+    obj, observed = settled(OBJ, NOW)
+    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
+    assert out.events == []
+    assert out.status["decisions"] == obj["status"]["decisions"]
+    assert conds(out.status)["Ready"] == ("True", "AllReplicasReady")
+    # Transition times of unchanged conditions are kept.
+    before = {c["type"]: c["lastTransitionTime"] for c in obj["status"]["conditions"]}
+    after = {c["type"]: c["lastTransitionTime"] for c in out.status["conditions"]}
+    assert after["Degraded"] == before["Degraded"]
+
+
+def test_more_demand_scales_up_with_a_reason() -> None:
+    obj, observed = settled(OBJ, NOW)
+    obj["spec"]["workload"]["requestRate"] = 80
+    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
+    assert [e.reason for e in out.events] == ["ScaleUp"]
+    message = out.events[0].message
+    assert "aggregated" in message and "req/s" in message and "→" in message
+    assert out.status["plan"]["decodeReplicas"] > obj["status"]["plan"]["decodeReplicas"]
+    assert out.status["lastScaleTime"] == "2026-11-23T12:01:00Z"
+
+
+def test_tighter_slo_never_needs_fewer_gpus() -> None:
+    obj, observed = settled(OBJ, NOW)
+    obj["spec"]["slo"]["ttftMs"] = 400
+    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
+    assert out.status["plan"]["gpus"] >= obj["status"]["plan"]["gpus"]
+
+
+def test_invalid_spec_touches_nothing_and_warns_once() -> None:
+    obj, observed = settled(OBJ, NOW)
+    obj["spec"]["accelerator"]["gpu"] = "h100-sxm-80gb"
+    obj["spec"]["model"]["id"] = "llama-3.1-405b"
+    obj["spec"]["precision"] = {"weights": "bf16"}
+    obj["spec"]["accelerator"]["gpu"] = "l4-24gb"
+    out = reconcile(obj, observed, NOW)
+    assert out.apply == [] and out.delete_pools == []
+    assert conds(out.status)["Degraded"] == ("True", "InvalidSpec")
+    assert [e.type for e in out.events] == ["Warning"]
+    assert "does not fit" in out.events[0].message
+    assert out.status["plan"] == obj["status"]["plan"], "the last good plan stays visible"
+    again = copy.deepcopy(obj)
+    again["status"] = out.status
+    assert reconcile(again, observed, NOW).events == [], "the same problem is not re-announced"
+
+
+def test_unsupported_precision_is_a_condition_not_a_crash() -> None:
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["accelerator"]["gpu"] = "a100-sxm-80gb"
+    obj["spec"]["precision"] = {"weights": "fp8"}
+    out = reconcile(obj, {}, NOW)
+    assert conds(out.status)["Degraded"][0] == "True"
+    assert "FP8 tensor cores" in out.events[0].message
+
+
+def test_dry_run_plans_but_applies_nothing() -> None:
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["dryRun"] = True
+    out = reconcile(obj, {}, NOW)
+    assert out.apply == []
+    assert out.status["plan"]["decodeReplicas"] >= 1
+    assert conds(out.status)["ScalingActive"] == ("False", "DryRun")
+    assert [e.reason for e in out.events] == ["Initial"]
+
+
+def test_paused_changes_nothing() -> None:
+    obj, observed = settled(OBJ, NOW)
+    obj["spec"]["paused"] = True
+    obj["spec"]["workload"]["requestRate"] = 200
+    out = reconcile(obj, observed, NOW)
+    assert out.apply == []
+    assert out.status["plan"] == obj["status"]["plan"]
+    assert [e.reason for e in out.events] == ["Paused"]
+
+
+def test_replicas_edited_by_hand_are_restored() -> None:
+    obj, _ = settled(OBJ, NOW)
+    planned = obj["status"]["plan"]["decodeReplicas"]
+    out = reconcile(obj, {"aggregated": PoolObservation(planned + 3, planned + 3)}, NOW)
+    assert [e.reason for e in out.events] == ["ReplicasRestored"]
+    assert out.apply[0]["spec"]["replicas"] == planned
+
+
+def test_mode_change_deletes_the_old_pool_after_applying_the_new() -> None:
+    obj, observed = settled(OBJ, NOW)
+    obj["spec"]["mode"] = "disaggregated"
+    out = reconcile(obj, observed, NOW)
+    assert out.delete_pools == ["aggregated"]
+    assert {o["metadata"]["name"] for o in out.apply if o["kind"] == "Deployment"} == {"llm-prefill", "llm-decode"}
+    assert out.delete_pools == ["aggregated"]
+    assert "ModeChange" in [e.reason for e in out.events]
+    prefill = next(o for o in out.apply if o["metadata"]["name"] == "llm-prefill")
+    args = prefill["spec"]["template"]["spec"]["containers"][0]["args"]
+    config = json.loads(args[args.index("--kv-transfer-config") + 1])
+    assert config == {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
+
+
+def test_decisions_are_bounded() -> None:
+    obj = copy.deepcopy(OBJ)
+    obj["status"] = {"decisions": [{"time": "t", "reason": "Old", "message": str(i)} for i in range(40)]}
+    out = reconcile(obj, {}, NOW)
+    assert len(out.status["decisions"]) == 20
+    assert out.status["decisions"][-1]["reason"] == "Initial"
+
+
+def test_hf_token_is_referenced_never_copied() -> None:
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["template"] = {"huggingFaceTokenSecret": {"name": "hf", "key": "token"}}
+    out = reconcile(obj, {}, NOW)
+    env = out.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
