@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from calibrate import FITTED, loss, source_weights, to_factors  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 
+from calibrate import FITTED, loss, source_weights, to_factors  # noqa: E402
 from goodput.model.efficiency import Efficiency  # noqa: E402
 from goodput.model.measurements import evaluate, summarize  # noqa: E402
 

@@ -121,13 +121,14 @@ def _trace_lengths(path: Path) -> tuple[LengthDistribution, LengthDistribution]:
     try:
         with path.open(encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
                 try:
                     inputs.append(float(row["ContextTokens"]))
                     outputs.append(float(row["GeneratedTokens"]))
                 except (KeyError, TypeError, ValueError):
+                    # line_num counts physical lines, blank ones included (the reader skips those).
                     raise CapacityModelError(
-                        f"{path}:{line}: expected ContextTokens and GeneratedTokens numbers") from None
+                        f"{path}:{reader.line_num}: expected ContextTokens and GeneratedTokens numbers") from None
     except OSError as exc:
         raise CapacityModelError(f"cannot read {path}: {exc.strerror}") from exc
     if not inputs:
@@ -356,9 +357,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from goodput.api.crd import crd_yaml
+    from goodput.api.crd import crd_yaml, reference_markdown
 
-    text = crd_yaml()
+    text = reference_markdown() if args.reference else crd_yaml()
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -428,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
-    p.add_argument("--output", "-o", type=Path, metavar="FILE.yaml")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE")
+    p.add_argument("--reference", action="store_true", help="the field reference in Markdown instead")
     p.set_defaults(func=cmd_crd)
     return parser
 

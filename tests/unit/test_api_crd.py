@@ -79,3 +79,10 @@ def test_models_reject_bad_specs(patch: dict, fragment: str) -> None:
     with pytest.raises(ValidationError) as exc:
         InferenceDeploymentSpec.model_validate({**BASE, **patch})
     assert fragment in str(exc.value)
+
+
+def test_committed_field_reference_matches_the_models() -> None:
+    from goodput.api.crd import reference_markdown
+
+    assert (ROOT / "docs" / "crd-reference.md").read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/crd-reference.md drifted: run `goodput crd --reference -o docs/crd-reference.md`")

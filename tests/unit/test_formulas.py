@@ -231,7 +231,7 @@ def test_catalog_mixtral_active_params():
 
 @pytest.mark.parametrize("bad", [{}, {"hidden_size": 4096}, {**LLAMA_8B_CONFIG, "vocab_size": None}])
 def test_incomplete_hf_config_is_a_catalog_error(bad):
-    with pytest.raises(CapacityModelError, match="config.json lacks"):
+    with pytest.raises(CapacityModelError, match=r"config\.json lacks"):
         arch_from_hf_config(bad)
 
 

@@ -136,8 +136,8 @@ class ScalingSpec(_Model):
     max_cost_per_hour: float | None = Field(None, gt=0, le=10_000_000, description="Hard cap, USD per hour.")
     scale_up_stabilization_seconds: int = Field(0, ge=0, le=3600,
                                                 description="Scale up to the lowest recommendation of this window.")
-    scale_down_stabilization_seconds: int = Field(300, ge=0, le=86_400,
-                                                  description="Scale down to the highest recommendation of this window.")
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=86_400, description="Scale down to the highest recommendation of this window.")
     scale_up_max_percent_per_minute: int = Field(100, ge=1, le=10_000)
     scale_down_max_percent_per_minute: int = Field(10, ge=1, le=100)
     tolerance: float = Field(0.1, ge=0, lt=1, description="Ignore changes in demand smaller than this fraction.")

@@ -1,1 +1,4 @@
-"""A real local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) for tests and the demo."""
+"""A real local Kubernetes control plane for tests and the demo.
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built from source and cached.
+"""

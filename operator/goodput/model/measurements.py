@@ -98,6 +98,8 @@ def parse_row(row: Mapping[str, str]) -> Measurement:
         value = float(need("value"))
     except ValueError as exc:
         raise CapacityModelError(f"value={row.get('value')!r} is not a number") from exc
+    if not (math.isfinite(value) and value > 0):
+        raise CapacityModelError(f"value={row.get('value')!r} must be a positive finite number")
     return Measurement(
         model_id=need("model_id"),
         gpu_id=need("gpu_id"),

@@ -213,33 +213,71 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
                 rejected.append((f"{gpu.gpu_id} decode TP={tp}", f"cannot meet the ITL SLO: {cap.binding}"))
                 continue
             decodes.append((cap, r))
-        prefills: list[tuple[ReplicaCapacity, ReplicaModel]] = []
-        # The first token after a KV transfer costs one decode step of the decode pool.
-        first_step_s = min((c.at_goodput.itl_ms for c, _ in decodes), default=0.0) / 1e3
+        prefill_models: list[tuple[int, ReplicaModel]] = []
         for tp in fitting:
             pr_model = _prefill_replica(arch, gpu, precision, kv, tp, w, eff)
             if pr_model is None:
                 rejected.append((f"{gpu.gpu_id} prefill TP={tp}",
-                                 "the KV cache cannot hold one step's prompt tokens (2048) and the longest prompt"))
+                                 f"the KV cache cannot hold one prefill step ({min(PREFILL_TOKEN_BUDGETS)} tokens) "
+                                 f"and the longest prompt ({w.input_len.max:.0f} tokens)"))
                 continue
-            cap = prefill_capacity(pr_model, w, slo, first_step_s)
-            if cap.goodput_rps <= 0:
-                rejected.append((f"{gpu.gpu_id} prefill TP={tp}", f"cannot meet the TTFT SLO: {cap.binding}"))
-                continue
-            prefills.append((cap, pr_model))
-        if decodes and prefills:
-            # Per pool, the TP degree with the fewest GPUs for this demand (ties: smaller TP).
-            def gpus_needed(item: tuple[ReplicaCapacity, ReplicaModel]) -> tuple[int, int]:
-                return (_replicas(demand, item[0]) * item[0].tp, item[0].tp)
-
-            pcap, pr = min(prefills, key=gpus_needed)
-            dcap, dr = min(decodes, key=gpus_needed)
-            ppool = PoolPlan("prefill", pcap.tp, _replicas(demand, pcap), pcap)
-            dpool = PoolPlan("decode", dcap.tp, _replicas(demand, dcap), dcap)
-            _, itl = _point_latencies(dpool, demand, w, slo, dr)
-            ttft, _ = _point_latencies(ppool, demand, w, slo, pr, itl / 1e3)
+            prefill_models.append((tp, pr_model))
+        best = _best_disaggregated(decodes, prefill_models, w, slo, demand)
+        if best is not None:
+            ppool, dpool, ttft, itl = best
             out.append(Candidate(gpu, "disaggregated", (ppool, dpool), demand, ttft, itl, True))
+        elif decodes and prefill_models:
+            rejected.append((f"{gpu.gpu_id} disaggregated",
+                             "no prefill pool meets the TTFT SLO after the KV transfer and first decode step"))
     return out
+
+
+# Decode replicas tried above the fewest that meet the ITL SLO: a less loaded decode pool has a
+# shorter first step, which leaves more of the TTFT budget to prefill and can save prefill GPUs.
+DECODE_EXTRA_REPLICAS = 2
+
+
+def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
+                        prefill_models: list[tuple[int, ReplicaModel]], w: Workload, slo: SLO,
+                        demand: float) -> tuple[PoolPlan, PoolPlan, float, float] | None:
+    """The fewest-GPU (prefill pool, decode pool) pair. A request's TTFT in disaggregated serving
+    ends with its first decode step, taken at the decode pool's planned load: the prefill pool is
+    sized for exactly the decode pool it is paired with, so the prediction and the sizing agree.
+
+    Branch and bound: prefill capacity at the shortest first step of any decode option bounds
+    every pairing's prefill GPUs from below, so exact capacities are computed only for pairings
+    whose bound can still beat the best found."""
+    options: list[tuple[PoolPlan, ReplicaModel, float]] = []
+    for dcap, dr in decodes:
+        fewest = _replicas(demand, dcap)
+        for n_decode in range(fewest, fewest + DECODE_EXTRA_REPLICAS + 1):
+            dpool = PoolPlan("decode", dcap.tp, n_decode, dcap)
+            options.append((dpool, dr, _point_latencies(dpool, demand, w, slo, dr)[1]))
+    if not options or not prefill_models:
+        return None
+    shortest_step_s = min(itl for _, _, itl in options) / 1e3
+    lower: dict[int, int] = {}
+    for tp, pr in prefill_models:
+        cap = prefill_capacity(pr, w, slo, shortest_step_s)
+        if cap.goodput_rps > 0:
+            lower[tp] = _replicas(demand, cap) * tp
+    pairs = sorted(((dpool.gpus + lower[tp], dpool, dr, itl, tp, pr)
+                    for dpool, dr, itl in options for tp, pr in prefill_models if tp in lower),
+                   key=lambda x: (x[0], x[1].tp + x[4], x[1].replicas))
+    best: tuple[tuple[int, int, int], PoolPlan, PoolPlan, float, float] | None = None
+    for bound, dpool, _dr, itl, tp, pr in pairs:
+        if best is not None and bound > best[0][0]:
+            break
+        first_step_s = itl / 1e3
+        pcap = prefill_capacity(pr, w, slo, first_step_s)
+        if pcap.goodput_rps <= 0:
+            continue
+        ppool = PoolPlan("prefill", tp, _replicas(demand, pcap), pcap)
+        rank = (ppool.gpus + dpool.gpus, ppool.tp + dpool.tp, dpool.replicas)
+        if best is None or rank < best[0]:
+            ttft, _ = _point_latencies(ppool, demand, w, slo, pr, first_step_s)
+            best = (rank, ppool, dpool, ttft, itl)
+    return None if best is None else best[1:]
 
 
 def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,

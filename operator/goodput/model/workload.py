@@ -45,7 +45,12 @@ class LengthDistribution:
             return cls.fixed(mean)
         ratio = math.log(p99 / mean)
         disc = _Z99**2 - 2.0 * ratio
-        sigma = _Z99 - math.sqrt(disc) if disc > 0 else _Z99
+        if disc < 0:
+            # p99/mean = exp(z99*sigma - sigma^2/2) peaks at exp(z99^2/2) = 14.97 for sigma = z99.
+            raise CapacityModelError(
+                f"no lognormal has mean {mean:g} and p99 {p99:g}: p99/mean cannot exceed "
+                f"{math.exp(_Z99**2 / 2):.2f}; give a smaller p99 or an empirical distribution (--lengths-from)")
+        sigma = _Z99 - math.sqrt(disc)
         mu = math.log(mean) - sigma**2 / 2.0
         mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
         z = np.array([_inverse_normal(float(p)) for p in mids])
@@ -79,10 +84,17 @@ class LengthDistribution:
         return float(np.max(self.values))
 
     def quantile(self, q: float) -> float:
+        """Interpolated between the representative points, each placed at its bin's middle
+        probability (a point stands for its bin: reading the bin itself would be off by half a bin,
+        the 98.5th percentile for the p99)."""
+        if self.values.size == 1:
+            return float(self.values[0])
         order = np.argsort(self.values)
-        cdf = np.cumsum(self.weights[order])
-        idx = int(np.searchsorted(cdf, q * cdf[-1] - 1e-12))
-        return float(self.values[order][min(idx, len(order) - 1)])
+        values = self.values[order]
+        weights = self.weights[order] / np.sum(self.weights)
+        mids = np.cumsum(weights) - weights / 2.0
+        # Length tails are close to lognormal: interpolate the logarithm.
+        return float(np.exp(np.interp(q, mids, np.log(np.maximum(values, 1e-9)))))
 
     def token_weighted_mean(self) -> float:
         """Mean length seen by a token picked at random (long prompts hold more steps)."""
