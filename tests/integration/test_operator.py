@@ -92,7 +92,7 @@ def plan_of(cluster: Any, name: str) -> dict[str, Any]:
 
 
 def deployment(cluster: Any, name: str) -> dict[str, Any] | None:
-    return kjson(cluster, "get", "deployment", name, "-n", NS)
+    return kjson(cluster, "get", "deployment", name, "-n", NS, "--show-managed-fields")
 
 
 def events_for(cluster: Any, name: str) -> list[dict[str, Any]]:

@@ -754,11 +754,11 @@ class LocalCluster:
                 "--shutdown-watch-termination-grace-period=2s",
                 *self.extra_apiserver_args,
             ],
+            # no --authentication/--authorization-kubeconfig for these two: /healthz is always
+            # allowed, and delegated authn would look for a request-header CA this cluster lacks
             "kube-controller-manager": [
                 str(b.kube_controller_manager),
                 f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
                 f"--service-account-private-key-file={pki.sa_key}",
                 f"--root-ca-file={pki.ca_cert}",
                 f"--cluster-signing-cert-file={pki.ca_cert}",
@@ -773,8 +773,6 @@ class LocalCluster:
             "kube-scheduler": [
                 str(b.kube_scheduler),
                 f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
                 "--leader-elect=false",
                 f"--bind-address={_LOOPBACK}",
                 f"--secure-port={ports['scheduler']}",
