@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
 from goodput.model.architecture import ModelArch, get_model
+from goodput.model.efficiency import Efficiency
 from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, weight_precision
@@ -160,10 +161,12 @@ def _clamp(replicas: int, bounds: PoolScaling) -> tuple[int, str]:
     return replicas, ""
 
 
-def recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload) -> Recommendation:
+def recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload,
+              efficiency: Efficiency | None = None) -> Recommendation:
     budget = Budget(spec.scaling.max_gpus, spec.scaling.max_cost_per_hour)
     result: Plan = plan(resolved.arch, [resolved.gpu], resolved.precision, demand, resolved.slo,
-                        resolved.kv_cache_dtype, spec.mode, budget, tp_degrees=resolved.tp_degrees)
+                        resolved.kv_cache_dtype, spec.mode, budget, efficiency=efficiency,
+                        tp_degrees=resolved.tp_degrees)
     chosen: Candidate | None = result.chosen
     if chosen is None:
         raise CapacityModelError(result.message)

@@ -1,0 +1,332 @@
+"""The autoscaler: from an Observation, the history kept in status and `now`, to replicas per pool.
+
+Pure. Every number comes with its reason. The semantics, in order:
+
+1. **Demand.** With live metrics: the short-window arrival rate (completions plus queue growth),
+   forecast over the cold-start horizon along the trend between the long and the short window;
+   the larger (safer) of that forecast and the long-window rate is planned for. Prompt/output
+   lengths come from the observed histograms (mean and p99) when present. Without metrics ever
+   seen: the spec's workload hints.
+2. **Calibration.** Observed ITL and TTFT at the SLO percentile against the model's prediction at
+   the observed load give a step-time scale (observed / predicted), smoothed (EWMA 0.3) and
+   bounded to [0.5, 2]; the capacity model runs with its efficiency scaled by it.
+3. **Recommendation.** The cheapest configuration for the forecast (`recommend`).
+4. **Stabilization** (Kubernetes HPA semantics): recommendations are remembered for the longest
+   window; scaling up goes to the *lowest* recommendation of the scale-up window, scaling down to
+   the *highest* of the scale-down window. A change within `tolerance` of the current replicas is
+   ignored. Rate limits: per minute at most +max(1, up% of current) and -max(1, down% of current).
+5. **Emergency.** KV cache above 90%, preemptions, or a growing queue in a pool scale it up by at
+   least one replica at once, past the scale-up window and the tolerance (never past max bounds).
+6. **Safety.** On a metrics outage, or stale data: hold the current replicas; never scale down
+   on missing data. After an operator restart the history in status is used as it is; if it does
+   not cover the scale-down window yet, no scale-down happens until it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.model.efficiency import Efficiency, calibrated_efficiency
+from goodput.model.workload import LengthDistribution, Workload
+from goodput.planner.observation import Observation, PoolMetrics
+from goodput.planner.recommend import Recommendation, ResolvedSpec, hinted_workload, recommend
+
+CALIBRATION_BOUNDS = (0.5, 2.0)
+CALIBRATION_SMOOTHING = 0.3
+KV_PRESSURE = 0.90
+RATE_LIMIT_PERIOD_S = 60.0
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    role: str
+    current: int
+    recommended: int  # what the capacity model asks for now
+    target: int  # after stabilization, tolerance, rate limits, emergency and bounds
+    reason: str  # code: ScaleUp, ScaleDown, Hold, Emergency, Stabilizing, RateLimited, WithinTolerance
+    message: str
+
+
+@dataclass(frozen=True)
+class DemandEstimate:
+    rate_rps: float
+    source: str  # "metrics" or "spec.workload"
+    short_rps: float | None = None
+    long_rps: float | None = None
+    horizon_s: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class AutoscalerState:
+    """Kept in status.autoscaler so that decisions survive an operator restart."""
+
+    recommendations: list[dict[str, Any]] = field(default_factory=list)  # {"time": iso, "replicas": {role: n}}
+    scale_events: list[dict[str, Any]] = field(default_factory=list)  # {"time": iso, "replicas": {role: n}}
+    step_time_scale: float = 1.0
+    metrics_seen: bool = False
+
+    @classmethod
+    def from_status(cls, data: dict[str, Any] | None) -> AutoscalerState:
+        data = data or {}
+        scale = data.get("stepTimeScale", 1.0)
+        return cls(
+            recommendations=list(data.get("recommendations", [])),
+            scale_events=list(data.get("scaleEvents", [])),
+            step_time_scale=float(scale) if isinstance(scale, int | float) and math.isfinite(scale) else 1.0,
+            metrics_seen=bool(data.get("metricsSeen", False)),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {"recommendations": self.recommendations, "scaleEvents": self.scale_events,
+                "stepTimeScale": round(self.step_time_scale, 4), "metricsSeen": self.metrics_seen}
+
+
+@dataclass(frozen=True)
+class AutoscaleResult:
+    recommendation: Recommendation
+    pools: tuple[PoolDecision, ...]
+    demand: DemandEstimate
+    state: AutoscalerState
+    metrics_available: bool
+    metrics_message: str
+    efficiency: Efficiency
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(t: str) -> dt.datetime:
+    return dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def scaled_efficiency(scale: float, base: Efficiency | None = None) -> Efficiency:
+    """The efficiency factors with every step `scale` times slower (or faster)."""
+    e = base or calibrated_efficiency()
+    return e.replace(
+        bandwidth_fraction=min(e.bandwidth_fraction / scale, 1.0),
+        compute_fraction=min(e.compute_fraction / scale, 1.0),
+        step_overhead_s=e.step_overhead_s * scale,
+        layer_overhead_s=e.layer_overhead_s * scale,
+        allreduce_hop_latency_s=e.allreduce_hop_latency_s * scale,
+    )
+
+
+def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None) -> DemandEstimate:
+    horizon = float(spec.scaling.cold_start_seconds)
+    if obs is None or not obs.available:
+        return DemandEstimate(spec.workload.request_rate, "spec.workload")
+    short = obs.serving_pool()
+    long = obs.serving_pool(long=True)
+    assert short is not None
+    s = short.arrival_rate_rps or 0.0
+    lng = long.arrival_rate_rps if long is not None else None
+    forecast = s
+    note = f"{s:.2f} req/s over {obs.window_s:.0f} s"
+    if lng is not None and obs.long_window_s > obs.window_s:
+        # Windows centred at -w/2 and -W/2: the slope between them, projected over the cold start.
+        slope = (s - lng) / ((obs.long_window_s - obs.window_s) / 2.0)
+        if slope > 0:
+            forecast = s + slope * horizon
+            note += f", rising {slope * 60:.2f} req/s per minute → {forecast:.2f} req/s in {horizon:.0f} s"
+        if lng > forecast:
+            note += f"; the {obs.long_window_s:.0f} s rate {lng:.2f} req/s is higher and is kept"
+        forecast = max(forecast, lng)
+    return DemandEstimate(max(forecast, 0.0), "metrics", s, lng, horizon, note)
+
+
+def observed_workload(spec: InferenceDeploymentSpec, obs: Observation | None, rate: float) -> Workload:
+    hints = hinted_workload(spec)
+    pool = obs.serving_pool(long=True) if obs is not None and obs.available else None
+    if pool is None:
+        return hints.with_rate(rate)
+
+    def lengths(mean: float | None, p99: float | None, fallback: LengthDistribution) -> LengthDistribution:
+        if mean is None or not mean > 0:
+            return fallback
+        if p99 is None or p99 <= mean * 1.01:
+            return LengthDistribution.fixed(mean)
+        return LengthDistribution.lognormal(mean, min(p99, mean * 14.9))
+
+    hit = pool.prefix_cache_hit_rate if pool.prefix_cache_hit_rate is not None else hints.prefix_cache_hit_rate
+    return Workload(rate, lengths(pool.input_len_mean, pool.input_len_p99, hints.input_len),
+                    lengths(pool.output_len_mean, pool.output_len_p99, hints.output_len),
+                    min(max(hit, 0.0), 0.95))
+
+
+def calibrate(state: AutoscalerState, predicted_itl_ms: float | None, observed: PoolMetrics | None) -> float:
+    """New step-time scale from observed vs predicted ITL (the most direct read of step time)."""
+    if observed is None or observed.itl_ms is None or not predicted_itl_ms or predicted_itl_ms <= 0:
+        return state.step_time_scale
+    if not (observed.running or 0) > 0:
+        return state.step_time_scale  # an idle replica says nothing about its step time
+    ratio = observed.itl_ms / predicted_itl_ms * state.step_time_scale
+    lo, hi = CALIBRATION_BOUNDS
+    ratio = min(max(ratio, lo), hi)
+    return (1 - CALIBRATION_SMOOTHING) * state.step_time_scale + CALIBRATION_SMOOTHING * ratio
+
+
+def _window(history: list[dict[str, Any]], now: dt.datetime, seconds: float, role: str) -> list[int]:
+    cutoff = now - dt.timedelta(seconds=seconds)
+    return [int(h["replicas"][role]) for h in history
+            if role in h.get("replicas", {}) and _parse(h["time"]) >= cutoff]
+
+
+def _base_for_rate_limit(state: AutoscalerState, now: dt.datetime, role: str, current: int) -> int:
+    """Replicas at the start of the rate-limit period: the limit applies per minute, not per decision."""
+    cutoff = now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)
+    earlier = [h for h in state.scale_events if role in h.get("replicas", {}) and _parse(h["time"]) >= cutoff]
+    return int(earlier[0]["before"][role]) if earlier and role in earlier[0].get("before", {}) else current
+
+
+def _emergency(pool: PoolMetrics | None) -> str:
+    if pool is None:
+        return ""
+    if pool.kv_cache_usage is not None and pool.kv_cache_usage > KV_PRESSURE:
+        return f"KV cache {pool.kv_cache_usage:.0%} full"
+    if pool.preemptions_rps is not None and pool.preemptions_rps > 0:
+        return f"{pool.preemptions_rps:.2f} preemptions/s"
+    if (pool.queue_growth_rps or 0) > 0 and (pool.waiting or 0) > max(pool.running or 0, 1) * 0.5:
+        return f"queue growing {pool.queue_growth_rps:.2f} req/s ({pool.waiting:.0f} waiting)"
+    return ""
+
+
+def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observation | None,
+              current: dict[str, int], state: AutoscalerState, now: dt.datetime,
+              operator_started: dt.datetime | None = None) -> AutoscaleResult:
+    """Decide replicas per pool. `current`: replicas of each pool's Deployment now (pods still
+    starting included). `obs` None: no metrics source configured."""
+    state = dataclasses.replace(state, recommendations=list(state.recommendations),
+                                scale_events=list(state.scale_events))
+    have_metrics = obs is not None and obs.available
+    outage = obs is not None and not obs.available
+    if have_metrics:
+        state.metrics_seen = True
+    demand = estimate_demand(spec, obs)
+    workload = observed_workload(spec, obs, demand.rate_rps)
+
+    # Calibrate against what the model predicts for the observed load on the current pools.
+    if have_metrics and obs is not None:
+        serving = obs.serving_pool()
+        replicas_now = current.get("aggregated") or current.get("decode") or 0
+        if serving is not None and serving.request_rate_rps and replicas_now:
+            probe = recommend(spec, resolved, workload.with_rate(serving.request_rate_rps),
+                              scaled_efficiency(state.step_time_scale))
+            state.step_time_scale = calibrate(state, probe.predicted_itl_ms, serving)
+    eff = scaled_efficiency(state.step_time_scale)
+    rec = recommend(spec, resolved, workload, eff)
+
+    if outage:
+        metrics_message = f"metrics unavailable, holding replicas: {obs.error if obs else ''}"
+    elif have_metrics:
+        metrics_message = f"live metrics: {demand.note}"
+    else:
+        metrics_message = f"no metrics source: planning for spec.workload hints ({spec.workload.request_rate:g} req/s)"
+    # Holding on an outage only makes sense once something runs; before that, plan from hints.
+    hold_all = outage and state.metrics_seen
+
+    recorded = {p.role: p.replicas for p in rec.pools}
+    state.recommendations.append({"time": _iso(now), "replicas": recorded})
+    longest = max(spec.scaling.scale_down_stabilization_seconds, spec.scaling.scale_up_stabilization_seconds,
+                  RATE_LIMIT_PERIOD_S)
+    state.recommendations = [h for h in state.recommendations
+                             if _parse(h["time"]) >= now - dt.timedelta(seconds=longest)]
+    history_start = _parse(state.recommendations[0]["time"])
+    history_covers_down_window = (now - history_start).total_seconds() >= spec.scaling.scale_down_stabilization_seconds
+
+    decisions = []
+    for p in rec.pools:
+        role = p.role
+        bounds = getattr(spec.scaling, role)
+        cur = current.get(role)
+        if cur is None:  # a new pool (first plan, or a mode change): start where the model says
+            decisions.append(PoolDecision(role, 0, p.replicas, p.replicas, "ScaleUp",
+                                          f"{role} 0→{p.replicas}: {_why(p.role, rec, demand)}"))
+            continue
+        pool_metrics = obs.pools.get(role) if have_metrics and obs is not None else None
+        emergency = _emergency(pool_metrics) if have_metrics else ""
+        if hold_all:
+            decisions.append(PoolDecision(role, cur, p.replicas, cur, "Hold",
+                                          f"{role} holds {cur}: {metrics_message}"))
+            continue
+        target, reason, message = p.replicas, "", ""
+        if p.replicas > cur:
+            window = _window(state.recommendations, now, spec.scaling.scale_up_stabilization_seconds, role)
+            target = min(window) if window else p.replicas
+            target = max(target, cur)
+        elif p.replicas < cur:
+            window = _window(state.recommendations, now, spec.scaling.scale_down_stabilization_seconds, role)
+            target = max(window) if window else cur
+            target = min(target, cur)
+            if not history_covers_down_window and target < cur:
+                target, reason = cur, "Stabilizing"
+                message = (f"{role} stays at {cur}: the model asks {p.replicas}, but recommendations since "
+                           f"{_iso(history_start)} do not cover the {spec.scaling.scale_down_stabilization_seconds} s "
+                           "scale-down window yet")
+        if emergency and target <= cur:
+            target = cur + 1
+            reason, message = "Emergency", f"{role} {cur}→{cur + 1} now: {emergency}"
+        if not reason and target != cur and abs(target - cur) / cur <= spec.scaling.tolerance:
+            target, reason = cur, "WithinTolerance"
+            message = (f"{role} stays at {cur}: the model asks {p.replicas}, within the "
+                       f"{spec.scaling.tolerance:.0%} tolerance")
+        # Rate limits (a per-minute budget measured from the replicas a minute ago).
+        base = _base_for_rate_limit(state, now, role, cur)
+        up_limit = base + max(1, math.ceil(base * spec.scaling.scale_up_max_percent_per_minute / 100))
+        down_limit = base - max(1, math.floor(base * spec.scaling.scale_down_max_percent_per_minute / 100))
+        limited = min(max(target, down_limit), up_limit)
+        if limited != target:
+            target, reason = limited, "RateLimited"
+            message = (f"{role} {cur}→{limited}: {_why(role, rec, demand)}; the model asks {p.replicas}, "
+                       f"the rate limit allows {limited} this minute")
+        clamped = min(max(target, bounds.min_replicas), bounds.max_replicas)
+        if clamped != target:
+            target = clamped
+            message = (message + "; " if message else "") + f"clamped to [{bounds.min_replicas}, {bounds.max_replicas}]"
+        if not reason:
+            if target > cur:
+                reason, message = "ScaleUp", f"{role} {cur}→{target}: {_why(role, rec, demand)}"
+            elif target < cur:
+                reason, message = "ScaleDown", f"{role} {cur}→{target}: {_why(role, rec, demand)}"
+            else:
+                reason = "Hold"
+                if p.replicas != cur:
+                    message = (f"{role} stays at {cur}: the model asks {p.replicas}; waiting for the "
+                               "stabilization window")
+                else:
+                    message = f"{role} stays at {cur}: {_why(role, rec, demand)}"
+        decisions.append(PoolDecision(role, cur, p.replicas, target, reason, message))
+
+    changed = {d.role: d.target for d in decisions if d.target != d.current}
+    if changed:
+        state.scale_events.append({"time": _iso(now), "replicas": changed,
+                                   "before": {d.role: d.current for d in decisions if d.role in changed}})
+    state.scale_events = [e for e in state.scale_events
+                          if _parse(e["time"]) >= now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)]
+    final = _with_targets(rec, decisions)
+    return AutoscaleResult(final, tuple(decisions), demand, state, have_metrics, metrics_message, eff)
+
+
+def _why(role: str, rec: Recommendation, demand: DemandEstimate) -> str:
+    p = rec.pool(role)
+    assert p is not None
+    source = "forecast" if demand.source == "metrics" else "hinted"
+    latency = f"ITL {rec.predicted_itl_ms:.1f} ms" if role != "prefill" else f"TTFT {rec.predicted_ttft_ms:.0f} ms"
+    horizon = f" in {demand.horizon_s:.0f} s" if demand.source == "metrics" and demand.horizon_s else ""
+    return (f"{source} {demand.rate_rps:.2f} req/s{horizon} needs {demand.rate_rps / max(p.goodput_rps, 1e-9):.1f} "
+            f"replicas at {p.goodput_rps:.2f} req/s each ({latency} predicted; then {p.limit})")
+
+
+def _with_targets(rec: Recommendation, decisions: list[PoolDecision]) -> Recommendation:
+    targets = {d.role: d.target for d in decisions}
+    pools = tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas)) for p in rec.pools)
+    gpus = sum(p.tp * p.replicas for p in pools)
+    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
+    price = rec.usd_per_hour / rec.gpus if rec.gpus else 0.0
+    return dataclasses.replace(rec, pools=pools, gpus=gpus, usd_per_hour=gpus * price, served_rps=served)

@@ -1,0 +1,172 @@
+"""The autoscaler, table-driven with an explicit clock: step up, step down, spike, outage, budget, restart."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.planner.autoscale import AutoscalerState, autoscale, estimate_demand, scaled_efficiency
+from goodput.planner.observation import Observation, PoolMetrics
+from goodput.planner.recommend import recommend, resolve
+
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+SPEC = {
+    "model": {"id": "llama-3.1-8b"}, "accelerator": {"gpu": "h100-sxm-80gb"},
+    "slo": {"ttftMs": 1000, "itlMs": 40}, "mode": "aggregated",
+    "workload": {"requestRate": 10, "inputTokens": {"mean": 1000, "p99": 4000},
+                 "outputTokens": {"mean": 200, "p99": 800}},
+    "scaling": {"aggregated": {"minReplicas": 1, "maxReplicas": 40}, "coldStartSeconds": 120,
+                "scaleDownStabilizationSeconds": 300},
+}
+
+
+def spec(**scaling: object) -> InferenceDeploymentSpec:
+    data = {**SPEC, "scaling": {**SPEC["scaling"], **scaling}}
+    return InferenceDeploymentSpec.model_validate(data)
+
+
+def obs(rate: float, long_rate: float | None = None, at: dt.datetime = T0, **extra: float) -> Observation:
+    base = {"request_rate_rps": rate, "input_len_mean": 1000.0, "input_len_p99": 4000.0, "output_len_mean": 200.0,
+            "output_len_p99": 800.0, "running": 10.0, "waiting": 0.0, "queue_growth_rps": 0.0,
+            "kv_cache_usage": 0.3, "preemptions_rps": 0.0}
+    short = PoolMetrics("aggregated", pods_reporting=2, **{**base, **extra})
+    long = PoolMetrics("aggregated", pods_reporting=2, **{**base, "request_rate_rps": long_rate or rate})
+    return Observation(at, 60.0, 600.0, {"aggregated": short}, {"aggregated": long})
+
+
+def run(s: InferenceDeploymentSpec, o: Observation | None, current: int, state: AutoscalerState,
+        now: dt.datetime) -> tuple[int, str, AutoscalerState, str]:
+    res = autoscale(s, resolve(s, "x"), o, {"aggregated": current}, state, now)
+    d = res.pools[0]
+    return d.target, d.reason, res.state, d.message
+
+
+def replicas_for(rate: float) -> int:
+    s = spec()
+    r = resolve(s, "x")
+    from goodput.planner.autoscale import observed_workload
+
+    return recommend(s, r, observed_workload(s, obs(rate), rate)).pools[0].replicas
+
+
+def test_step_up_is_immediate_with_reason() -> None:
+    need = replicas_for(60)
+    target, reason, _, message = run(spec(), obs(60), 1, AutoscalerState(metrics_seen=True), T0)
+    assert need > 2
+    assert reason in ("ScaleUp", "RateLimited")
+    # Default scale-up limit: +100% per minute from 1 replica is 2.
+    assert target == min(need, 2)
+    assert "aggregated 1→" in message and "req/s" in message
+
+
+def test_step_up_rate_limit_allows_more_next_minute() -> None:
+    s = spec(scaleUpMaxPercentPerMinute=1000)
+    need = replicas_for(60)
+    target, reason, _, _ = run(s, obs(60), 1, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need, "ScaleUp")
+
+
+def test_scale_down_waits_for_the_stabilization_window() -> None:
+    s = spec()
+    high = replicas_for(60)
+    state = AutoscalerState(metrics_seen=True)
+    # Five minutes of high load recommendations, then the load drops.
+    for minute in range(6):
+        _, _, state, _ = run(s, obs(60), high, state, T0 + dt.timedelta(minutes=minute))
+    drop = T0 + dt.timedelta(minutes=6)
+    target, reason, state, message = run(s, obs(5, long_rate=5), high, state, drop)
+    assert target == high and reason == "Hold", message
+    # Recommendations stay low for the whole window: then it scales down, by the rate limit.
+    for minute in range(7, 13):
+        target, reason, state, message = run(s, obs(5, long_rate=5), high, state, T0 + dt.timedelta(minutes=minute))
+    assert target < high and reason in ("ScaleDown", "RateLimited"), message
+
+
+def test_small_changes_within_tolerance_are_ignored() -> None:
+    s = spec(tolerance=0.5)
+    need = replicas_for(60)
+    target, reason, _, _ = run(s, obs(60 * 1.2), need, AutoscalerState(metrics_seen=True), T0)
+    assert target == need and reason in ("WithinTolerance", "Hold")
+
+
+@pytest.mark.parametrize("signal", [
+    {"kv_cache_usage": 0.97},
+    {"preemptions_rps": 0.5},
+    {"queue_growth_rps": 2.0, "waiting": 40.0},
+])
+def test_pressure_triggers_an_emergency_scale_up(signal: dict[str, float]) -> None:
+    need = replicas_for(20)
+    target, reason, _, message = run(spec(), obs(20, **signal), need, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need + 1, "Emergency")
+    assert "now:" in message
+
+
+def test_outage_holds_replicas_and_never_scales_down() -> None:
+    state = AutoscalerState(metrics_seen=True)
+    outage = Observation.unavailable(T0, "Prometheus at http://prom:9090 unreachable: connection refused")
+    res = autoscale(spec(), resolve(spec(), "x"), outage, {"aggregated": 7}, state, T0)
+    assert res.pools[0].target == 7 and res.pools[0].reason == "Hold"
+    assert not res.metrics_available
+    assert "unreachable" in res.metrics_message
+
+
+def test_before_any_metrics_the_hints_plan() -> None:
+    outage = Observation.unavailable(T0, "no data yet")
+    res = autoscale(spec(), resolve(spec(), "x"), outage, {}, AutoscalerState(), T0)
+    assert res.demand.source == "spec.workload"
+    assert res.pools[0].target == res.pools[0].recommended >= 1
+
+
+def test_budget_caps_the_plan() -> None:
+    s = spec(maxGpus=2, scaleUpMaxPercentPerMinute=1000)
+    res = autoscale(s, resolve(s, "x"), obs(200), {"aggregated": 1}, AutoscalerState(metrics_seen=True), T0)
+    assert res.recommendation.gpus <= 2
+    assert res.recommendation.limited
+
+
+def test_restart_continues_from_history_in_status() -> None:
+    s = spec()
+    high = replicas_for(60)
+    state = AutoscalerState(metrics_seen=True)
+    for minute in range(3):
+        _, _, state, _ = run(s, obs(60), high, state, T0 + dt.timedelta(minutes=minute))
+    # The operator restarts: only what was in status survives.
+    restored = AutoscalerState.from_status(state.to_status())
+    target, reason, _, _ = run(s, obs(5, long_rate=5), high, restored, T0 + dt.timedelta(minutes=3))
+    assert target == high, "the high recommendations in the window still hold the scale-down"
+
+
+def test_fresh_history_does_not_scale_down() -> None:
+    # No history at all (e.g. status lost): a low recommendation is not acted on at once.
+    high = replicas_for(60)
+    target, reason, _, message = run(spec(), obs(5, long_rate=5), high, AutoscalerState(metrics_seen=True), T0)
+    assert target == high and reason == "Stabilizing", message
+
+
+def test_forecast_uses_the_trend_over_the_cold_start() -> None:
+    rising = obs(30, long_rate=10)  # +20 req/s between windows 270 s apart
+    d = estimate_demand(spec(), rising)
+    assert d.rate_rps > 30 and "rising" in d.note
+    falling = obs(10, long_rate=30)
+    assert estimate_demand(spec(), falling).rate_rps == pytest.approx(30), "the safer (long) rate is kept"
+
+
+def test_calibration_moves_toward_observed_and_is_bounded() -> None:
+    s = spec()
+    state = AutoscalerState(metrics_seen=True)
+    slow = obs(20, itl_ms=200.0)  # far slower than any prediction
+    for minute in range(30):
+        res = autoscale(s, resolve(s, "x"), slow, {"aggregated": 2}, state, T0 + dt.timedelta(minutes=minute))
+        state = res.state
+    assert state.step_time_scale == pytest.approx(2.0, abs=0.05), "bounded at 2x"
+    e = scaled_efficiency(2.0)
+    assert e.step_overhead_s > scaled_efficiency(1.0).step_overhead_s
+
+
+def test_state_round_trips_through_status() -> None:
+    state = AutoscalerState([{"time": "2026-11-23T12:00:00Z", "replicas": {"decode": 3}}], [], 1.2345, True)
+    again = AutoscalerState.from_status(state.to_status())
+    assert again.recommendations == state.recommendations and again.metrics_seen
+    assert again.step_time_scale == pytest.approx(1.2345)
