@@ -347,6 +347,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import os
 
     os.environ["GOODPUT_TIMER_SECONDS"] = str(args.timer_seconds)  # read when the handlers register
+    if args.prometheus:
+        os.environ["GOODPUT_PROMETHEUS_URL"] = args.prometheus
+    if args.metrics_port is not None:
+        os.environ["GOODPUT_METRICS_PORT"] = str(args.metrics_port)
     import kopf
 
     import goodput.handlers.operator  # noqa: F401  (registers the handlers)
@@ -426,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", default=True,
                    help="no peering between operator replicas (default; the Helm chart enables peering)")
     p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--prometheus", metavar="URL", help="default Prometheus for live metrics (spec.prometheus.url "
+                   "overrides it); without one, plans follow spec.workload")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the operator's own /metrics here")
     p.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")

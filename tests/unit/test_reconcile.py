@@ -23,12 +23,18 @@ def conds(status: dict) -> dict[str, tuple[str, str]]:
 
 
 def settled(obj: dict, now: dt.datetime) -> tuple[dict, dict]:
-    """Reconcile, then pretend the cluster converged to the plan."""
+    """Reconcile, then pretend the cluster converged to the plan. Editing the returned object's spec
+    should go through `edited`, which bumps metadata.generation as the apiserver does."""
     out = reconcile(obj, {}, now)
     nxt = copy.deepcopy(obj)
     nxt["status"] = out.status
     replicas = out.status["plan"]["decodeReplicas"]
     return nxt, {"aggregated": PoolObservation(replicas, replicas)}
+
+
+def edited(obj: dict) -> dict:
+    obj["metadata"]["generation"] += 1
+    return obj
 
 
 def test_initial_plan_renders_vllm_deployment_and_event() -> None:
@@ -69,8 +75,9 @@ def test_unchanged_object_reconciled_again_changes_nothing() -> None:
 def test_more_demand_scales_up_with_a_reason() -> None:
     obj, observed = settled(OBJ, NOW)
     obj["spec"]["workload"]["requestRate"] = 80
+    edited(obj)
     out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
-    assert [e.reason for e in out.events] == ["ScaleUp"]
+    assert [e.reason for e in out.events] == ["SpecChanged"]
     message = out.events[0].message
     assert "aggregated" in message and "req/s" in message and "→" in message
     assert out.status["plan"]["decodeReplicas"] > obj["status"]["plan"]["decodeReplicas"]
@@ -80,6 +87,7 @@ def test_more_demand_scales_up_with_a_reason() -> None:
 def test_tighter_slo_never_needs_fewer_gpus() -> None:
     obj, observed = settled(OBJ, NOW)
     obj["spec"]["slo"]["ttftMs"] = 400
+    edited(obj)
     out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
     assert out.status["plan"]["gpus"] >= obj["status"]["plan"]["gpus"]
 
@@ -89,6 +97,7 @@ def test_invalid_spec_touches_nothing_and_warns_once() -> None:
     obj["spec"]["accelerator"]["gpu"] = "h100-sxm-80gb"
     obj["spec"]["model"]["id"] = "llama-3.1-405b"
     obj["spec"]["precision"] = {"weights": "bf16"}
+    edited(obj)
     obj["spec"]["accelerator"]["gpu"] = "l4-24gb"
     out = reconcile(obj, observed, NOW)
     assert out.apply == [] and out.delete_pools == []
@@ -123,6 +132,7 @@ def test_dry_run_plans_but_applies_nothing() -> None:
 def test_paused_changes_nothing() -> None:
     obj, observed = settled(OBJ, NOW)
     obj["spec"]["paused"] = True
+    edited(obj)
     obj["spec"]["workload"]["requestRate"] = 200
     out = reconcile(obj, observed, NOW)
     assert out.apply == []
@@ -141,6 +151,7 @@ def test_replicas_edited_by_hand_are_restored() -> None:
 def test_mode_change_deletes_the_old_pool_after_applying_the_new() -> None:
     obj, observed = settled(OBJ, NOW)
     obj["spec"]["mode"] = "disaggregated"
+    edited(obj)
     out = reconcile(obj, observed, NOW)
     assert out.delete_pools == ["aggregated"]
     assert {o["metadata"]["name"] for o in out.apply if o["kind"] == "Deployment"} == {"llm-prefill", "llm-decode"}

@@ -258,6 +258,9 @@ class InferenceDeploymentStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     plan: PlanStatus | None = None
     observed: dict[str, Any] | None = Field(None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    autoscaler: dict[str, Any] | None = Field(
+        None, description="The planner's memory (recent recommendations, scale events, calibration), so its "
+        "decisions survive an operator restart.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     last_scale_time: str | None = None
     decisions: list[Decision] = Field(default_factory=list, max_length=20)
 

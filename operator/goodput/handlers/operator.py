@@ -1,7 +1,10 @@
-"""kopf handlers: thin. Read the cluster, call the pure `reconcile`, carry out its Outcome.
+"""kopf handlers: thin. Read the cluster and Prometheus, call the pure `reconcile`, carry out its Outcome.
 
-Run with `goodput operator` (or `kopf run -m goodput.handlers.operator`). The timer period is
-GOODPUT_TIMER_SECONDS (default 30).
+Run with `goodput operator` (or `kopf run -m goodput.handlers.operator`). Settings (environment):
+GOODPUT_TIMER_SECONDS (reconcile period, default 30), GOODPUT_PROMETHEUS_URL (default metrics
+source; spec.prometheus.url overrides it per resource; unset and no override: plan from the spec's
+workload hints), GOODPUT_WINDOW_SECONDS / GOODPUT_LONG_WINDOW_SECONDS (60 / 600),
+GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own /metrics; 0 = off).
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
+from goodput.handlers import exporter
 from goodput.kube.actions import Kube, load_config
+from goodput.planner.observation import Observation
 from goodput.render.reconcile import reconcile
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TIMER_SECONDS = float(os.environ.get("GOODPUT_TIMER_SECONDS", "30"))
+WINDOW_SECONDS = float(os.environ.get("GOODPUT_WINDOW_SECONDS", "60"))
+LONG_WINDOW_SECONDS = float(os.environ.get("GOODPUT_LONG_WINDOW_SECONDS", "600"))
+PROMETHEUS_TIMEOUT_SECONDS = float(os.environ.get("GOODPUT_PROMETHEUS_TIMEOUT_SECONDS", "5"))
+_collectors: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
@@ -45,6 +54,28 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
+    port = int(os.environ.get("GOODPUT_METRICS_PORT", "0"))
+    if port:
+        exporter.serve(port)
+
+
+def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -> Observation | None:
+    """Live metrics for one resource, or None when no Prometheus is configured for it."""
+    prom = spec.get("prometheus") or {}
+    url = prom.get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
+    if not url:
+        return None
+    from goodput.metrics.prometheus import PrometheusCollector  # only when metrics are used
+
+    matchers = tuple(sorted((prom.get("labelMatchers") or {}).items()))
+    key = (url, matchers)
+    if key not in _collectors:
+        _collectors[key] = PrometheusCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
+                                               extra_matchers=dict(matchers))
+    percentile = float((spec.get("slo") or {}).get("percentile", 99.0))
+    result: Observation = _collectors[key].observe(namespace, name, now, window_s=WINDOW_SECONDS,
+                                                   long_window_s=LONG_WINDOW_SECONDS, quantile=percentile / 100)
+    return result
 
 
 def reconcile_object(body: kopf.Body, logger: Logger) -> None:
@@ -54,9 +85,10 @@ def reconcile_object(body: kopf.Body, logger: Logger) -> None:
     uid = body.metadata.uid or f"{namespace}/{name}"
     now = dt.datetime.now(dt.UTC)
     with _lock(uid):
+        observation = observe(obj["spec"], namespace, name, now)  # never raises: gaps are in the Observation
         try:
             observed = _kube.observe_pools(namespace, name)
-            outcome = reconcile(obj, observed, now)
+            outcome = reconcile(obj, observed, now, observation)
             for desired in outcome.apply:
                 _kube.apply(desired)
             for role in outcome.delete_pools:
@@ -64,7 +96,9 @@ def reconcile_object(body: kopf.Body, logger: Logger) -> None:
             _kube.patch_status(namespace, name, outcome.status)
         except (ApiException, HTTPError, OSError) as exc:
             # Nothing is recorded as done: the next attempt recomputes the same outcome.
+            exporter.RECONCILE_ERRORS.labels(namespace=namespace, name=name).inc()
             raise kopf.TemporaryError(f"Kubernetes API call failed, retrying: {exc}", delay=10) from exc
+        exporter.record(namespace, name, outcome.status, [e.reason for e in outcome.events])
         for event in outcome.events:
             try:
                 _kube.post_event(obj, event, now)
@@ -78,6 +112,12 @@ def reconcile_object(body: kopf.Body, logger: Logger) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def on_change(*, body: kopf.Body, logger: Logger, **_: Any) -> None:
     reconcile_object(body, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def on_delete(*, name: str, namespace: str | None, **_: Any) -> None:
+    # Owned objects go with the garbage collector; only the operator's own series remain to drop.
+    exporter.forget(namespace or "default", name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)

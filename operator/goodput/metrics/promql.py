@@ -85,10 +85,8 @@ def parse_selector(text: str) -> tuple[Matcher, ...]:
             raise ValueError(f"cannot parse the selector at {body[pos:]!r}: expected label=value, label!=value, "
                              "label=~regex or label!~regex, separated by commas")
         raw = m.group("value")
-        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
-            value = _unquote(raw)
-        else:
-            value = raw
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'"
+        value = _unquote(raw) if quoted else raw
         out.append(Matcher(m.group("label"), m.group("op"), value))
         pos = m.end()
     return tuple(out)
@@ -230,7 +228,8 @@ def combine(values: Sequence[float], how: Combine) -> Reading:
         return Reading(None, "no series")
     bad = sorted({describe_non_finite(v) for v in values if not math.isfinite(v)})
     if bad:
-        many = f" in {sum(1 for v in values if not math.isfinite(v))} of {len(values)} series" if len(values) > 1 else ""
+        n_bad = sum(1 for v in values if not math.isfinite(v))
+        many = f" in {n_bad} of {len(values)} series" if len(values) > 1 else ""
         return Reading(None, f"{'/'.join(bad)}{many}")
     if how == "sum":
         return Reading(math.fsum(values))

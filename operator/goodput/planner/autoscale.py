@@ -199,9 +199,10 @@ def _emergency(pool: PoolMetrics | None) -> str:
 
 def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observation | None,
               current: dict[str, int], state: AutoscalerState, now: dt.datetime,
-              operator_started: dt.datetime | None = None) -> AutoscaleResult:
+              immediate: bool = False) -> AutoscaleResult:
     """Decide replicas per pool. `current`: replicas of each pool's Deployment now (pods still
-    starting included). `obs` None: no metrics source configured."""
+    starting included). `obs` None: no metrics source configured. `immediate`: a person changed
+    the spec; its plan applies at once (bounds still hold), without stabilization or rate limits."""
     state = dataclasses.replace(state, recommendations=list(state.recommendations),
                                 scale_events=list(state.scale_events))
     have_metrics = obs is not None and obs.available
@@ -255,6 +256,12 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
             decisions.append(PoolDecision(role, cur, p.replicas, cur, "Hold",
                                           f"{role} holds {cur}: {metrics_message}"))
             continue
+        if immediate:
+            target = min(max(p.replicas, bounds.min_replicas), bounds.max_replicas)
+            verb = "→".join((str(cur), str(target)))
+            decisions.append(PoolDecision(role, cur, p.replicas, target, "SpecChanged" if target != cur else "Hold",
+                                          f"{role} {verb} after a spec change: {_why(role, rec, demand)}"))
+            continue
         target, reason, message = p.replicas, "", ""
         if p.replicas > cur:
             window = _window(state.recommendations, now, spec.scaling.scale_up_stabilization_seconds, role)
@@ -280,7 +287,7 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
         base = _base_for_rate_limit(state, now, role, cur)
         up_limit = base + max(1, math.ceil(base * spec.scaling.scale_up_max_percent_per_minute / 100))
         down_limit = base - max(1, math.floor(base * spec.scaling.scale_down_max_percent_per_minute / 100))
-        limited = min(max(target, down_limit), up_limit)
+        limited = min(max(target, down_limit), up_limit) if target != cur else target
         if limited != target:
             target, reason = limited, "RateLimited"
             message = (f"{role} {cur}→{limited}: {_why(role, rec, demand)}; the model asks {p.replicas}, "
@@ -303,7 +310,8 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
                     message = f"{role} stays at {cur}: {_why(role, rec, demand)}"
         decisions.append(PoolDecision(role, cur, p.replicas, target, reason, message))
 
-    changed = {d.role: d.target for d in decisions if d.target != d.current}
+    # New pools (current 0) start at their plan: they are not a step the rate limit counts.
+    changed = {d.role: d.target for d in decisions if d.target != d.current and d.current > 0}
     if changed:
         state.scale_events.append({"time": _iso(now), "replicas": changed,
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})

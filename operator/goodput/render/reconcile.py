@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.errors import CapacityModelError
-from goodput.planner.recommend import Recommendation, hinted_workload, recommend, resolve
+from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, autoscale
+from goodput.planner.observation import Observation
+from goodput.planner.recommend import Recommendation, resolve
 from goodput.render.vllm import desired_objects, obsolete_pools
 
 MAX_DECISIONS = 20
@@ -114,35 +116,55 @@ def _pool_replicas(plan: dict[str, Any] | None) -> dict[str, int]:
     return {"prefill": int(plan.get("prefillReplicas", 0)), "decode": int(plan.get("decodeReplicas", 0))}
 
 
-def _changes(previous: dict[str, Any] | None, rec: Recommendation) -> list[tuple[str, str, int | None, int, str]]:
-    """(reason code, pool, from, to, message) for every change against the previous plan."""
+def _structural_changes(previous: dict[str, Any] | None,
+                        rec: Recommendation) -> list[tuple[str, str, int | None, int, str]]:
+    """(reason code, pool, from, to, message) for a first plan, a mode change or a TP change."""
     out: list[tuple[str, str, int | None, int, str]] = []
-    before = _pool_replicas(previous)
     if previous is None:
         for p in rec.pools:
             out.append(("Initial", p.role, None, p.replicas,
                         f"{p.role} 0→{p.replicas} × TP{p.tp}: {p.goodput_rps:.2f} req/s per replica "
-                        f"({p.limit}) for {rec.demand_rps:g} req/s"))
+                        f"({p.limit}) for {rec.demand_rps:.4g} req/s"))
         return out
     if previous.get("mode") != rec.mode:
         out.append(("ModeChange", rec.mode, None, sum(p.replicas for p in rec.pools),
                     f"mode {previous.get('mode')}→{rec.mode}: {rec.summary}"))
+        return out
+    before = _pool_replicas(previous)
     for p in rec.pools:
-        old = before.get(p.role)
         old_tp = previous.get("prefillTensorParallel") if p.role == "prefill" else previous.get("tensorParallel")
-        if old is not None and old_tp is not None and int(old_tp) != p.tp:
-            out.append(("Reconfigure", p.role, old, p.replicas, f"{p.role} TP{old_tp}→TP{p.tp}: {rec.summary}"))
-        elif old is not None and old != p.replicas:
-            code = "ScaleUp" if p.replicas > old else "ScaleDown"
-            out.append((code, p.role, old, p.replicas,
-                        f"{p.role} {old}→{p.replicas}: {rec.demand_rps:g} req/s needs "
-                        f"{rec.demand_rps / max(p.goodput_rps, 1e-9):.1f} replicas at {p.goodput_rps:.2f} req/s each "
-                        f"(TTFT {rec.predicted_ttft_ms:.0f} ms, ITL {rec.predicted_itl_ms:.1f} ms predicted)"
-                        + (f"; {p.clamped}" if p.clamped else "")))
+        if old_tp is not None and int(old_tp) != p.tp:
+            out.append(("Reconfigure", p.role, before.get(p.role), p.replicas,
+                        f"{p.role} TP{old_tp}→TP{p.tp}: {rec.summary}"))
     return out
 
 
-def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt.datetime) -> Outcome:
+def _observed_summary(result: AutoscaleResult, obs: Observation | None) -> dict[str, Any]:
+    d = result.demand
+    out: dict[str, Any] = {"source": d.source, "plannedRequestRate": round(d.rate_rps, 4),
+                           "stepTimeScale": round(result.state.step_time_scale, 4)}
+    if obs is not None:
+        out["time"] = timestamp(obs.time)
+        if obs.error:
+            out["error"] = obs.error
+        if obs.missing:
+            out["missing"] = list(obs.missing)[:10]
+        for role, pm in obs.pools.items():
+            values = {k: round(v, 4) for k, v in (
+                ("requestRate", pm.request_rate_rps), ("ttftMs", pm.ttft_ms), ("itlMs", pm.itl_ms),
+                ("kvCacheUsage", pm.kv_cache_usage), ("running", pm.running), ("waiting", pm.waiting),
+                ("inputLenMean", pm.input_len_mean), ("outputLenMean", pm.output_len_mean),
+                ("preemptionsPerSecond", pm.preemptions_rps), ("pods", pm.pods_reporting)) if v is not None}
+            out[role] = values
+    if d.note:
+        out["forecast"] = d.note
+    return out
+
+
+def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt.datetime,
+              observation: Observation | None = None) -> Outcome:
+    """One step. `observed`: the owned Deployments as the cluster shows them. `observation`: live
+    metrics (None when no metrics source is configured)."""
     meta = obj.get("metadata", {})
     name, namespace = meta.get("name", ""), meta.get("namespace", "default")
     uid = meta.get("uid", "")
@@ -169,11 +191,17 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         decisions.append(d)
         events.append(Event(event_type, reason, message))
 
+    previous_plan = previous.get("plan")
+    # What the operator last decided is the current size; the cluster is made to match it.
+    current = _pool_replicas(previous_plan) or {role: o.replicas for role, o in observed.items()}
+    spec_changed = previous.get("observedGeneration") not in (None, generation)
+
     # 1. The spec: admission checked its shape; here what only the capacity model can check.
     try:
         spec = InferenceDeploymentSpec.model_validate(obj.get("spec") or {})
         resolved = resolve(spec, name)
-        rec = recommend(spec, resolved, hinted_workload(spec))
+        state = AutoscalerState.from_status(previous.get("autoscaler"))
+        result = autoscale(spec, resolved, observation, current, state, now, immediate=spec_changed)
     except (ValidationError, CapacityModelError) as exc:
         message = _error_text(exc)
         old = _condition(previous, "Degraded")
@@ -183,59 +211,85 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         cond("Ready", "False", "InvalidSpec", "the spec cannot be served; what runs is left as it is")
         cond("ScalingActive", "False", "InvalidSpec", message)
         status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
-        if previous.get("plan"):
-            status["plan"] = previous["plan"]
+        for kept in ("plan", "autoscaler", "lastScaleTime"):
+            if previous.get(kept):
+                status[kept] = previous[kept]
         return Outcome(status, events=events)
 
+    rec = result.recommendation
     cond("Degraded", "False", "SpecValid", "the spec resolves to a servable configuration")
-    cond("MetricsAvailable", "False", "NoMetrics",
-         f"no live metrics yet: planning for spec.workload hints ({spec.workload.request_rate:g} req/s)")
-    plan_status = _plan_status(rec)
-    status["observed"] = {"source": "spec.workload", "requestRate": spec.workload.request_rate}
+    if observation is None:
+        cond("MetricsAvailable", "False", "NoMetricsSource", result.metrics_message)
+    elif result.metrics_available:
+        cond("MetricsAvailable", "True", "MetricsAvailable", result.metrics_message)
+    else:
+        cond("MetricsAvailable", "False", "MetricsUnavailable", result.metrics_message)
+    status["observed"] = _observed_summary(result, observation)
+    status["autoscaler"] = result.state.to_status()
 
-    # 2. paused / dryRun: report, change nothing.
+    # 2. paused: report, change nothing.
     if spec.paused:
         if (_condition(previous, "ScalingActive") or {}).get("reason") != "Paused":
             decide("Paused", "spec.paused is true: nothing is changed until it is cleared")
         cond("ScalingActive", "False", "Paused", "spec.paused is true")
         status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
-        if previous.get("plan"):
-            status["plan"] = previous["plan"]
+        for kept in ("plan", "autoscaler", "lastScaleTime"):
+            if previous.get(kept):
+                status[kept] = previous[kept]
         return Outcome(status, events=events)
 
-    previous_plan = previous.get("plan")
-    for code, pool, frm, to, message in _changes(previous_plan, rec):
+    structural = _structural_changes(previous_plan, rec)
+    for code, pool, frm, to, message in structural:
         decide(code, message, pool, frm, to)
-    if _changes(previous_plan, rec):
+    if not structural:
+        for d in result.pools:
+            if d.target != d.current:
+                decide(d.reason, d.message, d.role, d.current, d.target)
+    changed = bool(structural) or any(d.target != d.current for d in result.pools)
+    if changed:
         status["lastScaleTime"] = timestamp(now)
     elif previous.get("lastScaleTime"):
         status["lastScaleTime"] = previous["lastScaleTime"]
+    plan_status = _plan_status(rec)
+    plan_status["reason"] = "; ".join(d.message for d in result.pools)
 
     if spec.dry_run:
         cond("ScalingActive", "False", "DryRun", "spec.dryRun is true: the plan is reported, not applied")
     else:
         cond("ScalingActive", "True", "Planned", rec.summary)
-    if rec.limited or any(p.clamped for p in rec.pools):
-        why = rec.limited or "; ".join(f"{p.role} {p.clamped}" for p in rec.pools if p.clamped)
-        cond("ScalingLimited", "True", "BudgetOrBounds", why)
+    held_back = [d for d in result.pools if d.reason in ("RateLimited", "Stabilizing")]
+    if rec.limited or any(p.clamped for p in rec.pools) or held_back:
+        why = rec.limited or "; ".join([f"{p.role} {p.clamped}" for p in rec.pools if p.clamped]
+                                       + [d.message for d in held_back])
+        cond("ScalingLimited", "True", "BudgetOrBounds" if rec.limited else "RateOrBounds", why)
     else:
         cond("ScalingLimited", "False", "WithinLimits", "the plan is within maxGpus, maxCostPerHour and replica bounds")
-    at_risk = rec.served_rps + 1e-9 < rec.demand_rps
-    cond("SLOAtRisk", "True" if at_risk else "False", "CapacityBelowDemand" if at_risk else "CapacityMeetsDemand",
-         f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:g} req/s")
+    serving = observation.serving_pool() if observation is not None and result.metrics_available else None
+    slo = spec.slo
+    over = []
+    if serving is not None and serving.ttft_ms is not None and serving.ttft_ms > slo.ttft_ms:
+        over.append(f"observed TTFT {serving.ttft_ms:.0f} ms > {slo.ttft_ms:g} ms")
+    if serving is not None and serving.itl_ms is not None and serving.itl_ms > slo.itl_ms:
+        over.append(f"observed ITL {serving.itl_ms:.1f} ms > {slo.itl_ms:g} ms")
+    if rec.served_rps + 1e-9 < rec.demand_rps:
+        over.append(f"planned capacity {rec.served_rps:.2f} req/s below a demand of {rec.demand_rps:.4g} req/s")
+    if over:
+        cond("SLOAtRisk", "True", "SLOAtRisk", "; ".join(over))
+    else:
+        cond("SLOAtRisk", "False", "WithinSLO",
+             f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:.4g} req/s")
 
     apply: list[dict[str, Any]] = []
     delete: list[str] = []
     if not spec.dry_run:
         apply = desired_objects(name, namespace, uid, spec, resolved, rec)
         delete = [role for role in obsolete_pools(rec) if role in observed]
-        # Replicas someone changed by hand are put back (and said so) when the plan did not change.
-        if not _changes(previous_plan, rec):
-            for p in rec.pools:
-                seen = observed.get(p.role)
-                if seen is not None and seen.replicas != p.replicas:
-                    events.append(Event("Normal", "ReplicasRestored",
-                                        f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
+        # Replicas someone changed by hand are put back (and said so).
+        for p in rec.pools:
+            seen = observed.get(p.role)
+            if seen is not None and seen.replicas != p.replicas and current.get(p.role) == p.replicas:
+                events.append(Event("Normal", "ReplicasRestored",
+                                    f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
     ready = not spec.dry_run and all(
         (o := observed.get(p.role)) is not None and o.replicas == p.replicas and o.ready_replicas >= p.replicas
         for p in rec.pools)

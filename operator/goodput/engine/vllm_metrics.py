@@ -1,0 +1,390 @@
+"""The Prometheus exposition of one vLLM replica (``GET /metrics``), as text, from emulated state.
+
+Pure: no I/O, no Prometheus client. The text follows the Prometheus text format 0.0.4 exactly as
+``prometheus_client.generate_latest`` writes it (which is what vLLM serves): ``# HELP`` and
+``# TYPE`` per family, a counter family named with its ``_total`` suffix, labels sorted by name,
+histograms as cumulative ``_bucket{le=...}`` samples ending in ``le="+Inf"`` followed by
+``_count`` and ``_sum``, numbers formatted like Go (``1.0``, ``0.025``, ``1e+06``, ``+Inf``) and,
+optionally, the ``*_created`` gauges prometheus_client appends to every counter and histogram.
+
+Source checked
+--------------
+vLLM's own definitions, read with the code search of this project (``read_file``):
+
+* ``vllm/v1/metrics/loggers.py`` of the v0.11 line: the revision whose comments say
+  "Deprecated in 0.11 - Renamed as vllm:inter_token_latency_seconds" and "With 0.11.x you can
+  enable with --show-hidden-metrics-for-version=0.10" (yapf-formatted, before the move to
+  ruff-format). Every name, type, label name, HELP text and bucket list below is taken from it.
+* ``vllm/v1/metrics/loggers.py`` at vllm-project/vllm commit ``a6f0308cfe806b7731ad4979c9bea6e470c35efd``
+  (the V1 engine of 0.8.x) and at ``005a810bc40faa25b8870fbc8559c3462581eee3`` (0.10.x, both names
+  side by side) for the older names that ``legacy_names=True`` emits.
+* ``vllm/engine/metrics.py`` at vllm-project/vllm ``00c33e81b526a179a6afb86512d1e8198965ee2f``
+  (the V0 engine): same family names for the counters and the token/TTFT histograms, but only
+  the ``model_name`` label and shorter bucket lists; not emulated (see below).
+
+Families (vLLM >= 0.11, labels ``engine`` and ``model_name`` unless said otherwise)
+------------------------------------------------------------------------------------
+gauge     vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc (0..1)
+counter   vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total (tokens),
+          vllm:num_preemptions_total, vllm:prompt_tokens_total, vllm:generation_tokens_total,
+          vllm:request_success_total (+ label finished_reason: stop, length, abort)
+histogram vllm:request_prompt_tokens, vllm:request_generation_tokens,
+          vllm:request_max_num_generation_tokens, vllm:request_params_max_tokens
+              buckets build_1_2_5_buckets(max_model_len): 1, 2, 5, 10, 20, 50, ... <= max_model_len
+          vllm:iteration_tokens_total   1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384
+          vllm:request_params_n         1, 2, 5, 10, 20
+          vllm:time_to_first_token_seconds
+              0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+              10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0
+          vllm:inter_token_latency_seconds
+              0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+              10.0, 20.0, 40.0, 80.0
+          vllm:e2e_request_latency_seconds, vllm:request_queue_time_seconds,
+          vllm:request_inference_time_seconds, vllm:request_prefill_time_seconds,
+          vllm:request_decode_time_seconds
+              0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+              120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0
+gauge     vllm:cache_config_info = 1, labels: every CacheConfig field as str() plus ``engine``
+          (no ``model_name``), as ``PrometheusStatLogger.log_metrics_info`` writes it.
+
+``legacy_names=True`` emits what the V1 engine served before the 0.9.2 renames (0.8.x - 0.9.1):
+vllm:gpu_cache_usage_perc for vllm:kv_cache_usage_perc, vllm:gpu_prefix_cache_queries_total and
+vllm:gpu_prefix_cache_hits_total for the prefix-cache counters, and
+vllm:time_per_output_token_seconds (same buckets) for vllm:inter_token_latency_seconds. Every
+other family is unchanged, except that vllm:cache_config_info has no ``engine`` label there. ``deprecated_aliases=True`` adds, as vLLM 0.11.x still does by default,
+vllm:time_per_output_token_seconds beside vllm:inter_token_latency_seconds (same observations).
+
+Not verified, or not emulated
+-----------------------------
+* The label set of vllm:cache_config_info is every field of vLLM's ``CacheConfig`` and changes
+  between releases. The default set below is the fields of 0.9.2 (read in a transcript of that
+  release's ``CacheConfig``) plus the ones later releases add that this project can fill in; the
+  exact 0.11 field list was not read. Pass ``cache_config`` to set the labels yourself.
+* finished_reason values: ("stop", "length", "abort") is the 0.11 ``FINISH_REASON_STRINGS``;
+  later releases add "error" and "repetition" (pass ``finish_reasons``).
+* Which release between 0.8.x (no label) and 0.10.x (label) added ``engine`` to
+  vllm:cache_config_info was not checked.
+* In 0.8.x the gpu_prefix_cache_* counters counted blocks, not tokens, and the buckets of
+  vllm:iteration_tokens_total were the CUDA-graph capture sizes; the legacy switch keeps tokens
+  and the fixed list.
+* Families that this emulator has no state for are not emitted: speculative decoding
+  (vllm:spec_decode_*), LoRA (vllm:lora_requests_info), KV-connector and multimodal-cache
+  metrics, vllm:request_time_per_output_token_seconds (added after 0.11) and
+  vllm:engine_sleep_state. The V0 engine's families (model_name only, num_requests_swapped,
+  cpu_cache_usage_perc, shorter buckets) are not emulated.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+# --- bucket lists, verbatim from vllm/v1/metrics/loggers.py (0.11) -----------------------------
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)
+ITL_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+)
+REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+)
+ITERATION_TOKENS_BUCKETS: tuple[float, ...] = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+)
+PARAMS_N_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20)
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort")
+LABEL_NAMES: tuple[str, str] = ("model_name", "engine")
+
+
+def build_1_2_5_buckets(max_value: int) -> list[int]:
+    """vLLM's ``build_1_2_5_buckets``: 1, 2, 5, 10, 20, 50, ... up to ``max_value`` inclusive."""
+    buckets: list[int] = []
+    exponent = 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > max_value:
+                return buckets
+            buckets.append(value)
+        exponent += 1
+
+
+# Token-count histograms are kept on the 1-2-5 series up to 10^9 and cut at max_model_len when
+# rendered: the cumulative count at each kept bound, and the total at +Inf, are then exactly what
+# vLLM's histogram (whose last finite bound is the largest 1-2-5 value <= max_model_len) holds.
+TOKEN_BUCKETS_STORED: tuple[float, ...] = tuple(float(b) for b in build_1_2_5_buckets(10**9))
+
+
+class Histogram:
+    """A Prometheus histogram: per-bucket counts (not cumulative), sum and count.
+
+    An observation v goes to the first bucket whose upper bound is >= v (prometheus_client's rule);
+    the last slot counts observations above every finite bound.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds: list[float] = [float(b) for b in bounds]
+        self.counts: list[float] = [0.0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0.0
+
+    def observe(self, value: float, weight: float = 1.0) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += weight
+        self.sum += value * weight
+        self.count += weight
+
+    def observe_many(self, values: npt.NDArray[np.float64], weight: float = 1.0) -> None:
+        """Every value in ``values`` observed ``weight`` times (one numpy pass)."""
+        if values.size == 0:
+            return
+        idx = np.searchsorted(np.asarray(self.bounds), values, side="left")
+        binned = np.bincount(idx, minlength=len(self.counts))
+        for i in np.flatnonzero(binned):
+            self.counts[int(i)] += float(binned[i]) * weight
+        self.sum += float(values.sum()) * weight
+        self.count += float(values.size) * weight
+
+    def cumulative(self, max_bound: float = math.inf) -> list[tuple[float, float]]:
+        """[(le, cumulative count)] for the finite bounds <= max_bound, then (+Inf, count)."""
+        out: list[tuple[float, float]] = []
+        acc = 0.0
+        for bound, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            if bound <= max_bound:
+                out.append((bound, acc))
+        out.append((math.inf, self.count))
+        return out
+
+
+@dataclass
+class ReplicaStats:
+    """Counters and histograms of one replica, in vLLM's units (tokens, seconds)."""
+
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    preemptions: float = 0.0
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hits: float = 0.0
+    success: dict[str, float] = field(default_factory=dict)
+    request_prompt_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS_STORED))
+    request_generation_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS_STORED))
+    iteration_tokens: Histogram = field(default_factory=lambda: Histogram(ITERATION_TOKENS_BUCKETS))
+    request_max_num_generation_tokens: Histogram = field(
+        default_factory=lambda: Histogram(TOKEN_BUCKETS_STORED))
+    request_params_n: Histogram = field(default_factory=lambda: Histogram(PARAMS_N_BUCKETS))
+    request_params_max_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS_STORED))
+    time_to_first_token: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    inter_token_latency: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    e2e_request_latency: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    request_queue_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    request_inference_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    request_prefill_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    request_decode_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+
+    def count_success(self, reason: str) -> None:
+        self.success[reason] = self.success.get(reason, 0.0) + 1.0
+
+
+def default_cache_config(
+    *,
+    block_size: int = 16,
+    gpu_memory_utilization: float = 0.9,
+    cache_dtype: str = "auto",
+    num_gpu_blocks: int | None = None,
+    enable_prefix_caching: bool = True,
+    swap_space: float = 4,
+    sliding_window: int | None = None,
+) -> dict[str, str]:
+    """The labels vLLM's ``CacheConfig.metrics_info()`` gives (``str`` of every field)."""
+    values: dict[str, object] = {
+        "block_size": block_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "swap_space": swap_space,
+        "cache_dtype": cache_dtype,
+        "is_attention_free": False,
+        "num_gpu_blocks_override": None,
+        "sliding_window": sliding_window,
+        "enable_prefix_caching": enable_prefix_caching,
+        "prefix_caching_hash_algo": "sha256",
+        "cpu_offload_gb": 0,
+        "calculate_kv_scales": False,
+        "cpu_kvcache_space_bytes": None,
+        "mamba_page_size_padded": None,
+        "mamba_cache_dtype": "auto",
+        "mamba_ssm_cache_dtype": "auto",
+        "num_gpu_blocks": num_gpu_blocks,
+        "num_cpu_blocks": None,
+        "kv_sharing_fast_prefill": False,
+        "kv_cache_memory_bytes": None,
+    }
+    return {k: str(v) for k, v in values.items()}
+
+
+# --- text format ----------------------------------------------------------------------------
+def go_float(value: float) -> str:
+    """A number as prometheus_client writes it (``floatToGoString``)."""
+    d = float(value)
+    if d == math.inf:
+        return "+Inf"
+    if d == -math.inf:
+        return "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+class _Writer:
+    def __init__(self, base_labels: Mapping[str, str], created_s: float | None) -> None:
+        self.lines: list[str] = []
+        self.base = dict(base_labels)
+        self.created_s = created_s
+
+    def _family(self, name: str, kind: str, doc: str) -> None:
+        self.lines.append(f"# HELP {name} {_escape_help(doc)}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def _created(self, name: str, doc: str, label_sets: Iterable[Mapping[str, str]]) -> None:
+        if self.created_s is None:
+            return
+        self._family(f"{name}_created", "gauge", doc)
+        for labels in label_sets:
+            self.lines.append(f"{name}_created{_labels(labels)} {go_float(self.created_s)}")
+
+    def gauge(self, name: str, doc: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        self._family(name, "gauge", doc)
+        self.lines.append(f"{name}{_labels(self.base if labels is None else labels)} {go_float(value)}")
+
+    def counter(self, name: str, doc: str, values: Sequence[tuple[Mapping[str, str], float]]) -> None:
+        """``name`` without ``_total``, as vLLM registers it; the samples carry the suffix."""
+        self._family(f"{name}_total", "counter", doc)
+        label_sets = []
+        for extra, value in values:
+            labels = {**self.base, **extra}
+            label_sets.append(labels)
+            self.lines.append(f"{name}_total{_labels(labels)} {go_float(value)}")
+        self._created(name, doc, label_sets)
+
+    def histogram(self, name: str, doc: str, hist: Histogram, max_bound: float = math.inf) -> None:
+        self._family(name, "histogram", doc)
+        for le, acc in hist.cumulative(max_bound):
+            self.lines.append(f"{name}_bucket{_labels({**self.base, 'le': go_float(le)})} {go_float(acc)}")
+        self.lines.append(f"{name}_count{_labels(self.base)} {go_float(hist.count)}")
+        self.lines.append(f"{name}_sum{_labels(self.base)} {go_float(hist.sum)}")
+        self._created(name, doc, [self.base])
+
+
+def exposition(
+    stats: ReplicaStats,
+    *,
+    running: int,
+    waiting: int,
+    kv_usage: float,
+    model_name: str,
+    max_model_len: int,
+    engine: int | str = 0,
+    cache_config: Mapping[str, str] | None = None,
+    legacy_names: bool = False,
+    deprecated_aliases: bool = False,
+    finish_reasons: Sequence[str] = FINISH_REASONS,
+    created_s: float | None = None,
+) -> str:
+    """The ``/metrics`` text of one replica (the ``vllm:`` families only, in vLLM's order).
+
+    ``created_s``: when given, every counter and histogram also gets its ``*_created`` gauge with
+    this value, as prometheus_client (and so vLLM) writes; None leaves them out.
+    """
+    w = _Writer({"model_name": model_name, "engine": str(engine)}, created_s)
+    w.gauge("vllm:num_requests_running", "Number of requests in model execution batches.", running)
+    w.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
+    if legacy_names:
+        w.gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", kv_usage)
+        w.counter("vllm:gpu_prefix_cache_queries",
+                  "GPU prefix cache queries, in terms of number of queried tokens.",
+                  [({}, stats.prefix_cache_queries)])
+        w.counter("vllm:gpu_prefix_cache_hits", "GPU prefix cache hits, in terms of number of cached tokens.",
+                  [({}, stats.prefix_cache_hits)])
+    else:
+        w.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv_usage)
+        w.counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+                  [({}, stats.prefix_cache_queries)])
+        w.counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+                  [({}, stats.prefix_cache_hits)])
+    w.counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
+              [({}, stats.preemptions)])
+    w.counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [({}, stats.prompt_tokens)])
+    w.counter("vllm:generation_tokens", "Number of generation tokens processed.",
+              [({}, stats.generation_tokens)])
+    reasons = list(finish_reasons) + [r for r in stats.success if r not in finish_reasons]
+    w.counter("vllm:request_success", "Count of successfully processed requests.",
+              [({"finished_reason": r}, stats.success.get(r, 0.0)) for r in reasons])
+    top = float(max_model_len)
+    w.histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                stats.request_prompt_tokens, top)
+    w.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                stats.request_generation_tokens, top)
+    w.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                stats.iteration_tokens)
+    w.histogram("vllm:request_max_num_generation_tokens",
+                "Histogram of maximum number of requested generation tokens.",
+                stats.request_max_num_generation_tokens, top)
+    w.histogram("vllm:request_params_n", "Histogram of the n request parameter.", stats.request_params_n)
+    w.histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+                stats.request_params_max_tokens, top)
+    w.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                stats.time_to_first_token)
+    if legacy_names:
+        w.histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+                    stats.inter_token_latency)
+    else:
+        if deprecated_aliases:
+            w.histogram("vllm:time_per_output_token_seconds",
+                        "Histogram of time per output token in seconds."
+                        "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
+                        stats.inter_token_latency)
+        w.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                    stats.inter_token_latency)
+    w.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                stats.e2e_request_latency)
+    w.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                stats.request_queue_time)
+    w.histogram("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
+                stats.request_inference_time)
+    w.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                stats.request_prefill_time)
+    w.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                stats.request_decode_time)
+    info = dict(cache_config) if cache_config is not None else default_cache_config()
+    if not legacy_names:  # 0.8.x wrote the CacheConfig fields only; later releases add the engine
+        info["engine"] = str(engine)
+    w.gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", 1.0, info)
+    return "\n".join(w.lines) + "\n"

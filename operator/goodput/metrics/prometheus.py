@@ -1,0 +1,466 @@
+"""Read an InferenceDeployment's live load and latency from Prometheus, using vLLM's own metrics.
+
+    collector = PrometheusCollector("http://prometheus.monitoring:9090")
+    obs = collector.observe("prod", "llama-70b", now=datetime.now(UTC))   # never raises
+
+Which series
+------------
+Pods are selected by their labels as Prometheus stores them after the usual Kubernetes
+relabeling (``labelmap`` of ``__meta_kubernetes_pod_label_(.+)``, which turns the pod label
+``goodput.dev/role`` into ``goodput_dev_role``; the namespace into ``namespace``; the pod name into
+``pod``). With the Prometheus Operator that is a PodMonitor with ``podTargetLabels:
+[goodput.dev/inference-deployment, goodput.dev/role]``. Each query is summed over the pods of a
+pool, grouped by role: ``{namespace="prod", goodput_dev_inference_deployment="llama-70b",
+goodput_dev_role=~"aggregated|prefill|decode"}``. With `observe_selector` any label matchers
+replace the namespace/name ones; series without a role label then count as ``aggregated``.
+
+The metrics (vLLM ≥ 0.11, V1 engine) and how several pods are combined
+---------------------------------------------------------------------
+==========================  =========================================================  ==========
+field                       PromQL over the window W (S = the selector)                 pods
+==========================  =========================================================  ==========
+request_rate_rps            rate(vllm:request_success_total[W])                          sum
+queue_growth_rps            deriv(vllm:num_requests_waiting[W])                          sum
+prompt/generation_tokens    rate(vllm:prompt_tokens_total / generation_tokens_total)     sum
+input/output_len_mean       rate(vllm:request_{prompt,generation}_tokens_sum) / _count   ratio of sums
+input/output_len_p99        histogram_quantile over request_{prompt,generation}_tokens   pooled buckets
+ttft_ms, itl_ms             histogram_quantile(q) of time_to_first_token_seconds,        pooled buckets
+                            inter_token_latency_seconds (or time_per_output_token_seconds)
+kv_cache_usage              vllm:kv_cache_usage_perc (or gpu_cache_usage_perc)           max
+running, waiting            vllm:num_requests_running / num_requests_waiting             sum
+preemptions_rps             rate(vllm:num_preemptions_total)                             sum
+prefix_cache_hit_rate       rate(prefix_cache_hits_total) / rate(prefix_cache_queries_total)
+                            (or the gpu_prefix_cache_* counters of vLLM 0.7-0.9)         ratio of sums
+pods_reporting              pods with a live vllm:num_requests_running series            count
+==========================  =========================================================  ==========
+
+Both generations of names work: ``A or B`` uses the new series where a pool has them, else the
+old ones (vLLM 0.9/0.10 export both; the new one wins). vLLM's V0 engine has no prefix-cache
+counters: the hit rate is then None with a `missing` note. In the long window the gauges
+(running, waiting, KV usage) are averaged over time (a subquery of the per-pool sum/max, so pods
+replaced during the window are not double counted); in the short window they are the value now.
+
+Edge cases, decided
+-------------------
+- **No series** for a metric of a pool → that field is None and `missing` names the metric and
+  the pool. A pool appears when any of its series does; no series at all for the deployment →
+  no pools and one note (so `Observation.available` is False: no data is not zero load).
+- **NaN or ±Inf** (histogram_quantile with no observations in the window, 0/0 when nothing
+  completed) → None and a note naming the value.
+- **Several series where one is expected.** Duplicate scrape jobs are collapsed in PromQL
+  (``max without (job)``: series that differ only in ``job`` are the same pod counted twice); the
+  per-pool aggregate is then one series per role. Should the answer still hold several series
+  for one role, they are combined deterministically (`promql.combine`): the exact sum for counts
+  and rates, the max for KV usage, latencies, means and ratios (the conservative reading).
+- **Pods that are gone.** Gauges: when a target disappears Prometheus writes staleness markers,
+  so its running/waiting/KV series vanish from instant queries at once (after at most the
+  5-minute lookback if Prometheus itself missed the disappearance). Counters are only read
+  through rate()/deriv() over the window, so a gone pod still contributes the work it did inside
+  the window and drops out once the window has passed it. pods_reporting counts live series only.
+- **Prometheus failing**: unreachable, slower than ``timeout_s`` per query (or than
+  ``budget_s`` for the whole observation), an HTTP error, a malformed body → the whole
+  observation is `Observation.unavailable(now, error=...)` with a message naming the URL and
+  the cause. Nothing raises out of `observe`; no retries (the next observation is the retry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from goodput.metrics.promql import (
+    Combine,
+    MalformedResult,
+    Matcher,
+    Reading,
+    combine,
+    duration,
+    equality_matchers,
+    group_by_label,
+    parse_selector,
+    parse_vector,
+    render_matchers,
+)
+from goodput.planner.observation import ROLES, Observation, PoolMetrics
+
+log = logging.getLogger(__name__)
+
+# Pod labels as the operator sets them on vLLM pods, and as Prometheus stores them after relabeling.
+K8S_DEPLOYMENT_LABEL = "goodput.dev/inference-deployment"
+K8S_ROLE_LABEL = "goodput.dev/role"
+NAMESPACE_LABEL = "namespace"
+DEPLOYMENT_LABEL = "goodput_dev_inference_deployment"
+ROLE_LABEL = "goodput_dev_role"
+POD_LABEL = "pod"
+INSTANCE_LABEL = "instance"
+JOB_LABEL = "job"  # series differing only in this label are duplicate scrapes of one pod
+
+# vLLM metric names (V1 engine, vLLM >= 0.11), and the older names used as a fallback.
+REQUEST_SUCCESS = "vllm:request_success_total"
+REQUESTS_WAITING = "vllm:num_requests_waiting"
+REQUESTS_RUNNING = "vllm:num_requests_running"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+REQUEST_PROMPT_TOKENS = "vllm:request_prompt_tokens"  # histogram
+REQUEST_GENERATION_TOKENS = "vllm:request_generation_tokens"  # histogram
+TTFT = "vllm:time_to_first_token_seconds"  # histogram
+ITL = "vllm:inter_token_latency_seconds"  # histogram
+ITL_OLD = "vllm:time_per_output_token_seconds"  # histogram, deprecated in 0.11
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # deprecated in 0.9
+PREEMPTIONS = "vllm:num_preemptions_total"
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+PREFIX_QUERIES_OLD = "vllm:gpu_prefix_cache_queries_total"  # vLLM 0.7-0.10
+PREFIX_HITS_OLD = "vllm:gpu_prefix_cache_hits_total"
+
+DEFAULT_TIMEOUT_S = 5.0
+BUDGET_FACTOR = 6.0  # default whole-observation limit: this many per-query timeouts
+
+
+class _Client(Protocol):
+    def custom_query(self, query: str, params: dict[str, Any] | None = None, timeout: Any = None) -> Any: ...
+
+
+class _Unavailable(Exception):
+    """The source failed: the observation is `Observation.unavailable` with this message."""
+
+
+@dataclass(frozen=True)
+class PoolQuery:
+    """One PoolMetrics field: the PromQL, the metric(s) it reads (for notes), how to combine."""
+
+    field: str
+    promql: str
+    metric: str
+    how: Combine
+    scale: float = 1.0
+    hint: str = ""  # appended to a "no series" note
+
+
+# ------------------------------------------------------------------------------------------
+# the queries (pure: strings from matchers)
+# ------------------------------------------------------------------------------------------
+def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
+                  long: bool = False) -> list[PoolQuery]:
+    """The PromQL for every PoolMetrics field over one window, grouped by role."""
+    sel = render_matchers(matchers)
+    w = duration(window_s)
+    step = duration(max(1.0, window_s / 60.0))
+    r = ROLE_LABEL
+    q = repr(float(quantile))
+
+    def dedup(expr: str) -> str:
+        return f"max without ({JOB_LABEL}) ({expr})"
+
+    def rate_sum(metric: str) -> str:
+        return f"sum by ({r}) ({dedup(f'rate({metric}{{{sel}}}[{w}])')})"
+
+    def ratio(num: str, den: str) -> str:
+        return f"({rate_sum(num)} / {rate_sum(den)})"
+
+    def quantile_of(hist: str) -> str:
+        return f"histogram_quantile({q}, sum by ({r}, le) ({dedup(f'rate({hist}_bucket{{{sel}}}[{w}])')}))"
+
+    def gauge(expr_now: str) -> str:
+        # now: the per-pool value at the evaluation time; long: its average over the window
+        return f"avg_over_time(({expr_now})[{w}:{step}])" if long else expr_now
+
+    def gauge_sum(metric: str) -> str:
+        return gauge(f"sum by ({r}) ({dedup(f'{metric}{{{sel}}}')})")
+
+    def gauge_max(metric: str) -> str:
+        return gauge(f"max by ({r}) ({metric}{{{sel}}})")
+
+    pods = (f"count by ({r}) (group by ({r}, {NAMESPACE_LABEL}, {POD_LABEL}, {INSTANCE_LABEL}) "
+            f"({REQUESTS_RUNNING}{{{sel}}}))")
+    kv = gauge(f"max by ({r}) ({KV_USAGE}{{{sel}}}) or max by ({r}) ({KV_USAGE_OLD}{{{sel}}})")
+    return [
+        PoolQuery("pods_reporting", pods, REQUESTS_RUNNING, "sum",
+                  hint=" (no vLLM pod of this pool is being scraped now)"),
+        PoolQuery("request_rate_rps", rate_sum(REQUEST_SUCCESS), REQUEST_SUCCESS, "sum"),
+        PoolQuery("queue_growth_rps", f"sum by ({r}) ({dedup(f'deriv({REQUESTS_WAITING}{{{sel}}}[{w}])')})",
+                  REQUESTS_WAITING, "sum"),
+        PoolQuery("prompt_tokens_tps", rate_sum(PROMPT_TOKENS), PROMPT_TOKENS, "sum"),
+        PoolQuery("generation_tokens_tps", rate_sum(GENERATION_TOKENS), GENERATION_TOKENS, "sum"),
+        PoolQuery("input_len_mean", ratio(f"{REQUEST_PROMPT_TOKENS}_sum", f"{REQUEST_PROMPT_TOKENS}_count"),
+                  REQUEST_PROMPT_TOKENS, "max"),
+        PoolQuery("input_len_p99", quantile_of(REQUEST_PROMPT_TOKENS), REQUEST_PROMPT_TOKENS, "max"),
+        PoolQuery("output_len_mean",
+                  ratio(f"{REQUEST_GENERATION_TOKENS}_sum", f"{REQUEST_GENERATION_TOKENS}_count"),
+                  REQUEST_GENERATION_TOKENS, "max"),
+        PoolQuery("output_len_p99", quantile_of(REQUEST_GENERATION_TOKENS), REQUEST_GENERATION_TOKENS, "max"),
+        PoolQuery("ttft_ms", quantile_of(TTFT), TTFT, "max", scale=1000.0),
+        PoolQuery("itl_ms", f"{quantile_of(ITL)} or {quantile_of(ITL_OLD)}", f"{ITL} (or {ITL_OLD})", "max",
+                  scale=1000.0),
+        PoolQuery("kv_cache_usage", kv, f"{KV_USAGE} (or {KV_USAGE_OLD})", "max"),
+        PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
+        PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),
+        PoolQuery("preemptions_rps", rate_sum(PREEMPTIONS), PREEMPTIONS, "sum"),
+        PoolQuery("prefix_cache_hit_rate",
+                  f"{ratio(PREFIX_HITS, PREFIX_QUERIES)} or {ratio(PREFIX_HITS_OLD, PREFIX_QUERIES_OLD)}",
+                  f"{PREFIX_HITS}/{PREFIX_QUERIES} (or {PREFIX_HITS_OLD}/{PREFIX_QUERIES_OLD})", "max",
+                  hint=" (vLLM's V0 engine exports no prefix-cache counters)"),
+    ]
+
+
+def deployment_matchers(namespace: str, name: str,
+                        extra: Mapping[str, str] | Iterable[Matcher] = ()) -> tuple[Matcher, ...]:
+    """The matchers for the vLLM pods of one InferenceDeployment (all roles)."""
+    extra_m = equality_matchers(extra) if isinstance(extra, Mapping) else tuple(extra)
+    return (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
+            Matcher(ROLE_LABEL, "=~", "|".join(ROLES)), *extra_m)
+
+
+# ------------------------------------------------------------------------------------------
+# the collector (I/O)
+# ------------------------------------------------------------------------------------------
+class PrometheusCollector:
+    """Reads `Observation`s from one Prometheus server. Safe to reuse; not thread-safe.
+
+    ``timeout_s`` limits each HTTP request (and is passed to Prometheus as the query timeout);
+    ``budget_s`` (default 6 × timeout_s) limits one whole observation. ``extra_matchers`` are
+    ``label=value`` matchers added to every query (e.g. ``{"cluster": "eu-1"}``). ``client``
+    replaces the PrometheusConnect (tests).
+    """
+
+    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 extra_matchers: Mapping[str, str] | None = None, *, budget_s: float | None = None,
+                 disable_ssl: bool = False, headers: Mapping[str, str] | None = None,
+                 client: _Client | None = None) -> None:
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+        self.url = url.rstrip("/")
+        self.timeout_s = float(timeout_s)
+        self.budget_s = float(budget_s) if budget_s is not None else BUDGET_FACTOR * self.timeout_s
+        self.extra_matchers = equality_matchers(extra_matchers or {})  # validates the label names
+        self._client: _Client = client if client is not None else PrometheusConnect(
+            url=self.url, disable_ssl=disable_ssl, headers=dict(headers) if headers else None,
+            # no retries: a dead or stalled server fails this observation fast; the next one retries
+            retry=Retry(total=0, read=False, status_forcelist=()))
+
+    # -- public -------------------------------------------------------------------------------
+    def observe(self, namespace: str, name: str, now: dt.datetime, window_s: float = 60,
+                long_window_s: float = 600, quantile: float = 0.99) -> Observation:
+        """The pools of InferenceDeployment ``namespace/name``. Never raises."""
+        try:
+            matchers = deployment_matchers(namespace, name, self.extra_matchers)
+        except Exception as exc:
+            return Observation.unavailable(now, f"invalid namespace/name {namespace!r}/{name!r}: {exc}",
+                                           _num(window_s, 60.0), _num(long_window_s, 600.0))
+        return self._observe(matchers, f"{namespace}/{name}", now, window_s, long_window_s, quantile,
+                             blank_role=None)
+
+    def observe_selector(self, selector: str | Mapping[str, str] | Sequence[Matcher], now: dt.datetime,
+                         window_s: float = 60, long_window_s: float = 600,
+                         quantile: float = 0.99) -> Observation:
+        """The pools of the vLLM pods matching arbitrary label matchers (``k=v,k2=~re``), instead
+        of namespace/name. Series without a role label count as the aggregated pool. Never raises."""
+        try:
+            if isinstance(selector, str):
+                given: tuple[Matcher, ...] = parse_selector(selector)
+            elif isinstance(selector, Mapping):
+                given = equality_matchers(selector)
+            else:
+                given = tuple(selector)
+            if not given:
+                raise ValueError("the selector is empty")
+        except Exception as exc:
+            return Observation.unavailable(now, f"invalid selector {selector!r}: {exc}",
+                                           _num(window_s, 60.0), _num(long_window_s, 600.0))
+        matchers = (*given, *self.extra_matchers)
+        return self._observe(matchers, "{" + render_matchers(given) + "}", now, window_s, long_window_s, quantile,
+                             blank_role="aggregated")
+
+    # -- internals ------------------------------------------------------------------------------
+    def _observe(self, matchers: Sequence[Matcher], target: str, now: dt.datetime, window_s: float,
+                 long_window_s: float, quantile: float, blank_role: str | None) -> Observation:
+        w_s, lw_s = _num(window_s, 60.0), _num(long_window_s, 600.0)
+        try:
+            problem = _check_args(window_s, long_window_s, quantile, now)
+            if problem:
+                return Observation.unavailable(now, problem, w_s, lw_s)
+            deadline = time.monotonic() + self.budget_s
+            at = _unix(now)
+            notes = _Notes(target)
+            windows = {}
+            for long, span in ((False, float(window_s)), (True, float(long_window_s))):
+                results: dict[str, dict[str, Reading]] = {}  # role -> field -> reading
+                queries = build_queries(matchers, span, quantile, long=long)
+                for pq in queries:
+                    samples = self._query(pq.promql, at, deadline)
+                    for role, values in sorted(group_by_label(samples, ROLE_LABEL).items()):
+                        role_name = _role(role, blank_role, notes)
+                        if role_name is None:
+                            continue
+                        results.setdefault(role_name, {})[pq.field] = combine(values, pq.how)
+                windows[long] = _pools(results, queries, span, notes)
+            if not windows[False] and not windows[True]:
+                notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
+                              f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
+                              f"to {DEPLOYMENT_LABEL} and {ROLE_LABEL}?")
+            elif not windows[False]:
+                notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(window_s)} (only in the "
+                              f"{_fmt_s(long_window_s)} window)")
+            return Observation(time=now, window_s=w_s, long_window_s=lw_s, pools=windows[False],
+                               long_pools=windows[True], missing=notes.render())
+        except _Unavailable as exc:
+            return Observation.unavailable(now, str(exc), w_s, lw_s)
+        except Exception as exc:  # a bug or a surprise: still never raise into the operator
+            log.exception("reading Prometheus failed unexpectedly")
+            return Observation.unavailable(now, f"reading Prometheus at {self.url} failed: "
+                                                f"{type(exc).__name__}: {exc}", w_s, lw_s)
+
+    def _query(self, promql: str, at: float, deadline: float) -> list[Any]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Unavailable(f"Prometheus at {self.url} took longer than {self.budget_s:g} s for one "
+                               f"observation (timeout); is it overloaded?")
+        timeout = min(self.timeout_s, left)
+        params = {"time": f"{at:.3f}", "timeout": duration(max(timeout, 0.001))}
+        short = promql if len(promql) <= 160 else promql[:157] + "..."
+        try:
+            raw = self._client.custom_query(promql, params=params, timeout=timeout)
+        except requests.exceptions.Timeout as exc:
+            raise _Unavailable(f"Prometheus at {self.url} did not answer within {timeout:g} s (timeout) "
+                               f"for {short}: {_reason(exc)}") from None
+        except requests.exceptions.JSONDecodeError as exc:
+            raise _Unavailable(f"Prometheus at {self.url} sent a malformed answer (not JSON: {exc}) "
+                               f"for {short}") from None
+        except requests.exceptions.ConnectionError as exc:
+            reason = _reason(exc)
+            if "timed out" in reason.lower():
+                raise _Unavailable(f"Prometheus at {self.url} did not answer within {timeout:g} s (timeout) "
+                                   f"for {short}: {reason}") from None
+            raise _Unavailable(f"Prometheus at {self.url} is unreachable: {reason}") from None
+        except requests.exceptions.RequestException as exc:
+            raise _Unavailable(f"request to Prometheus at {self.url} failed: {_reason(exc)}") from None
+        except PrometheusApiClientException as exc:
+            raise _Unavailable(f"Prometheus at {self.url} answered {_http_error(str(exc))} for {short}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # valid JSON, wrong shape
+            raise _Unavailable(f"Prometheus at {self.url} sent a malformed answer ({type(exc).__name__}: "
+                               f"{exc}) for {short}") from None
+        try:
+            return parse_vector(raw)
+        except MalformedResult as exc:
+            raise _Unavailable(f"Prometheus at {self.url} sent a malformed answer ({exc}) for {short}") from None
+
+
+def _pools(results: Mapping[str, Mapping[str, Reading]], queries: Sequence[PoolQuery], window_s: float,
+           notes: _Notes) -> dict[str, PoolMetrics]:
+    pools = {}
+    for role in sorted(results, key=lambda r: ROLES.index(r) if r in ROLES else len(ROLES)):
+        readings = results[role]
+        values: dict[str, Any] = {}
+        for pq in queries:
+            reading = readings.get(pq.field, Reading(None, "no series"))
+            if reading.value is None:
+                notes.add(role, pq, reading.problem or "no series", window_s)
+                continue
+            value = reading.value * pq.scale
+            values[pq.field] = round(value) if pq.field == "pods_reporting" else value
+        pools[role] = PoolMetrics(role=role, **values)
+    return pools
+
+
+class _Notes:
+    """`missing` sentences, one per (pool, field, problem), naming every window it applies to."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._items: dict[tuple[str, str, str], tuple[PoolQuery, list[float]]] = {}
+        self._raw: list[str] = []
+
+    def add(self, role: str, pq: PoolQuery, problem: str, window_s: float) -> None:
+        key = (role, pq.field, problem)
+        entry = self._items.setdefault(key, (pq, []))
+        if window_s not in entry[1]:
+            entry[1].append(window_s)
+
+    def add_raw(self, sentence: str) -> None:
+        if sentence not in self._raw:
+            self._raw.append(sentence)
+
+    def render(self) -> tuple[str, ...]:
+        out = list(self._raw)
+        for (role, field, problem), (pq, spans) in self._items.items():
+            windows = " and ".join(_fmt_s(s) for s in sorted(spans))
+            windows += " windows" if len(spans) > 1 else " window"
+            where = f"the {role} pool of {self.target}"
+            if problem == "no series":
+                out.append(f"{field}: no series of {pq.metric} for {where} ({windows}){pq.hint}")
+            else:
+                out.append(f"{field}: {pq.metric} is {problem} for {where} ({windows}); nothing observed "
+                           "in the window, taken as unknown")
+        return tuple(out)
+
+
+def _role(value: str, blank_role: str | None, notes: _Notes) -> str | None:
+    if value in ROLES:
+        return value
+    if value == "" and blank_role is not None:
+        return blank_role
+    notes.add_raw(f"series with {ROLE_LABEL}={value!r} for {notes.target} ignored: the role must be one of "
+                  f"{', '.join(ROLES)}")
+    return None
+
+
+def _check_args(window_s: Any, long_window_s: Any, quantile: Any, now: Any) -> str | None:
+    for label, v in (("window_s", window_s), ("long_window_s", long_window_s)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0.001):
+            return f"invalid {label} {v!r}: it must be a positive number of seconds"
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not (0 < quantile < 1):
+        return f"invalid quantile {quantile!r}: it must be between 0 and 1 (0.99 for p99)"
+    if not isinstance(now, dt.datetime):
+        return f"invalid time {now!r}: it must be a datetime"
+    return None
+
+
+def _num(value: Any, default: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
+def _unix(now: dt.datetime) -> float:
+    """A naive datetime is taken as UTC (the operator's clock is UTC)."""
+    return (now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful words of a requests/urllib3 error (not the whole repr chain)."""
+    text = str(exc)
+    m = re.search(r"\(Caused by \w+\((?:'[^']*', )?(?:\"|')?(?:<[^>]*>: )?([^\"')]+)", text)
+    if m:
+        return m.group(1).strip().rstrip(".") or text
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _http_error(text: str) -> str:
+    """'HTTP Status Code 400 (b'{"status":"error","errorType":"bad_data","error":"..."}')' → 'HTTP 400: ...'."""
+    m = re.match(r"HTTP Status Code (\d+) \((.*)\)$", text, re.S)
+    if not m:
+        return text[:300]
+    code, body = m.groups()
+    err = re.search(r'"error"\s*:\s*"((?:[^"\\]|\\.)*)"', body)
+    detail = err.group(1) if err else body
+    detail = detail if len(detail) <= 240 else detail[:237] + "..."
+    return f"HTTP {code}: {detail}"
+
