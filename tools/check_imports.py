@@ -3,6 +3,7 @@
 Layers, lowest first (a package may import its own layer and the ones below it):
 
     model    capacity math (numpy)              -> nothing of goodput's but model
+    engine   one vLLM replica, step by step     -> model
     api      CRD models (pydantic)              -> model
     planner  decisions from an observation      -> model, api
     render   desired Kubernetes objects         -> model, api, planner
@@ -20,7 +21,7 @@ import ast
 import sys
 from pathlib import Path
 
-CORE_LAYERS = {"model": 0, "api": 1, "planner": 2, "render": 3}
+CORE_LAYERS = {"model": 0, "engine": 1, "api": 1, "planner": 2, "render": 3}
 FORBIDDEN_EXTERNAL = (
     "kopf", "kubernetes", "prometheus_api_client", "prometheus_client", "requests", "urllib3", "httpx",
     "aiohttp", "http", "socket", "urllib.request", "subprocess", "asyncio", "matplotlib",
@@ -54,7 +55,8 @@ def violations(package_dir: Path) -> list[str]:
                 target = parts[1]
                 if target in IO_PACKAGES:
                     problems.append(f"{where}: core package '{layer}' imports I/O package 'goodput.{target}'")
-                elif target in CORE_LAYERS and CORE_LAYERS[target] > rank:
+                elif target in CORE_LAYERS and (CORE_LAYERS[target] > rank
+                                                or (CORE_LAYERS[target] == rank and target != layer)):
                     problems.append(f"{where}: '{layer}' imports the higher layer 'goodput.{target}'")
     return problems
 

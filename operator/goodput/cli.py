@@ -39,34 +39,25 @@ def trace_path(name_or_path: str) -> Path:
 # ------------------------------------------------------------------------------------------
 # argument helpers
 # ------------------------------------------------------------------------------------------
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
+    """An argparse type: a finite number of `kind` above (or at) `minimum`, with a clear message."""
+    bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+_positive_float = _number(float, 0.0, inclusive=False)
+_non_negative_float = _number(float, 0.0, inclusive=True)
+_positive_int = _number(int, 1, inclusive=True)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -134,7 +134,7 @@ def test_restart_continues_from_history_in_status() -> None:
         _, _, state, _ = run(s, obs(60), high, state, T0 + dt.timedelta(minutes=minute))
     # The operator restarts: only what was in status survives.
     restored = AutoscalerState.from_status(state.to_status())
-    target, reason, _, _ = run(s, obs(5, long_rate=5), high, restored, T0 + dt.timedelta(minutes=3))
+    target, _, _, _ = run(s, obs(5, long_rate=5), high, restored, T0 + dt.timedelta(minutes=3))
     assert target == high, "the high recommendations in the window still hold the scale-down"
 
 

@@ -15,9 +15,12 @@ vLLM's own definitions, read with the code search of this project (``read_file``
   "Deprecated in 0.11 - Renamed as vllm:inter_token_latency_seconds" and "With 0.11.x you can
   enable with --show-hidden-metrics-for-version=0.10" (yapf-formatted, before the move to
   ruff-format). Every name, type, label name, HELP text and bucket list below is taken from it.
+  The search index gave that file without its repository commit, so no hash can be quoted for it;
+  a later revision (ruff-formatted, with vllm:engine_sleep_state) has the same buckets.
 * ``vllm/v1/metrics/loggers.py`` at vllm-project/vllm commit ``a6f0308cfe806b7731ad4979c9bea6e470c35efd``
-  (the V1 engine of 0.8.x) and at ``005a810bc40faa25b8870fbc8559c3462581eee3`` (0.10.x, both names
-  side by side) for the older names that ``legacy_names=True`` emits.
+  (the V1 engine of 0.8.x) and at ``005a810bc40faa25b8870fbc8559c3462581eee3`` (a 0.9.2 - 0.10.x
+  revision: old and new names side by side, the old ones marked deprecated) for the older names
+  that ``legacy_names=True`` emits.
 * ``vllm/engine/metrics.py`` at vllm-project/vllm ``00c33e81b526a179a6afb86512d1e8198965ee2f``
   (the V0 engine): same family names for the counters and the token/TTFT histograms, but only
   the ``model_name`` label and shorter bucket lists; not emulated (see below).
@@ -51,7 +54,8 @@ gauge     vllm:cache_config_info = 1, labels: every CacheConfig field as str() p
 vllm:gpu_cache_usage_perc for vllm:kv_cache_usage_perc, vllm:gpu_prefix_cache_queries_total and
 vllm:gpu_prefix_cache_hits_total for the prefix-cache counters, and
 vllm:time_per_output_token_seconds (same buckets) for vllm:inter_token_latency_seconds. Every
-other family is unchanged, except that vllm:cache_config_info has no ``engine`` label there. ``deprecated_aliases=True`` adds, as vLLM 0.11.x still does by default,
+other family is unchanged, except that vllm:cache_config_info has no ``engine`` label there.
+``deprecated_aliases=True`` adds, as vLLM 0.11.x still does by default,
 vllm:time_per_output_token_seconds beside vllm:inter_token_latency_seconds (same observations).
 
 Not verified, or not emulated

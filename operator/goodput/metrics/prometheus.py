@@ -30,15 +30,18 @@ kv_cache_usage              vllm:kv_cache_usage_perc (or gpu_cache_usage_perc)  
 running, waiting            vllm:num_requests_running / num_requests_waiting             sum
 preemptions_rps             rate(vllm:num_preemptions_total)                             sum
 prefix_cache_hit_rate       rate(prefix_cache_hits_total) / rate(prefix_cache_queries_total)
-                            (or the gpu_prefix_cache_* counters of vLLM 0.7-0.9)         ratio of sums
+                            (or the gpu_prefix_cache_* counters of vLLM 0.7-0.10)        ratio of sums
 pods_reporting              pods with a live vllm:num_requests_running series            count
 ==========================  =========================================================  ==========
 
-Both generations of names work: ``A or B`` uses the new series where a pool has them, else the
-old ones (vLLM 0.9/0.10 export both; the new one wins). vLLM's V0 engine has no prefix-cache
-counters: the hit rate is then None with a `missing` note. In the long window the gauges
-(running, waiting, KV usage) are averaged over time (a subquery of the per-pool sum/max, so pods
-replaced during the window are not double counted); in the short window they are the value now.
+Both generations of names work, pod by pod: ``new{S} or old{S}`` (and the same of their rates)
+keeps, for each pod, the series of the new name where the pod exports it and the old one where
+it does not (``or`` matches series on their labels, not their names). vLLM 0.9/0.10 export both,
+and the new one wins; a pool halfway through an upgrade is read whole. vLLM's V0 engine has no
+prefix-cache counters: the hit rate is then None with a `missing` note. In the long window the
+gauges (running, waiting, KV usage) are averaged over time (a subquery of the per-pool sum/max, so
+pods replaced during the window are not double counted); in the short window they are the value
+now.
 
 Edge cases, decided
 -------------------
@@ -84,6 +87,7 @@ from goodput.metrics.promql import (
     MalformedResult,
     Matcher,
     Reading,
+    Sample,
     combine,
     duration,
     equality_matchers,
@@ -164,14 +168,19 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
     def dedup(expr: str) -> str:
         return f"max without ({JOB_LABEL}) ({expr})"
 
-    def rate_sum(metric: str) -> str:
-        return f"sum by ({r}) ({dedup(f'rate({metric}{{{sel}}}[{w}])')})"
+    def rates(*metrics: str) -> str:
+        # per pod: the first name it exports (``or`` matches series on their labels, not their name)
+        return " or ".join(f"rate({m}{{{sel}}}[{w}])" for m in metrics)
+
+    def rate_sum(*metrics: str) -> str:
+        return f"sum by ({r}) ({dedup(rates(*metrics))})"
 
     def ratio(num: str, den: str) -> str:
         return f"({rate_sum(num)} / {rate_sum(den)})"
 
-    def quantile_of(hist: str) -> str:
-        return f"histogram_quantile({q}, sum by ({r}, le) ({dedup(f'rate({hist}_bucket{{{sel}}}[{w}])')}))"
+    def quantile_of(*hists: str) -> str:
+        buckets = rates(*(f"{h}_bucket" for h in hists))
+        return f"histogram_quantile({q}, sum by ({r}, le) ({dedup(buckets)}))"
 
     def gauge(expr_now: str) -> str:
         # now: the per-pool value at the evaluation time; long: its average over the window
@@ -180,12 +189,11 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
     def gauge_sum(metric: str) -> str:
         return gauge(f"sum by ({r}) ({dedup(f'{metric}{{{sel}}}')})")
 
-    def gauge_max(metric: str) -> str:
-        return gauge(f"max by ({r}) ({metric}{{{sel}}})")
-
     pods = (f"count by ({r}) (group by ({r}, {NAMESPACE_LABEL}, {POD_LABEL}, {INSTANCE_LABEL}) "
             f"({REQUESTS_RUNNING}{{{sel}}}))")
-    kv = gauge(f"max by ({r}) ({KV_USAGE}{{{sel}}}) or max by ({r}) ({KV_USAGE_OLD}{{{sel}}})")
+    kv = gauge(f"max by ({r}) ({KV_USAGE}{{{sel}}} or {KV_USAGE_OLD}{{{sel}}})")
+    prefix = (f"({rate_sum(PREFIX_HITS, PREFIX_HITS_OLD)} / "
+              f"{rate_sum(PREFIX_QUERIES, PREFIX_QUERIES_OLD)})")
     return [
         PoolQuery("pods_reporting", pods, REQUESTS_RUNNING, "sum",
                   hint=" (no vLLM pod of this pool is being scraped now)"),
@@ -202,14 +210,12 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
                   REQUEST_GENERATION_TOKENS, "max"),
         PoolQuery("output_len_p99", quantile_of(REQUEST_GENERATION_TOKENS), REQUEST_GENERATION_TOKENS, "max"),
         PoolQuery("ttft_ms", quantile_of(TTFT), TTFT, "max", scale=1000.0),
-        PoolQuery("itl_ms", f"{quantile_of(ITL)} or {quantile_of(ITL_OLD)}", f"{ITL} (or {ITL_OLD})", "max",
-                  scale=1000.0),
+        PoolQuery("itl_ms", quantile_of(ITL, ITL_OLD), f"{ITL} (or {ITL_OLD})", "max", scale=1000.0),
         PoolQuery("kv_cache_usage", kv, f"{KV_USAGE} (or {KV_USAGE_OLD})", "max"),
         PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
         PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),
         PoolQuery("preemptions_rps", rate_sum(PREEMPTIONS), PREEMPTIONS, "sum"),
-        PoolQuery("prefix_cache_hit_rate",
-                  f"{ratio(PREFIX_HITS, PREFIX_QUERIES)} or {ratio(PREFIX_HITS_OLD, PREFIX_QUERIES_OLD)}",
+        PoolQuery("prefix_cache_hit_rate", prefix,
                   f"{PREFIX_HITS}/{PREFIX_QUERIES} (or {PREFIX_HITS_OLD}/{PREFIX_QUERIES_OLD})", "max",
                   hint=" (vLLM's V0 engine exports no prefix-cache counters)"),
     ]
@@ -295,11 +301,14 @@ class PrometheusCollector:
             at = _unix(now)
             notes = _Notes(target)
             windows = {}
+            answers: dict[str, list[Sample]] = {}  # a query the same in both windows is asked once
             for long, span in ((False, float(window_s)), (True, float(long_window_s))):
                 results: dict[str, dict[str, Reading]] = {}  # role -> field -> reading
                 queries = build_queries(matchers, span, quantile, long=long)
                 for pq in queries:
-                    samples = self._query(pq.promql, at, deadline)
+                    if pq.promql not in answers:
+                        answers[pq.promql] = self._query(pq.promql, at, deadline)
+                    samples = answers[pq.promql]
                     for role, values in sorted(group_by_label(samples, ROLE_LABEL).items()):
                         role_name = _role(role, blank_role, notes)
                         if role_name is None:
@@ -322,7 +331,7 @@ class PrometheusCollector:
             return Observation.unavailable(now, f"reading Prometheus at {self.url} failed: "
                                                 f"{type(exc).__name__}: {exc}", w_s, lw_s)
 
-    def _query(self, promql: str, at: float, deadline: float) -> list[Any]:
+    def _query(self, promql: str, at: float, deadline: float) -> list[Sample]:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _Unavailable(f"Prometheus at {self.url} took longer than {self.budget_s:g} s for one "
@@ -445,11 +454,14 @@ def _fmt_s(seconds: float) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost useful words of a requests/urllib3 error (not the whole repr chain)."""
+    """The innermost useful words of a requests/urllib3 error, not its whole repr chain:
+    'Failed to establish a new connection: [Errno 111] Connection refused', 'Read timed out.'."""
     text = str(exc)
-    m = re.search(r"\(Caused by \w+\((?:'[^']*', )?(?:\"|')?(?:<[^>]*>: )?([^\"')]+)", text)
+    m = re.search(r"Caused by \w+\((.*?)\)\)?\s*$", text, re.S)
     if m:
-        return m.group(1).strip().rstrip(".") or text
+        text = m.group(1).strip().strip("\"'")
+    text = re.sub(r"^\S*Connection(?:Pool)?\([^)]*\):\s*", "", text)
+    text = re.sub(r"^<[^>]*>:\s*", "", text).strip() or str(exc)
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -459,6 +471,8 @@ def _http_error(text: str) -> str:
     if not m:
         return text[:300]
     code, body = m.groups()
+    if len(body) >= 3 and body[0] == "b" and body[1] == body[-1] and body[1] in "'\"":
+        body = body[2:-1]  # the repr of the bytes
     err = re.search(r'"error"\s*:\s*"((?:[^"\\]|\\.)*)"', body)
     detail = err.group(1) if err else body
     detail = detail if len(detail) <= 240 else detail[:237] + "..."

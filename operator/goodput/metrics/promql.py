@@ -160,7 +160,8 @@ def parse_vector(payload: Any) -> list[Sample]:
         if "status" in payload:
             if payload.get("status") != "success":
                 kind = payload.get("errorType") or "error"
-                raise MalformedResult(f"Prometheus answered {kind}: {payload.get('error') or payload!r:.300}")
+                message = str(payload.get("error") or repr(payload))
+                raise MalformedResult(f"Prometheus answered {kind}: {message[:300]}")
             payload = payload.get("data")
             if not isinstance(payload, Mapping):
                 raise MalformedResult("the answer has no 'data' object")

@@ -1,0 +1,705 @@
+"""A discrete-time emulator of ONE vLLM replica (V1 engine): continuous batching, chunked
+prefill, paged KV cache with recompute preemption, cold start, and the prefill / decode roles of
+a disaggregated deployment. Pure: no I/O, no wall clock; time is whatever ``advance`` is told.
+
+Scheduler (as ``vllm/v1/core/sched/scheduler.py``, FCFS policy)
+----------------------------------------------------------------
+Each engine step, at the time the previous one ends:
+
+1. RUNNING requests, in admission order, each get ``min(tokens not yet computed, budget left)``
+   tokens: one for a decode, a chunk for a prompt still in prefill. ``budget`` starts at
+   ``max_num_batched_tokens``. KV blocks of 16 tokens are allocated for the tokens scheduled; when
+   none are free, the most recently admitted running request is preempted (recompute: its blocks
+   are freed, its computed tokens forgotten, it goes to the FRONT of the waiting queue, counted in
+   ``preemptions``), repeatedly, until the allocation fits or the request preempted itself.
+2. Unless something was preempted in this step, WAITING requests are admitted first come first
+   served while a sequence slot (``max_num_seqs``), token budget and KV blocks for their first
+   chunk remain; the head of the queue that does not fit blocks the ones behind it.
+3. The step takes ``model.step_time_s(decodes, their context, prompt tokens, their attention
+   pairs, prompts completing)`` times a lognormal factor of mean 1 and coefficient of variation
+   ``noise_cv``. At its end every request whose tokens are all computed samples one token; a
+   request finishes when it has its ``output_tokens`` and frees its blocks.
+
+A request's first token is sampled by the step that completes its prompt (TTFT); every later
+token is one inter-token latency (ITL) after the previous one. After a preemption the request
+recomputes prompt plus generated tokens (no prefix-cache reuse of its own freed blocks).
+Prefix-cache hits (``cached_tokens``, at most prompt - 1, as vLLM recomputes the last token) are
+not computed but hold KV blocks. Requests longer than the KV cache or ``max_model_len`` are refused
+by ``submit`` (returns False), as vLLM's server refuses them.
+
+Roles: "prefill" computes prompts only and hands each request off when its first token is sampled
+(``Finished.handoff``, ``Finished.kv_transfer_s = model.kv_transfer_s(prompt)``, blocks freed at
+once). "decode" admits requests whose KV was computed elsewhere: admission allocates blocks for
+the prompt and the request starts decoding (its first step is one token of context ``prompt``,
+which samples its first token here). A fleet simulator submits to the decode replica at the
+prefill's ``finish_s + kv_transfer_s`` and adds the upstream time to the decode replica's TTFT.
+
+Time: ``submit`` every request that arrives before ``until_s``, then ``advance(until_s)``. A step
+starts when the previous one ends (or at the first arrival once idle, never before
+``ready_at_s``); its composition is fixed when it starts, its tokens appear when it ends. A step
+that has started but not ended by ``until_s`` stays in flight and completes in a later call.
+Results do not depend on how the timeline is cut into ``advance`` calls: noise factors are drawn
+in fixed blocks and consumed one per step, in step order.
+
+The hot loop, and its one shortcut
+----------------------------------
+The general step above costs a Python loop over the running batch. Most steps of a busy replica
+are pure decode steps of an unchanged batch, so when every running request is decoding, no
+waiting request can be admitted (queue empty, or ``max_num_seqs``, budget or KV blocks refuse its
+head) and the batch fits the budget, the emulator runs the next k such steps in one numpy pass:
+k is bounded by the first request to finish, by the KV blocks left (each request needs one block
+per 16 steps, so 16 * (free blocks // batch) + the smallest free slack of a last block is safe),
+by the next arrival (no step may start at or after it) and by ``until_s`` (every step must end by
+it). Step j's time is ``step_time_s(n, S + n*j)`` (the context grows by one token per request per
+step) times its own noise factor, so the jump reproduces the step-by-step timeline exactly; the
+only thing it changes is cost. It records per-request ITL as sum / max / count and the ITL
+histogram in bulk. A plan survives across ``advance`` calls (an arrival submitted meanwhile cuts
+it at the first step that would start after it) and its steps are applied lazily, when a later
+call passes the plan's end or a counter is read, so a router that advances every replica to
+every arrival pays O(log k) per call. The one visible difference from stepping one at a time:
+between two ``advance`` calls inside a plan, ``kv_usage`` counts a decode step's new KV block from
+the end of that step rather than its start (at most one block per request, once per 16 steps).
+Timelines (every step's start and end) are bit-identical to the step-by-step path; float sums
+derived from them (ITL means, histogram sums) agree to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from goodput.engine.vllm_metrics import ReplicaStats, default_cache_config, exposition
+from goodput.model.replica import ReplicaModel
+
+Role = Literal["aggregated", "prefill", "decode"]
+RequestId = str | int
+
+BLOCK_SIZE = 16
+_NOISE_BLOCK = 4096  # noise factors are drawn in blocks of this size (same sequence however consumed)
+_MAX_JUMP = 1024  # longest run of decode steps planned in one numpy pass
+_MIN_JUMP = 3  # shorter runs go through the general step (cheaper than a numpy pass)
+_VLLM_CACHE_DTYPE = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp8": "fp8"}
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A request that left the replica: completed, or (role "prefill") handed off after prefill."""
+
+    request_id: RequestId
+    arrival_s: float
+    scheduled_s: float  # first admitted to the running batch
+    first_token_s: float
+    finish_s: float
+    ttft_s: float  # first_token_s - arrival_s
+    queue_s: float  # scheduled_s - arrival_s
+    e2e_s: float  # finish_s - arrival_s
+    prompt_tokens: int
+    output_tokens: int  # tokens generated on this replica
+    cached_tokens: int
+    itl_mean_s: float  # over this request's inter-token gaps (0 when it produced one token)
+    itl_max_s: float
+    itl_count: int
+    preempted: int  # times this request was preempted
+    handoff: bool = False
+    kv_transfer_s: float = 0.0
+    finish_reason: str = "stop"
+
+
+class _Req:
+    __slots__ = ("admitted", "arrival", "blocks", "cached", "computed", "done", "first_s", "gen", "itl_max",
+                 "itl_n", "itl_sum", "last_s", "out", "preempted", "prompt", "rid", "sched_s")
+
+    def __init__(self, rid: RequestId, arrival: float, prompt: int, out: int, cached: int) -> None:
+        self.rid = rid
+        self.arrival = arrival
+        self.prompt = prompt
+        self.out = out
+        self.cached = cached
+        self.computed = 0  # tokens whose KV is computed (or cached / transferred)
+        self.gen = 0  # output tokens sampled
+        self.blocks = 0  # KV blocks held
+        self.admitted = 0  # times admitted from the waiting queue
+        self.preempted = 0
+        self.sched_s = -1.0
+        self.first_s = -1.0
+        self.last_s = -1.0
+        self.itl_sum = 0.0
+        self.itl_max = 0.0
+        self.itl_n = 0
+        self.done = False
+
+
+_Scheduled = tuple[_Req, int, int]  # (request, tokens computed before the step, tokens in the step)
+
+
+class EngineReplica:
+    """One vLLM replica driven by an external clock. See the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        model: ReplicaModel,
+        role: Role = "aggregated",
+        rng: np.random.Generator | None = None,
+        noise_cv: float = 0.05,
+        ready_at_s: float = 0.0,
+        *,
+        max_model_len: int | None = None,
+    ) -> None:
+        if role not in ("aggregated", "prefill", "decode"):
+            raise ValueError(f"role must be aggregated, prefill or decode, got {role!r}")
+        if not noise_cv >= 0.0:
+            raise ValueError("noise_cv must be >= 0")
+        self.model = model
+        self.role: Role = role
+        self.ready_at_s = float(ready_at_s)
+        self.total_blocks = int(model.kv_capacity_tokens // BLOCK_SIZE)
+        if self.total_blocks < 1:
+            raise ValueError("the model leaves no KV cache: the replica cannot serve")
+        self.max_model_len = int(max_model_len) if max_model_len else self.total_blocks * BLOCK_SIZE
+        self.max_num_seqs = int(model.max_num_seqs)
+        self.max_num_batched_tokens = int(model.max_num_batched_tokens)
+        self._step_time = model.step_time_s
+        self._rng = rng if rng is not None else np.random.default_rng(0)
+        self._sigma = math.sqrt(math.log1p(noise_cv**2))
+        self._noise = np.ones(0)
+        self._noise_list: list[float] = []
+        self._noise_i = 0
+        self._arange = np.arange(_MAX_JUMP, dtype=np.float64)
+
+        self._pending: deque[_Req] = deque()  # submitted, arrival still ahead of the engine
+        self._waiting: deque[_Req] = deque()
+        self._running: list[_Req] = []
+        self._free = self.total_blocks
+        self._clock = 0.0  # end of the last completed step
+        self.now = 0.0  # the latest time advanced to
+        self._inflight: list[_Scheduled] | None = None
+        self._inflight_start = 0.0
+        self._inflight_end = 0.0
+        self._inflight_running = 0
+        self._inflight_used = 0
+        # A planned run of pure decode steps (see _try_plan): their end times and durations, the
+        # start of the first, and how many of them have ended by ``now`` but are not applied yet.
+        self._plan_ends: npt.NDArray[np.float64] | None = None
+        self._plan_gaps: npt.NDArray[np.float64] = np.ones(0)
+        self._plan_t0 = 0.0
+        self._plan_passed = 0
+        self._early: list[Finished] = []  # finished while a counter was read; returned by advance
+
+        self._stats = ReplicaStats()
+        self.rejected = 0
+        self._steps = 0
+        self._jumped_steps = 0
+        self._busy_s = 0.0
+        self._running_seconds = 0.0
+        self._kv_seconds = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # Gauges
+    # ------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        arrived = 0
+        for req in self._pending:
+            if req.arrival > self.now:
+                break
+            arrived += 1
+        return len(self._waiting) + arrived
+
+    @property
+    def kv_usage(self) -> float:
+        self._sync()
+        return (self.total_blocks - self._free) / self.total_blocks
+
+    # --- counters (applied lazily while a decode plan runs: reading them brings them up to date)
+    @property
+    def stats(self) -> ReplicaStats:
+        """vLLM's counters and histograms of this replica (see ``goodput.engine.vllm_metrics``)."""
+        self._sync()
+        return self._stats
+
+    @property
+    def steps(self) -> int:
+        """Engine steps completed."""
+        self._sync()
+        return self._steps
+
+    @property
+    def jumped_steps(self) -> int:
+        """Completed steps that ran inside planned decode runs (a subset of ``steps``)."""
+        self._sync()
+        return self._jumped_steps
+
+    @property
+    def busy_s(self) -> float:
+        """Time spent in engine steps."""
+        self._sync()
+        return self._busy_s
+
+    @property
+    def running_seconds(self) -> float:
+        """Integral of the running batch over time (divide by a duration for the mean batch)."""
+        self._sync()
+        return self._running_seconds
+
+    @property
+    def kv_seconds(self) -> float:
+        """Integral of kv_usage over time."""
+        self._sync()
+        return self._kv_seconds
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.total_blocks * BLOCK_SIZE
+
+    @property
+    def idle(self) -> bool:
+        return not (self._running or self._waiting or self._pending or self._inflight)
+
+    def _sync(self) -> None:
+        """Apply the planned decode steps that have ended by ``now``."""
+        if self._plan_ends is not None and self._plan_passed:
+            self._apply_plan(self._plan_passed, self._early)
+
+    # ------------------------------------------------------------------------------------------
+    # Input
+    # ------------------------------------------------------------------------------------------
+    def submit(self, request_id: RequestId, arrival_s: float, prompt_tokens: int, output_tokens: int,
+               cached_tokens: int = 0) -> bool:
+        """Queue a request arriving at ``arrival_s``. False (and counted in ``rejected``) when it
+        can never fit: longer than ``max_model_len`` or than the whole KV cache."""
+        prompt = int(prompt_tokens)
+        out = int(output_tokens)
+        if prompt < 1 or out < 1:
+            raise ValueError("a request needs at least one prompt token and one output token")
+        kept = prompt + 1 if self.role == "prefill" else prompt + out
+        if kept > self.max_model_len or -(-kept // BLOCK_SIZE) > self.total_blocks:
+            self.rejected += 1
+            return False
+        cached = 0 if self.role == "decode" else max(0, min(int(cached_tokens), prompt - 1))
+        req = _Req(request_id, float(arrival_s), prompt, out, cached)
+        pending = self._pending
+        if not pending or pending[-1].arrival <= req.arrival:
+            pending.append(req)
+        else:  # out of order: keep the pending queue sorted by arrival
+            i = len(pending)
+            while i > 0 and pending[i - 1].arrival > req.arrival:
+                i -= 1
+            pending.insert(i, req)
+        ends = self._plan_ends
+        if ends is not None and req.arrival < float(ends[-2] if ends.size > 1 else math.inf):
+            # No planned step may start at or after an arrival (it would admit the request);
+            # steps that have already started stay.
+            keep = max(1 + int(np.searchsorted(ends[:-1], req.arrival, side="left")), self._plan_passed + 1)
+            self._plan_ends = ends[:keep]
+            self._plan_gaps = self._plan_gaps[:keep]
+        return True
+
+    # ------------------------------------------------------------------------------------------
+    # Time
+    # ------------------------------------------------------------------------------------------
+    def advance(self, until_s: float) -> list[Finished]:
+        """Run every engine step that ends by ``until_s``; return the requests finished meanwhile."""
+        until = float(until_s)
+        if until < self.now:
+            raise ValueError(f"time goes forward: advanced to {self.now}, asked for {until}")
+        out, self._early = self._early, []
+        empty_at = math.nan
+        while True:
+            if self._plan_ends is not None:
+                passed = int(np.searchsorted(self._plan_ends, until, side="right"))
+                if passed < self._plan_ends.size:
+                    self._plan_passed = passed  # the next planned step is in flight
+                    break
+                self._apply_plan(passed, out)
+                continue
+            if self._inflight is not None:
+                if self._inflight_end > until:
+                    break
+                self._complete(out)
+                continue
+            t = self._clock if self._clock > self.ready_at_s else self.ready_at_s
+            if not self._running and not self._waiting:
+                if not self._pending:
+                    break
+                if self._pending[0].arrival > t:
+                    t = self._pending[0].arrival
+            if t >= until:
+                break
+            pending = self._pending
+            while pending and pending[0].arrival <= t:
+                self._waiting.append(pending.popleft())
+            if self._try_plan(t):
+                continue
+            if not self._schedule(t):
+                # Only preemptions happened; the next step admits the preempted. Twice in a row at
+                # the same time would mean nothing can ever run: refuse to spin.
+                if empty_at == t:
+                    raise RuntimeError("scheduler made no progress")
+                empty_at = t
+                self._clock = t
+        self.now = until
+        return out
+
+    # --- noise --------------------------------------------------------------------------------
+    def _refill(self, needed: int) -> None:
+        rest = self._noise[self._noise_i:]
+        blocks = [rest]
+        have = rest.size
+        while have < needed:
+            if self._sigma > 0.0:
+                block = self._rng.lognormal(-self._sigma**2 / 2.0, self._sigma, _NOISE_BLOCK)
+            else:
+                block = np.ones(_NOISE_BLOCK)
+            blocks.append(block)
+            have += _NOISE_BLOCK
+        self._noise = np.concatenate(blocks)
+        self._noise_list = self._noise.tolist()
+        self._noise_i = 0
+
+    # --- the general step ---------------------------------------------------------------------
+    def _schedule(self, t: float) -> bool:
+        budget = self.max_num_batched_tokens
+        free = self._free
+        running = self._running
+        waiting = self._waiting
+        sched: list[_Scheduled] = []
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            c0 = req.computed
+            n = req.prompt + req.gen - c0
+            if n > budget:
+                n = budget
+            if n <= 0:
+                i += 1
+                continue
+            need = -(-(c0 + n) // BLOCK_SIZE) - req.blocks
+            fits = True
+            while need > free:
+                victim = running.pop()
+                free += victim.blocks
+                victim.blocks = 0
+                victim.computed = 0
+                victim.preempted += 1
+                self._stats.preemptions += 1
+                waiting.appendleft(victim)
+                preempted = True
+                if victim is req:
+                    fits = False
+                    break
+            if not fits:
+                break
+            if need > 0:
+                req.blocks += need
+                free -= need
+            req.computed = c0 + n
+            sched.append((req, c0, n))
+            budget -= n
+            i += 1
+        if not preempted:
+            stats = self._stats
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                req = waiting[0]
+                if req.admitted:
+                    c0 = 0  # recompute after preemption
+                elif self.role == "decode":
+                    c0 = req.prompt - 1  # KV transferred; the last prompt token is the first input
+                else:
+                    c0 = req.cached
+                total = req.prompt + req.gen
+                n = total - c0
+                if n > budget:
+                    n = budget
+                need = -(-(c0 + n) // BLOCK_SIZE)
+                if need > free:
+                    break
+                waiting.popleft()
+                stats.prefix_cache_queries += total
+                if not req.admitted and self.role != "decode":
+                    stats.prefix_cache_hits += c0
+                req.admitted += 1
+                if req.sched_s < 0.0:
+                    req.sched_s = t
+                req.blocks = need
+                free -= need
+                req.computed = c0 + n
+                running.append(req)
+                sched.append((req, c0, n))
+                budget -= n
+        self._free = free
+        if not sched:
+            return False
+        dec_n = 0
+        dec_ctx = 0
+        pf_tokens = 0
+        pf_pairs = 0.0
+        pf_seqs = 0
+        for req, c0, n in sched:
+            total = req.prompt + req.gen
+            if n == 1 and c0 + 1 == total:
+                dec_n += 1
+                dec_ctx += total
+            else:
+                pf_tokens += n
+                pf_pairs += n * c0 + n * (n + 1) / 2.0
+                if c0 + n == total:
+                    pf_seqs += 1
+        if self._noise_i >= len(self._noise_list):
+            self._refill(1)
+        factor = self._noise_list[self._noise_i]
+        self._noise_i += 1
+        dt = float(self._step_time(float(dec_n), float(dec_ctx), float(pf_tokens), pf_pairs, float(pf_seqs)))
+        self._inflight = sched
+        self._inflight_start = t
+        self._inflight_end = t + dt * factor
+        self._inflight_running = len(running)
+        self._inflight_used = self.total_blocks - free
+        return True
+
+    def _complete(self, out: list[Finished]) -> None:
+        sched = self._inflight
+        assert sched is not None
+        start = self._inflight_start
+        end = self._inflight_end
+        dt = end - start
+        self._inflight = None
+        self._clock = end
+        self._steps += 1
+        self._busy_s += dt
+        self._running_seconds += self._inflight_running * dt
+        self._kv_seconds += self._inflight_used / self.total_blocks * dt
+        stats = self._stats
+        itl_hist = stats.inter_token_latency
+        sampled = 0
+        first_prompt = 0
+        same_gap = 0
+        finished = False
+        for req, _c0, _n in sched:
+            if req.computed != req.prompt + req.gen:
+                continue  # a prompt chunk that does not complete the prompt samples nothing
+            req.gen += 1
+            sampled += 1
+            if req.gen == 1:
+                req.first_s = end
+                first_prompt += req.prompt
+                stats.time_to_first_token.observe(end - req.arrival)
+            else:
+                gap = end - req.last_s
+                if req.last_s == start:
+                    same_gap += 1
+                else:
+                    itl_hist.observe(gap)
+                req.itl_sum += gap
+                req.itl_n += 1
+                if gap > req.itl_max:
+                    req.itl_max = gap
+            req.last_s = end
+            if req.gen >= req.out or self.role == "prefill":
+                req.done = True
+                finished = True
+        if same_gap:
+            itl_hist.observe(dt, same_gap)
+        stats.prompt_tokens += first_prompt
+        stats.generation_tokens += sampled
+        if sampled:
+            stats.iteration_tokens.observe(first_prompt + sampled)
+        if finished:
+            self._finish_done(end, out)
+
+    # --- the shortcut: a planned run of identical decode steps -------------------------------
+    def _try_plan(self, t: float) -> bool:
+        """Plan the next k pure decode steps in one numpy pass, if the batch allows it (see the
+        module docstring); ``advance`` then applies them as time passes them."""
+        running = self._running
+        n = len(running)
+        if n == 0 or n > self.max_num_batched_tokens:
+            return False
+        if self._waiting and self._head_admissible(n):
+            return False
+        context = 0
+        k_finish = _MAX_JUMP
+        slack = BLOCK_SIZE
+        for req in running:
+            c = req.computed
+            if req.gen == 0 or c + 1 != req.prompt + req.gen:
+                return False
+            context += c + 1
+            left = req.out - req.gen
+            if left < k_finish:
+                k_finish = left
+            s = req.blocks * BLOCK_SIZE - c
+            if s < slack:
+                slack = s
+        k = min(k_finish, BLOCK_SIZE * (self._free // n) + slack)
+        arrival = self._pending[0].arrival if self._pending else math.inf
+        if arrival < math.inf:
+            # Enough steps to pass the next arrival (noise factors rarely fall below 0.6).
+            step0 = float(self._step_time(float(n), float(context)))
+            reach = (arrival - t) / (0.6 * step0) + 2.0 if step0 > 0.0 else math.inf
+            if reach < k:
+                k = int(reach)
+        if k < _MIN_JUMP:
+            return False
+        if self._noise_i + k > self._noise.size:
+            self._refill(k)
+        factors = self._noise[self._noise_i:self._noise_i + k]
+        ctx = self._arange[:k] * n + context
+        dts = np.asarray(self._step_time(float(n), ctx), dtype=np.float64) * factors
+        # Sequential sums from t: the same float operations as one step at a time.
+        times = np.cumsum(np.concatenate(([t], dts)))
+        ends = times[1:]
+        if arrival < math.inf:  # no step may start at or after the next arrival
+            k = min(k, 1 + int(np.searchsorted(ends, arrival, side="left")))
+        self._plan_ends = ends[:k]
+        self._plan_gaps = np.diff(times[:k + 1])
+        self._plan_t0 = t
+        self._plan_passed = 0
+        return True
+
+    def _apply_plan(self, m: int, out: list[Finished]) -> None:
+        """Apply the first m planned steps (all of them ended); keep the rest planned."""
+        ends = self._plan_ends
+        assert ends is not None and 0 < m <= ends.size
+        t0 = self._plan_t0
+        self._commit_jump(t0, len(self._running), m, self._plan_gaps[:m], ends[:m], out)
+        if m == ends.size:
+            self._plan_ends = None
+        else:
+            self._plan_ends = ends[m:]
+            self._plan_gaps = self._plan_gaps[m:]
+            self._plan_t0 = float(ends[m - 1])
+        self._plan_passed = 0
+
+    def _head_admissible(self, n_running: int) -> bool:
+        """Could the next step admit the waiting queue's head (before the decodes take blocks)?"""
+        if n_running >= self.max_num_seqs or n_running >= self.max_num_batched_tokens:
+            return False
+        req = self._waiting[0]
+        c0 = 0 if req.admitted else (req.prompt - 1 if self.role == "decode" else req.cached)
+        n = min(req.prompt + req.gen - c0, self.max_num_batched_tokens - n_running)
+        return -(-(c0 + n) // BLOCK_SIZE) <= self._free
+
+    def _commit_jump(self, t: float, n: int, m: int, gaps: npt.NDArray[np.float64],
+                     ends: npt.NDArray[np.float64], out: list[Finished]) -> None:
+        """Apply m decode steps of the whole batch; ``gaps`` are their m durations."""
+        self._noise_i += m
+        end = float(ends[m - 1])
+        first_end = float(ends[0])
+        first_dt = float(gaps[0])
+        rest_max = float(gaps[1:].max()) if m > 1 else 0.0
+        used_before = self.total_blocks - self._free
+        free = self._free
+        same_gap = 0
+        finished = False
+        itl_hist = self._stats.inter_token_latency
+        for req in self._running:
+            c = req.computed + m
+            req.computed = c
+            req.gen += m
+            blocks = -(-c // BLOCK_SIZE)
+            free -= blocks - req.blocks
+            req.blocks = blocks
+            gap = first_end - req.last_s
+            if req.last_s == t:
+                same_gap += 1
+            else:
+                itl_hist.observe(gap)
+            worst = gap if gap > rest_max else rest_max
+            if worst > req.itl_max:
+                req.itl_max = worst
+            req.itl_sum += end - req.last_s
+            req.itl_n += m
+            req.last_s = end
+            if req.gen >= req.out:
+                req.done = True
+                finished = True
+        self._free = free
+        if same_gap:
+            itl_hist.observe(first_dt, same_gap)
+        if m > 1:
+            itl_hist.observe_many(gaps[1:], n)
+        stats = self._stats
+        stats.generation_tokens += n * m
+        stats.iteration_tokens.observe(n, m)
+        span = end - t
+        self._busy_s += span
+        self._running_seconds += n * span
+        # KV usage grows about linearly across the jump.
+        self._kv_seconds += (used_before + self.total_blocks - free) / 2.0 / self.total_blocks * span
+        self._steps += m
+        self._jumped_steps += m
+        self._clock = end
+        if finished:
+            self._finish_done(end, out)
+
+    # --- leaving ------------------------------------------------------------------------------
+    def _finish_done(self, end: float, out: list[Finished]) -> None:
+        stats = self._stats
+        keep: list[_Req] = []
+        for req in self._running:
+            if not req.done:
+                keep.append(req)
+                continue
+            self._free += req.blocks
+            req.blocks = 0
+            handoff = self.role == "prefill"
+            reason = "length" if handoff else "stop"
+            stats.count_success(reason)
+            stats.e2e_request_latency.observe(end - req.arrival)
+            stats.request_queue_time.observe(req.sched_s - req.arrival)
+            stats.request_prefill_time.observe(req.first_s - req.sched_s)
+            stats.request_decode_time.observe(end - req.first_s)
+            stats.request_inference_time.observe(end - req.sched_s)
+            stats.request_prompt_tokens.observe(req.prompt)
+            stats.request_generation_tokens.observe(req.gen)
+            stats.request_max_num_generation_tokens.observe(req.gen)  # n = 1: its only sequence
+            stats.request_params_n.observe(1)
+            stats.request_params_max_tokens.observe(1 if handoff else req.out)
+            out.append(Finished(
+                request_id=req.rid,
+                arrival_s=req.arrival,
+                scheduled_s=req.sched_s,
+                first_token_s=req.first_s,
+                finish_s=end,
+                ttft_s=req.first_s - req.arrival,
+                queue_s=req.sched_s - req.arrival,
+                e2e_s=end - req.arrival,
+                prompt_tokens=req.prompt,
+                output_tokens=req.gen,
+                cached_tokens=req.cached,
+                itl_mean_s=req.itl_sum / req.itl_n if req.itl_n else 0.0,
+                itl_max_s=req.itl_max,
+                itl_count=req.itl_n,
+                preempted=req.preempted,
+                handoff=handoff,
+                kv_transfer_s=float(self.model.kv_transfer_s(float(req.prompt))) if handoff else 0.0,
+                finish_reason=reason,
+            ))
+        self._running = keep
+
+    # ------------------------------------------------------------------------------------------
+    # Metrics
+    # ------------------------------------------------------------------------------------------
+    def metrics_text(self, model_name: str, engine: int | str = 0, *, legacy_names: bool = False,
+                     deprecated_aliases: bool = False, created_s: float | None = None) -> str:
+        """This replica's ``/metrics`` text now (see ``goodput.engine.vllm_metrics``)."""
+        cache = default_cache_config(
+            block_size=BLOCK_SIZE,
+            gpu_memory_utilization=self.model.eff.gpu_memory_utilization,
+            cache_dtype=_VLLM_CACHE_DTYPE.get(self.model.kv_cache_dtype, self.model.kv_cache_dtype),
+            num_gpu_blocks=self.total_blocks,
+        )
+        return exposition(self.stats, running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
+                          model_name=model_name, max_model_len=self.max_model_len, engine=engine,
+                          cache_config=cache, legacy_names=legacy_names, deprecated_aliases=deprecated_aliases,
+                          created_s=created_s)

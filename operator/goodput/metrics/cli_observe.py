@@ -1,0 +1,174 @@
+"""`goodput observe`: print the Observation the planner would get from Prometheus, as it gets it.
+
+    goodput observe --prometheus URL (--name NAME [-n NAMESPACE] | --selector LABELS)
+                    [--window-seconds 60] [--long-window-seconds 600] [--quantile 0.99]
+                    [--timeout-seconds 5] [--json]
+
+``--json`` prints the dataclass as a dict (times in ISO 8601, None as null). The text form is one
+table per pool, a row per PoolMetrics field and a column per window, then the `missing` notes.
+Exit status: 0 when Prometheus answered (even with gaps: read the notes), 1 when it did not
+(`Observation.error`), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import sys
+from typing import Any
+
+from goodput.metrics.prometheus import DEFAULT_TIMEOUT_S, PrometheusCollector
+from goodput.metrics.promql import Matcher, parse_selector
+from goodput.planner.observation import ROLES, Observation, PoolMetrics
+
+
+def _selector(text: str) -> tuple[Matcher, ...]:
+    try:
+        return parse_selector(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _quantile(text: str) -> float:
+    value = _positive(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (0.99 for p99)")
+    return value
+
+
+def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``observe`` to the subparsers of `goodput` (``sub`` from ``add_subparsers``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "observe", help="print the live observation of a deployment, read from Prometheus",
+        description="Read vLLM's metrics from Prometheus the way the operator does and print the Observation "
+                    "the planner would get, with every gap named.")
+    p.add_argument("--prometheus", required=True, metavar="URL", help="e.g. http://prometheus.monitoring:9090")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", help="the InferenceDeployment's name (its pods' goodput.dev/inference-deployment)")
+    which.add_argument("--selector", type=_selector, metavar="LABELS",
+                       help="Prometheus label matchers instead of --name/-n, e.g. 'namespace=prod,app=vllm' "
+                            "(=, !=, =~, !~; quote values with commas); series without goodput_dev_role count "
+                            "as the aggregated pool")
+    p.add_argument("--namespace", "-n", default="default", help="with --name (default: default)")
+    p.add_argument("--window-seconds", type=_positive, default=60.0, help="the short window (default 60)")
+    p.add_argument("--long-window-seconds", type=_positive, default=600.0, help="the trend window (default 600)")
+    p.add_argument("--quantile", type=_quantile, default=0.99, help="latency percentile, 0..1 (default 0.99)")
+    p.add_argument("--timeout-seconds", type=_positive, default=DEFAULT_TIMEOUT_S,
+                   help=f"per-query timeout (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--json", action="store_true", help="the Observation as JSON")
+    p.set_defaults(func=cmd_observe)
+    return p
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    collector = PrometheusCollector(args.prometheus, timeout_s=args.timeout_seconds)
+    now = dt.datetime.now(dt.UTC)
+    if args.selector is not None:
+        obs = collector.observe_selector(args.selector, now, args.window_seconds, args.long_window_seconds,
+                                         args.quantile)
+        target = "{" + ",".join(m.render() for m in args.selector) + "}"
+    else:
+        obs = collector.observe(args.namespace, args.name, now, args.window_seconds, args.long_window_seconds,
+                                args.quantile)
+        target = f"{args.namespace}/{args.name}"
+    if args.json:
+        print(observation_json(obs))
+    else:
+        print(observation_text(obs, target, args.prometheus, args.quantile))
+    return 1 if obs.error is not None else 0
+
+
+# ------------------------------------------------------------------------------------------
+def observation_dict(obs: Observation) -> dict[str, Any]:
+    """The dataclass as a dict, JSON-ready: datetimes in ISO 8601, tuples as lists."""
+    out: dict[str, Any] = _jsonable(dataclasses.asdict(obs))
+    return out
+
+
+def observation_json(obs: Observation) -> str:
+    return json.dumps(observation_dict(obs), indent=2, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+_FIELDS = [f.name for f in dataclasses.fields(PoolMetrics) if f.name != "role"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    v = float(value)
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.4g}"
+
+
+def observation_text(obs: Observation, target: str, url: str, quantile: float = 0.99) -> str:
+    lines = [f"{target} from {url} at {obs.time.isoformat(timespec='seconds')}"]
+    if obs.error is not None:
+        lines.append(f"unavailable: {obs.error}")
+        return "\n".join(lines)
+    short, long = f"{obs.window_s:g} s", f"{obs.long_window_s:g} s"
+    lines.append(f"windows: {short} (now) and {long} (trend); latencies at p{quantile * 100:g}; "
+                 f"available to plan: {'yes' if obs.available else 'no'}")
+    roles = [r for r in ROLES if r in obs.pools or r in obs.long_pools]
+    roles += sorted(r for r in {*obs.pools, *obs.long_pools} if r not in ROLES)
+    if not roles:
+        lines.append("no pools")
+    width = max(len(f) for f in [*_FIELDS, "arrival_rate_rps"]) + 2
+    for role in roles:
+        a, b = obs.pools.get(role), obs.long_pools.get(role)
+        lines.append("")
+        lines.append(f"{role + ' pool':<{width}}{short:>12}{long:>12}")
+        for name in _FIELDS:
+            lines.append(f"  {name:<{width - 2}}{_fmt(_get(a, name)):>12}{_fmt(_get(b, name)):>12}")
+        lines.append(f"  {'arrival_rate_rps':<{width - 2}}{_fmt(a.arrival_rate_rps if a else None):>12}"
+                     f"{_fmt(b.arrival_rate_rps if b else None):>12}   (derived: requests + queue growth)")
+    if obs.missing:
+        lines.append("")
+        lines.append("missing:")
+        lines += [f"  - {note}" for note in obs.missing]
+    return "\n".join(lines)
+
+
+def _get(pool: PoolMetrics | None, name: str) -> Any:
+    return None if pool is None else getattr(pool, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `observe` alone (until it is wired into `goodput`): ``python -m goodput.metrics.cli_observe``."""
+    parser = argparse.ArgumentParser(prog="goodput")
+    add_observe_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["observe", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
