@@ -426,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the operator's own /metrics here")
     p.set_defaults(func=cmd_operator)
 
+    from goodput.metrics.cli_observe import add_observe_parser
+
+    add_observe_parser(sub)
+
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
     p.add_argument("--output", "-o", type=Path, metavar="FILE")
     p.add_argument("--reference", action="store_true", help="the field reference in Markdown instead")

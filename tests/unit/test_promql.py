@@ -389,6 +389,15 @@ def test_unknown_roles_are_ignored_with_a_note_and_blank_role_is_aggregated_for_
     assert any("goodput_dev_role='router'" in n and '{namespace="prod",app="vllm"}' in n for n in obs.missing)
 
 
+def test_blank_and_aggregated_roles_are_one_pool() -> None:
+    given = parse_selector("app=vllm")
+    data = {"request_rate_rps": [series(3.0), role("aggregated", 1.0)], "kv_cache_usage": [series(0.2),
+                                                                                           role("aggregated", 0.6)]}
+    c, _ = collector(by_field(data, matchers=given))
+    pool = c.observe_selector("app=vllm", NOW).pools["aggregated"]
+    assert pool.request_rate_rps == 4.0 and pool.kv_cache_usage == 0.6
+
+
 def test_selector_replaces_the_deployment_matchers() -> None:
     c, client = collector(lambda q: [])
     c.observe_selector({"app": "vllm"}, NOW)
@@ -467,6 +476,13 @@ def test_bad_arguments_are_unavailable_not_raised(kw: dict[str, Any], word: str)
     now = kw.pop("now", NOW)
     obs = c.observe("prod", "llama-70b", now, **kw)
     assert obs.error is not None and word in obs.error and client.calls == []
+
+
+@pytest.mark.parametrize(("namespace", "name"), [("", "llama"), ("prod", ""), (None, "llama")])
+def test_empty_namespace_or_name_is_unavailable_not_everything(namespace: Any, name: Any) -> None:
+    c, client = collector(by_field(FULL))
+    obs = c.observe(namespace, name, NOW)
+    assert obs.error is not None and "non-empty" in obs.error and client.calls == []
 
 
 def test_bad_selector_is_unavailable_not_raised() -> None:

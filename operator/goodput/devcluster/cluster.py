@@ -41,6 +41,7 @@ from typing import IO, Any
 import yaml
 
 from goodput.devcluster.build import Binaries, ensure_binaries
+from goodput.devcluster.processes import kill_with_parent
 
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -452,25 +453,6 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _pdeathsig() -> Callable[[], None] | None:
-    """A preexec_fn that has Linux kill the child when the thread that started it dies (so an
-    interpreter that is SIGKILLed leaves no control plane behind). Only used from the main
-    thread: PR_SET_PDEATHSIG fires on the exit of the spawning *thread*."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def _set() -> None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return _set
-
-
 @dataclass
 class _Proc:
     name: str
@@ -489,7 +471,7 @@ class _Proc:
         self._log_file.flush()
         self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                       stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-                                      preexec_fn=_pdeathsig())
+                                      preexec_fn=kill_with_parent())
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

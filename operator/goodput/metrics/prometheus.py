@@ -261,6 +261,9 @@ class PrometheusCollector:
                 long_window_s: float = 600, quantile: float = 0.99) -> Observation:
         """The pools of InferenceDeployment ``namespace/name``. Never raises."""
         try:
+            if not (isinstance(namespace, str) and namespace and isinstance(name, str) and name):
+                # an empty value would match series *without* the label: anything at all
+                raise ValueError("both must be non-empty strings")
             matchers = deployment_matchers(namespace, name, self.extra_matchers)
         except Exception as exc:
             return Observation.unavailable(now, f"invalid namespace/name {namespace!r}/{name!r}: {exc}",
@@ -308,11 +311,12 @@ class PrometheusCollector:
                 for pq in queries:
                     if pq.promql not in answers:
                         answers[pq.promql] = self._query(pq.promql, at, deadline)
-                    samples = answers[pq.promql]
-                    for role, values in sorted(group_by_label(samples, ROLE_LABEL).items()):
+                    per_role: dict[str, list[float]] = {}
+                    for role, values in sorted(group_by_label(answers[pq.promql], ROLE_LABEL).items()):
                         role_name = _role(role, blank_role, notes)
-                        if role_name is None:
-                            continue
+                        if role_name is not None:
+                            per_role.setdefault(role_name, []).extend(values)
+                    for role_name, values in per_role.items():
                         results.setdefault(role_name, {})[pq.field] = combine(values, pq.how)
                 windows[long] = _pools(results, queries, span, notes)
             if not windows[False] and not windows[True]:

@@ -30,8 +30,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,6 +39,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from goodput.devcluster.processes import kill_with_parent
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
 _LOOPBACK = "127.0.0.1"
@@ -76,23 +76,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((_LOOPBACK, 0))
         return int(s.getsockname()[1])
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """Have Linux SIGKILL the child when the thread that started it dies (main thread only)."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def _set() -> None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return _set
 
 
 class LocalPrometheus:
@@ -186,7 +169,7 @@ class LocalPrometheus:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
             self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          cwd=self.work_dir, preexec_fn=_pdeathsig())
+                                          cwd=self.work_dir, preexec_fn=kill_with_parent())
         finally:
             log.close()
         self._paused = False

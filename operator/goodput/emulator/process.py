@@ -1,0 +1,1079 @@
+"""Emulate the vLLM replicas of one InferenceDeployment in real time, one per Running pod.
+
+    python -m goodput.emulator.process --kubeconfig K --namespace NS --name INFD \\
+        (--trace azure-conv|azure-code|FILE.csv [--rate-scale X] | --rate-schedule "0:5,60:15,120:5") \\
+        --targets-file F.json [--cold-start-s 20] [--legacy-names] [--seed 1] [--duration-s N]
+
+The pods are real objects of a (kwok) cluster, made by the operator's Deployments; what runs in
+them is emulated here. Closing the loop with a real Prometheus and the operator:
+load -> replicas -> vLLM ``/metrics`` -> Prometheus -> operator -> Deployments -> pods -> replicas.
+
+What it does
+------------
+* **Configuration.** The InferenceDeployment (custom objects API, re-read every 5 s) is
+  ``resolve``-d to architecture, GPU, precision and KV dtype. Each pod's replica model takes its
+  TP, ``--max-num-seqs``, ``--max-num-batched-tokens``, ``--max-model-len``, ``--kv-cache-dtype``
+  and ``--served-model-name`` from the vLLM arguments of the pod's own container (the arguments
+  that pod's vLLM would run with, even in the middle of a rollout), falling back to its
+  Deployment's (``<name>-<role>``): the ``goodput.dev/tensor-parallel`` annotation and container
+  args, then to vLLM's defaults. A replica keeps the model it started with.
+* **Replicas.** Every ~1 s the pods labelled ``goodput.dev/inference-deployment=NAME`` are listed
+  (in a background thread). A pod in phase Running with a role label (``goodput.dev/role``) is one
+  `EngineReplica`. It becomes ready ``--cold-start-s`` after the pod's creationTimestamp (vLLM
+  loading its weights); only then does its ``/metrics`` port open (vLLM's API server starts after
+  the engine) and does it appear in the targets file and receive requests. A pod with a
+  deletionTimestamp is *draining*: it gets no new requests (the Service drops a terminating
+  pod's endpoint) but finishes what it holds while the pod exists. When the pod is gone (or
+  leaves Running), its unfinished requests are **re-submitted** through the router as new
+  arrivals at that moment (a client retrying a dropped connection, as the OpenAI client does by
+  default); they are counted in ``resubmitted``, not as aborted. A failed pod list keeps the
+  replicas as they are.
+* **Metrics.** Each ready replica serves ``GET /metrics`` on its own 127.0.0.1 port: the exact
+  vLLM >= 0.11 exposition of `goodput.engine.vllm_metrics` (``--legacy-names``: the 0.8-0.10
+  names), ``model_name`` = the served model name, with the ``*_created`` samples prometheus_client
+  writes. The targets file (Prometheus ``file_sd``, written atomically: temp file + rename) lists
+  one target per ready replica with the labels the collector queries after Kubernetes relabeling:
+  ``namespace``, ``pod``, ``goodput_dev_inference_deployment``, ``goodput_dev_role``.
+* **Load.** Arrivals from an Azure trace (CSV ``TIMESTAMP,ContextTokens,GeneratedTokens``; times
+  taken relative to the first row; ``--rate-scale X`` compresses time X-fold; the trace repeats when
+  it runs out), or a piecewise-constant Poisson rate schedule (``seconds:req_per_s`` pairs, times
+  from the start of the load) whose prompt/output lengths come from ``--lengths`` (``hints``: the
+  spec's workload hints, lognormal when a p99 is given; ``fixed:IN,OUT``; or a trace's rows). Both
+  run on one "intensity clock" advanced by rate x multiplier, so the run-time multiplier (control
+  endpoint) speeds a trace up or raises a Poisson rate alike.
+* **Routing.** A least-loaded router (fewest requests outstanding, ties round-robin) sends each
+  arrival to a ready, non-draining replica of the entry pool: aggregated, or prefill when the
+  deployment is disaggregated; a prefill replica's hand-off goes to the least-loaded decode
+  replica at ``finish + kv_transfer_s``. With no ready replica in a pool, requests wait in that
+  pool's router queue (bounded by ``--queue-limit``; overflow is counted in ``dropped``) and are
+  submitted, arriving then, when one becomes ready. Requests a replica can never hold (longer
+  than ``--max-model-len`` or its KV cache) are counted in ``rejected``, as vLLM refuses them.
+* **Time.** A loop advances every engine to wall-clock now every ``--tick-s`` (0.1 s); arrivals
+  inside a tick keep their exact times.
+* **Control.** ``http://127.0.0.1:PORT`` (``--control-port``, 0 = any; printed on stdout at
+  start as ``control http://127.0.0.1:PORT``): ``POST /rate?scale=X`` sets the rate multiplier,
+  ``GET /state`` answers JSON (time, multiplier, counters, queues, replicas).
+* **Shutdown.** SIGTERM/SIGINT (or ``--duration-s``): the ports close, the targets file is
+  rewritten empty (the replicas it listed are gone); nothing else is touched or removed.
+  Logs (stderr): one line per replica change, and a load summary every 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import http.server
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
+from goodput.engine.replica import EngineReplica, Finished, Role
+from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
+from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
+from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
+from goodput.planner.recommend import ROLES, ResolvedSpec, resolve
+from goodput.render.vllm import OWNER_LABEL, ROLE_LABEL, pool_name
+
+log = logging.getLogger("goodput.emulator")
+
+TP_ANNOTATION = "goodput.dev/tensor-parallel"
+BUNDLED_TRACES = {"azure-conv": "azure-conv.csv", "azure-code": "azure-code.csv"}
+SPEC_REFRESH_S = 5.0
+SUMMARY_EVERY_S = 15.0
+_LOOPBACK = "127.0.0.1"
+_Z99 = 2.3263478740408408
+
+
+# ------------------------------------------------------------------------------------------
+# load: traces, schedules, lengths
+# ------------------------------------------------------------------------------------------
+def trace_path(name_or_path: str) -> Path:
+    if name_or_path in BUNDLED_TRACES:
+        return Path(__file__).resolve().parents[1] / "data" / "traces" / BUNDLED_TRACES[name_or_path]
+    return Path(name_or_path)
+
+
+def _timestamp(text: str) -> float:
+    """Seconds from a TIMESTAMP cell: a number, or ``2023-11-16 18:15:46.6805900`` (any number of
+    fractional digits, taken as UTC)."""
+    s = text.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?\s*(?:Z|[+-]00:?00)?", s)
+    if not m:
+        raise ValueError(f"unreadable TIMESTAMP {text!r}")
+    base = dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+    return base.timestamp() + (float("0." + m.group(3)) if m.group(3) else 0.0)
+
+
+@dataclass(frozen=True)
+class Trace:
+    times: np.ndarray  # seconds from the first request, sorted
+    prompts: np.ndarray
+    outputs: np.ndarray
+
+    @property
+    def span_s(self) -> float:
+        return float(self.times[-1]) if self.times.size else 0.0
+
+
+def load_trace(name_or_path: str) -> Trace:
+    path = trace_path(name_or_path)
+    times: list[float] = []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            try:
+                times.append(_timestamp(row["TIMESTAMP"]))
+                prompts.append(max(1, int(float(row["ContextTokens"]))))
+                outputs.append(max(1, int(float(row["GeneratedTokens"]))))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{reader.line_num}: expected TIMESTAMP,ContextTokens,GeneratedTokens "
+                                 f"({exc})") from None
+    if not times:
+        raise ValueError(f"{path} has no requests")
+    t = np.asarray(times, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    t = t[order] - t[order][0]
+    return Trace(t, np.asarray(prompts, dtype=np.int64)[order], np.asarray(outputs, dtype=np.int64)[order])
+
+
+@dataclass(frozen=True)
+class RateSchedule:
+    """Piecewise-constant rate: ``rates[i]`` req/s from ``starts[i]`` until the next start (the
+    last one forever); 0 before the first."""
+
+    starts: tuple[float, ...]
+    rates: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> RateSchedule:
+        pairs: list[tuple[float, float]] = []
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            try:
+                start_text, rate_text = part.split(":")
+                start, rate = float(start_text), float(rate_text)
+            except ValueError:
+                raise ValueError(f"rate schedule item {part.strip()!r} is not SECONDS:REQ_PER_S") from None
+            if not (math.isfinite(start) and start >= 0 and math.isfinite(rate) and rate >= 0):
+                raise ValueError(f"rate schedule item {part.strip()!r}: need seconds >= 0 and a rate >= 0")
+            pairs.append((start, rate))
+        if not pairs:
+            raise ValueError("the rate schedule is empty: give SECONDS:REQ_PER_S pairs, e.g. 0:5,60:15")
+        pairs.sort()
+        if len({s for s, _ in pairs}) != len(pairs):
+            raise ValueError("the rate schedule names the same second twice")
+        return cls(tuple(s for s, _ in pairs), tuple(r for _, r in pairs))
+
+    def segments(self, t0: float, t1: float) -> Iterator[tuple[float, float, float]]:
+        """(start, end, rate) pieces covering [t0, t1)."""
+        bounds = [*self.starts[1:], math.inf]
+        if t0 < self.starts[0]:
+            yield t0, min(t1, self.starts[0]), 0.0
+        for start, end, rate in zip(self.starts, bounds, self.rates, strict=True):
+            a, b = max(t0, start), min(t1, end)
+            if b > a:
+                yield a, b, rate
+
+
+class Lengths(Protocol):
+    def sample(self) -> tuple[int, int]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class FixedLengths:
+    prompt: int
+    output: int
+
+    def sample(self) -> tuple[int, int]:
+        return self.prompt, self.output
+
+    def describe(self) -> str:
+        return f"fixed {self.prompt}/{self.output} tokens"
+
+
+def _lognormal_params(mean: float, p99: float | None) -> tuple[float, float]:
+    """(mu, sigma) of the lognormal with this mean and p99 (sigma 0: always the mean)."""
+    if p99 is None or p99 <= mean:
+        return math.log(mean), 0.0
+    disc = _Z99**2 - 2.0 * math.log(p99 / mean)
+    sigma = _Z99 - math.sqrt(max(disc, 0.0))
+    return math.log(mean) - sigma**2 / 2.0, sigma
+
+
+@dataclass
+class LognormalLengths:
+    """The spec's workload hints as a sampler (the same lognormal `LengthDistribution` describes)."""
+
+    rng: np.random.Generator
+    input_mean: float
+    input_p99: float | None
+    output_mean: float
+    output_p99: float | None
+
+    def sample(self) -> tuple[int, int]:
+        mu_i, s_i = _lognormal_params(self.input_mean, self.input_p99)
+        mu_o, s_o = _lognormal_params(self.output_mean, self.output_p99)
+        prompt = math.exp(mu_i + s_i * float(self.rng.standard_normal())) if s_i else self.input_mean
+        output = math.exp(mu_o + s_o * float(self.rng.standard_normal())) if s_o else self.output_mean
+        return max(1, round(prompt)), max(1, round(output))
+
+    def describe(self) -> str:
+        def one(mean: float, p99: float | None) -> str:
+            return f"mean {mean:g}" + (f" p99 {p99:g}" if p99 else "")
+
+        return (f"spec hints: input {one(self.input_mean, self.input_p99)}, "
+                f"output {one(self.output_mean, self.output_p99)}")
+
+
+@dataclass
+class TraceLengths:
+    rng: np.random.Generator
+    trace: Trace
+    name: str
+
+    def sample(self) -> tuple[int, int]:
+        i = int(self.rng.integers(self.trace.prompts.size))
+        return int(self.trace.prompts[i]), int(self.trace.outputs[i])
+
+    def describe(self) -> str:
+        return f"rows of {self.name}"
+
+
+class _Events(Protocol):
+    def next(self) -> tuple[float, int, int]:
+        """The next arrival in source units (increasing), with its prompt and output tokens."""
+        ...
+
+
+class _TraceEvents:
+    """A trace's rows, repeated end to end (the gap between repeats is the mean gap)."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        n = trace.times.size
+        self.period = trace.span_s + (trace.span_s / max(n - 1, 1) if n > 1 else 1.0)
+        self.i = 0
+        self.lap = 0
+
+    def next(self) -> tuple[float, int, int]:
+        tr = self.trace
+        if self.i >= tr.times.size:
+            self.i, self.lap = 0, self.lap + 1
+        i = self.i
+        self.i += 1
+        return float(tr.times[i]) + self.lap * self.period, int(tr.prompts[i]), int(tr.outputs[i])
+
+
+class _PoissonEvents:
+    """Unit-rate Poisson arrivals on the intensity clock (exponential gaps of mean 1)."""
+
+    def __init__(self, rng: np.random.Generator, lengths: Lengths) -> None:
+        self.rng = rng
+        self.lengths = lengths
+        self.u = 0.0
+
+    def next(self) -> tuple[float, int, int]:
+        self.u += float(self.rng.exponential(1.0))
+        prompt, output = self.lengths.sample()
+        return self.u, prompt, output
+
+
+class LoadGenerator:
+    """Arrivals on an intensity clock: it runs at rate(t) x rate_scale x multiplier source units
+    per second (trace seconds for a trace, expected arrivals for a Poisson schedule)."""
+
+    def __init__(self, events: _Events, schedule: RateSchedule | None, rate_scale: float = 1.0) -> None:
+        self.events = events
+        self.schedule = schedule
+        self.rate_scale = float(rate_scale)
+        self.u = 0.0
+        self._next = events.next()
+
+    def rate(self, t: float, multiplier: float = 1.0) -> float:
+        """Source units per second at time t (req/s for a schedule; time compression for a trace)."""
+        base = 1.0
+        if self.schedule is not None:
+            base = next((r for a, _, r in self.schedule.segments(t, t + 1e-9)), 0.0)
+        return base * self.rate_scale * multiplier
+
+    def arrivals(self, t0: float, t1: float, multiplier: float) -> list[tuple[float, int, int]]:
+        """Every arrival in (t0, t1]: (time, prompt tokens, output tokens)."""
+        out: list[tuple[float, int, int]] = []
+        if t1 <= t0:
+            return out
+        pieces = self.schedule.segments(t0, t1) if self.schedule is not None else iter([(t0, t1, 1.0)])
+        for a, b, rate in pieces:
+            speed = rate * self.rate_scale * multiplier
+            if not speed > 0:
+                continue
+            end_u = self.u + speed * (b - a)
+            while self._next[0] <= end_u:
+                u_e, prompt, output = self._next
+                t = a + (u_e - self.u) / speed
+                out.append((min(max(t, a), b), prompt, output))
+                self._next = self.events.next()
+            self.u = end_u
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# the cluster side: pods, their Deployments, the InferenceDeployment
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplicaConfig:
+    role: str
+    tp: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int | None
+    kv_cache_dtype: str
+    served_model_name: str
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    uid: str
+    name: str
+    role: str
+    created_wall: float
+    deleting: bool
+    config: ReplicaConfig
+    model: ReplicaModel
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    pods: dict[str, PodInfo]  # by uid: the Running pods with a usable model
+    spec: InferenceDeploymentSpec
+    resolved: ResolvedSpec
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name V`` or ``--name=V`` in a command line (the last one wins)."""
+    value = None
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _container_args(pod_spec: Any) -> list[str]:
+    containers = list(getattr(pod_spec, "containers", None) or [])
+    chosen = next((c for c in containers if c.name == "vllm"), containers[0] if containers else None)
+    return [str(a) for a in (chosen.args or [])] if chosen is not None else []
+
+
+class ClusterWatcher:
+    """Lists the pods (every ``poll_s``), their Deployments and the InferenceDeployment in a
+    background thread; `latest` hands the newest complete snapshot to the loop."""
+
+    def __init__(self, api_client: Any, namespace: str, name: str, stop: threading.Event, poll_s: float = 1.0) -> None:
+        from kubernetes import client
+
+        self.namespace, self.name = namespace, name
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.stop = stop
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._fresh = False
+        self._spec_raw: Any = None
+        self._spec: InferenceDeploymentSpec | None = None
+        self._resolved: ResolvedSpec | None = None
+        self._spec_read_at = -math.inf
+        self._models: dict[tuple[ReplicaConfig, int], ReplicaModel] = {}
+        self._spec_version = 0
+        self._pod_models: dict[str, tuple[ReplicaConfig, ReplicaModel]] = {}
+        self._complained: set[str] = set()
+        self._last_error = ""
+        self._thread = threading.Thread(target=self._run, name="cluster-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def latest(self) -> Snapshot | None:
+        """The newest snapshot if it has not been handed out yet."""
+        with self._lock:
+            if not self._fresh:
+                return None
+            self._fresh = False
+            return self._snapshot
+
+    def current(self) -> Snapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.poll()
+                if self._last_error:
+                    log.info("cluster reads work again")
+                    self._last_error = ""
+            except Exception as exc:  # the apiserver away, a timeout: keep the replicas as they are
+                text = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if text != self._last_error:
+                    log.warning("reading the cluster failed (replicas kept as they are): %s", text)
+                    self._last_error = text
+            self.stop.wait(self.poll_s)
+
+    def _read_spec(self) -> None:
+        now = time.monotonic()
+        if self._spec is not None and now - self._spec_read_at < SPEC_REFRESH_S:
+            return
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name,
+                                                                _request_timeout=5)
+        except ApiException as exc:
+            if exc.status == 404:
+                self._complain("missing", f"InferenceDeployment {self.namespace}/{self.name} not found (yet)")
+                self._spec_read_at = now
+                return
+            raise
+        self._spec_read_at = now
+        raw = obj.get("spec") or {}
+        if raw == self._spec_raw and self._resolved is not None:
+            return
+        try:
+            spec = InferenceDeploymentSpec.model_validate(raw)
+            resolved = resolve(spec, self.name)
+        except Exception as exc:
+            self._complain(f"spec:{json.dumps(raw, sort_keys=True)}",
+                           f"the spec of {self.namespace}/{self.name} cannot be emulated: {exc}")
+            return
+        self._spec_raw, self._spec, self._resolved = raw, spec, resolved
+        self._spec_version += 1
+        log.info("spec %s/%s: %s on %s, %s weights, KV %s", self.namespace, self.name, resolved.arch.model_id,
+                 resolved.gpu.name, resolved.precision, resolved.kv_cache_dtype)
+
+    def _complain(self, key: str, message: str) -> None:
+        if key not in self._complained:
+            self._complained.add(key)
+            log.warning("%s", message)
+
+    def poll(self) -> None:
+        self._read_spec()
+        spec, resolved = self._spec, self._resolved
+        if spec is None or resolved is None:
+            return
+        selector = f"{OWNER_LABEL}={self.name}"
+        deployments = self.apps.list_namespaced_deployment(self.namespace, label_selector=selector,
+                                                           _request_timeout=5).items
+        by_name: dict[str, Any] = {str(d.metadata.name): d for d in deployments if d.metadata is not None}
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=5).items
+        out: dict[str, PodInfo] = {}
+        for pod in pods:
+            meta: Any = pod.metadata
+            status: Any = pod.status
+            if meta is None:
+                continue
+            role = (meta.labels or {}).get(ROLE_LABEL, "")
+            if role not in ROLES or status is None or status.phase != "Running":
+                continue
+            uid = str(meta.uid)
+            known = self._pod_models.get(uid)
+            if known is None:
+                built = self._model_for(pod, role, by_name.get(pool_name(self.name, role)), spec, resolved)
+                if built is None:
+                    continue
+                known = self._pod_models[uid] = built
+            config, model = known
+            created = meta.creation_timestamp
+            created_wall = created.timestamp() if created is not None else time.time()
+            out[uid] = PodInfo(uid, str(meta.name), role, created_wall, meta.deletion_timestamp is not None,
+                               config, model)
+        for uid in list(self._pod_models):
+            if uid not in out:
+                del self._pod_models[uid]
+        with self._lock:
+            self._snapshot = Snapshot(out, spec, resolved)
+            self._fresh = True
+
+    def _model_for(self, pod: Any, role: str, deployment: Any, spec: InferenceDeploymentSpec,
+                   resolved: ResolvedSpec) -> tuple[ReplicaConfig, ReplicaModel] | None:
+        pod_args = _container_args(pod.spec)
+        dep_args = _container_args(deployment.spec.template.spec) if deployment is not None else []
+        annotations = (deployment.metadata.annotations or {}) if deployment is not None else {}
+
+        def arg(name: str) -> str | None:
+            own = _flag(pod_args, name)
+            return own if own is not None else _flag(dep_args, name)
+
+        tp_arg = _int(_flag(pod_args, "--tensor-parallel-size"))
+        tp_annotation = _int(annotations.get(TP_ANNOTATION))
+        if tp_arg is not None and tp_annotation is not None and tp_arg != tp_annotation:
+            log.info("pod %s runs TP%d, its Deployment now says TP%d (a rollout): the pod's own is used",
+                     pod.metadata.name, tp_arg, tp_annotation)
+        tp = tp_arg or tp_annotation or _int(_flag(dep_args, "--tensor-parallel-size")) or 1
+        config = ReplicaConfig(
+            role=role, tp=tp,
+            max_num_seqs=_int(arg("--max-num-seqs")) or DEFAULT_MAX_NUM_SEQS,
+            max_num_batched_tokens=_int(arg("--max-num-batched-tokens")) or DEFAULT_MAX_NUM_BATCHED_TOKENS,
+            max_model_len=_int(arg("--max-model-len")),
+            kv_cache_dtype=arg("--kv-cache-dtype") or spec.precision.kv_cache,
+            served_model_name=arg("--served-model-name") or resolved.served_model_name,
+        )
+        key = (config, self._spec_version)
+        model = self._models.get(key)
+        if model is None:
+            try:
+                model = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, config.tp,
+                                     config.kv_cache_dtype, max_num_seqs=config.max_num_seqs,
+                                     max_num_batched_tokens=config.max_num_batched_tokens)
+                if model.kv_capacity_tokens < 16:
+                    raise ValueError("no KV cache is left after the weights")
+            except Exception as exc:
+                self._complain(f"model:{key}", f"pod {pod.metadata.name}: cannot emulate {config}: {exc}")
+                return None
+            self._models[key] = model
+        return config, model
+
+
+# ------------------------------------------------------------------------------------------
+# replicas, router, HTTP
+# ------------------------------------------------------------------------------------------
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # never join a handler that may wait for the emulator's lock
+
+
+def _start_server(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> _Server:
+    server = _Server((_LOOPBACK, port), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                     name=f"http-{server.server_address[1]}").start()
+    return server
+
+
+def _close_server(server: _Server) -> threading.Thread:
+    def close() -> None:
+        server.shutdown()
+        server.server_close()
+
+    thread = threading.Thread(target=close, daemon=True, name="http-close")
+    thread.start()
+    return thread
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@dataclass(eq=False)
+class Job:
+    rid: int
+    prompt: int
+    output: int
+    stage: str = "entry"  # entry (aggregated or prefill) or decode
+    replica: Replica | None = None
+
+
+@dataclass(eq=False)
+class Replica:
+    pod: PodInfo
+    engine: EngineReplica
+    ready_at: float  # emulator seconds
+    serving: bool = False
+    draining: bool = False
+    server: _Server | None = None
+    port: int | None = None
+    started_wall: float | None = None
+    jobs: set[int] = field(default_factory=set)
+
+    @property
+    def role(self) -> str:
+        return self.pod.role
+
+
+class Emulator:
+    def __init__(self, args: argparse.Namespace, watcher: ClusterWatcher, load: LoadGenerator,
+                 stop: threading.Event) -> None:
+        self.args = args
+        self.namespace, self.name = args.namespace, args.name
+        self.watcher = watcher
+        self.load = load
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.mono0 = time.monotonic()
+        self.wall0 = time.time()
+        self.t = 0.0
+        self.multiplier = float(args.rate_multiplier)
+        self.replicas: dict[str, Replica] = {}
+        self.jobs: dict[int, Job] = {}
+        self.queues: dict[str, deque[Job]] = {"entry": deque(), "decode": deque()}
+        self.counters = {"arrivals": 0, "completed": 0, "dropped": 0, "rejected": 0, "resubmitted": 0,
+                         "handoffs": 0}
+        self._next_rid = 0
+        self._replicas_made = 0
+        self._rr = 0
+        self._targets_text: str | None = None
+        self._closing: list[threading.Thread] = []
+        self.control: _Server | None = None
+
+    # --- time --------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.mono0
+
+    # --- pods -> replicas ----------------------------------------------------------------------
+    def _apply_pods(self, snap: Snapshot, t: float) -> None:
+        for uid, pod in snap.pods.items():
+            rep = self.replicas.get(uid)
+            if rep is None:
+                self._add(pod, t)
+            elif pod.deleting and not rep.draining:
+                rep.draining = True
+                log.info("replica draining %s/%s (%s): pod deleted, %d requests in flight, no new ones",
+                         self.namespace, pod.name, pod.role, len(rep.jobs))
+        for uid in [u for u in self.replicas if u not in snap.pods]:
+            self._remove(self.replicas[uid], t)
+
+    def _add(self, pod: PodInfo, t: float) -> None:
+        ready_at = max(pod.created_wall + self.args.cold_start_s - self.wall0, t)
+        rng = np.random.default_rng([self.args.seed, self._replicas_made])
+        self._replicas_made += 1
+        cfg = pod.config
+        engine = EngineReplica(pod.model, role=_role(pod.role), rng=rng, ready_at_s=ready_at,
+                               max_model_len=cfg.max_model_len)
+        engine.advance(t)
+        rep = Replica(pod, engine, ready_at, draining=pod.deleting)
+        self.replicas[pod.uid] = rep
+        log.info("replica + %s/%s role=%s tp=%d max_num_seqs=%d max_num_batched_tokens=%d kv=%d tokens: "
+                 "ready in %.1f s", self.namespace, pod.name, pod.role, cfg.tp, cfg.max_num_seqs,
+                 cfg.max_num_batched_tokens, engine.kv_capacity_tokens, ready_at - t)
+
+    def _remove(self, rep: Replica, t: float) -> None:
+        del self.replicas[rep.pod.uid]
+        if rep.server is not None:
+            self._closing.append(_close_server(rep.server))
+        lost = [self.jobs[rid] for rid in sorted(rep.jobs) if rid in self.jobs]
+        rep.jobs.clear()
+        for job in lost:  # the clients retry: new arrivals now, at the entry pool
+            job.stage, job.replica = "entry", None
+            self.counters["resubmitted"] += 1
+            self._route(job, t)
+        log.info("replica - %s/%s (%s): pod gone, %d unfinished requests re-submitted", self.namespace,
+                 rep.pod.name, rep.role, len(lost))
+        self._write_targets()
+
+    def _start_serving(self, rep: Replica) -> None:
+        emulator = self
+
+        class MetricsHandler(_Handler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    with emulator.lock:
+                        text = rep.engine.metrics_text(rep.pod.config.served_model_name,
+                                                       legacy_names=emulator.args.legacy_names,
+                                                       created_s=rep.started_wall)
+                    self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+                elif path in ("/health", "/ping"):
+                    self._send(200, b"", "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            do_HEAD = do_GET
+
+        rep.server = _start_server(MetricsHandler)
+        rep.port = int(rep.server.server_address[1])
+        rep.started_wall = time.time()
+        rep.serving = True
+        log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, _LOOPBACK, rep.port)
+        self._write_targets()
+
+    # --- the router ----------------------------------------------------------------------------
+    def _entry_role(self) -> str:
+        present = {r.role for r in self.replicas.values() if r.serving and not r.draining}
+        if "aggregated" in present:
+            return "aggregated"
+        if "prefill" in present:
+            return "prefill"
+        existing = {r.role for r in self.replicas.values()}
+        if "aggregated" in existing:
+            return "aggregated"
+        if "prefill" in existing:
+            return "prefill"
+        snap = self.watcher.current()
+        return "prefill" if snap is not None and snap.spec.mode == "disaggregated" else "aggregated"
+
+    def _pick(self, role: str) -> Replica | None:
+        ready = [r for r in self.replicas.values() if r.role == role and r.serving and not r.draining]
+        if not ready:
+            return None
+        self._rr += 1
+        n = len(ready)
+        return min(enumerate(ready), key=lambda ir: (len(ir[1].jobs), (ir[0] - self._rr) % n))[1]
+
+    def _route(self, job: Job, t: float) -> None:
+        role = self._entry_role() if job.stage == "entry" else "decode"
+        rep = self._pick(role)
+        if rep is None:
+            queue = self.queues[job.stage]
+            if len(queue) >= self.args.queue_limit:
+                self.counters["dropped"] += 1
+                self.jobs.pop(job.rid, None)
+            else:
+                queue.append(job)
+            return
+        t = max(t, rep.engine.now)
+        if not rep.engine.submit(job.rid, t, job.prompt, job.output):
+            self.counters["rejected"] += 1
+            self.jobs.pop(job.rid, None)
+            return
+        job.replica = rep
+        rep.jobs.add(job.rid)
+
+    def _flush_queues(self, t: float) -> None:
+        for stage, queue in self.queues.items():
+            role = self._entry_role() if stage == "entry" else "decode"
+            while queue and self._pick(role) is not None:
+                self._route(queue.popleft(), t)
+
+    def _finished(self, rep: Replica, f: Finished) -> None:
+        rid = int(f.request_id)
+        rep.jobs.discard(rid)
+        job = self.jobs.get(rid)
+        if job is None:
+            return
+        if f.handoff:
+            self.counters["handoffs"] += 1
+            job.stage, job.replica = "decode", None
+            self._route(job, f.finish_s + f.kv_transfer_s)
+            return
+        self.counters["completed"] += 1
+        del self.jobs[rid]
+
+    # --- one tick ------------------------------------------------------------------------------
+    def tick(self, t1: float) -> None:
+        t0 = self.t
+        snap = self.watcher.latest()
+        if snap is not None:
+            self._apply_pods(snap, t0)
+        for rep in list(self.replicas.values()):
+            if not rep.serving and rep.ready_at <= t0:
+                self._start_serving(rep)
+        self._flush_queues(t0)
+        for t_arr, prompt, output in self.load.arrivals(t0, t1, self.multiplier):
+            self.counters["arrivals"] += 1
+            job = Job(self._next_rid, prompt, output)
+            self._next_rid += 1
+            self.jobs[job.rid] = job
+            self._route(job, t_arr)
+        for rep in [r for r in self.replicas.values() if r.role != "decode"]:
+            for f in rep.engine.advance(t1):
+                self._finished(rep, f)
+        for rep in [r for r in self.replicas.values() if r.role == "decode"]:
+            for f in rep.engine.advance(t1):
+                self._finished(rep, f)
+        self.t = t1
+
+    # --- targets file ----------------------------------------------------------------------------
+    def _write_targets(self, empty: bool = False) -> None:
+        groups = [] if empty else [
+            {"targets": [f"{_LOOPBACK}:{r.port}"],
+             "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
+                        PROM_ROLE_LABEL: r.role}}
+            for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.server is not None]
+        text = json.dumps(groups, indent=1)
+        if text == self._targets_text:
+            return
+        path = Path(self.args.targets_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)  # atomic: Prometheus never reads half a file
+        self._targets_text = text
+
+    # --- control ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        reps = []
+        for r in sorted(self.replicas.values(), key=lambda r: r.pod.name):
+            e = r.engine
+            reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "port": r.port,
+                         "serving": r.serving, "draining": r.draining, "readyAt": round(r.ready_at, 3),
+                         "outstanding": len(r.jobs), "running": e.running, "waiting": e.waiting,
+                         "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values())})
+        return {"time": round(self.t, 3), "wallTime": self.wall0 + self.t, "multiplier": self.multiplier,
+                "rate": self.load.rate(self.t, self.multiplier), **self.counters,
+                "inFlight": len(self.jobs), "queued": {k: len(q) for k, q in self.queues.items()},
+                "replicas": reps}
+
+    def _start_control(self) -> _Server:
+        emulator = self
+
+        class ControlHandler(_Handler):
+            def _answer(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                if url.path == "/rate":
+                    if "scale" in query:
+                        try:
+                            scale = float(query["scale"][0])
+                            if not (math.isfinite(scale) and scale >= 0):
+                                raise ValueError
+                        except ValueError:
+                            self._send(400, b'{"error": "scale must be a number >= 0"}\n', "application/json")
+                            return
+                        with emulator.lock:
+                            old, emulator.multiplier = emulator.multiplier, scale
+                        log.info("rate multiplier %g -> %g", old, scale)
+                elif url.path != "/state":
+                    self._send(404, b'{"error": "GET /state, POST /rate?scale=X"}\n', "application/json")
+                    return
+                with emulator.lock:
+                    body = json.dumps(emulator.state()).encode()
+                self._send(200, body, "application/json")
+
+            do_GET = _answer
+            do_POST = _answer
+
+        return _start_server(ControlHandler, self.args.control_port)
+
+    # --- main loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._write_targets()  # our file starts empty: nothing is ready yet
+        self.control = self._start_control()
+        print(f"control http://{_LOOPBACK}:{self.control.server_address[1]}", flush=True)
+        log.info("emulating %s/%s: %s; cold start %.0f s; targets in %s", self.namespace, self.name,
+                 self.args.load_description, self.args.cold_start_s, self.args.targets_file)
+        tick = self.args.tick_s
+        next_summary = SUMMARY_EVERY_S
+        lag_warned = False
+        try:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                t1 = self.now()
+                if self.args.duration_s and t1 >= self.args.duration_s:
+                    log.info("duration %.0f s reached", self.args.duration_s)
+                    break
+                with self.lock:
+                    self.tick(t1)
+                    if t1 >= next_summary:
+                        next_summary += SUMMARY_EVERY_S
+                        self._summary()
+                spent = time.monotonic() - started
+                if spent > 1.0 and not lag_warned:
+                    log.warning("one tick took %.2f s: the emulation runs behind wall-clock time", spent)
+                    lag_warned = True
+                self.stop.wait(max(0.0, tick - spent))
+        finally:
+            self.shutdown()
+        return 0
+
+    def _summary(self) -> None:
+        c = self.counters
+        serving = sum(1 for r in self.replicas.values() if r.serving and not r.draining)
+        log.info("t=%.0f s rate=%.2f (x%g) arrivals=%d completed=%d in-flight=%d queued=%d dropped=%d rejected=%d "
+                 "resubmitted=%d replicas serving %d of %d", self.t, self.load.rate(self.t, self.multiplier),
+                 self.multiplier, c["arrivals"], c["completed"], len(self.jobs),
+                 sum(len(q) for q in self.queues.values()), c["dropped"], c["rejected"], c["resubmitted"], serving,
+                 len(self.replicas))
+
+    def shutdown(self) -> None:
+        with self.lock:
+            servers = [r.server for r in self.replicas.values() if r.server is not None]
+            for r in self.replicas.values():
+                r.server = None
+            try:
+                self._write_targets(empty=True)
+            except OSError as exc:
+                log.warning("could not empty the targets file: %s", exc)
+        if self.control is not None:
+            servers.append(self.control)
+            self.control = None
+        closing = [_close_server(s) for s in servers] + self._closing
+        for thread in closing:
+            thread.join(timeout=2.0)
+        log.info("stopped: %d replicas closed", len(servers))
+
+
+def _role(role: str) -> Role:
+    if role == "prefill":
+        return "prefill"
+    if role == "decode":
+        return "decode"
+    return "aggregated"
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------
+def _positive(kind: Callable[[str], float], allow_zero: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>= 0' if allow_zero else '> 0'}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m goodput.emulator.process",
+        description="Emulate the vLLM replicas of one InferenceDeployment, one per Running pod.")
+    p.add_argument("--kubeconfig", required=True, help="kubeconfig of the cluster the pods run in")
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--name", required=True, help="the InferenceDeployment")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--trace", help=f"Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or one of "
+                     f"{', '.join(BUNDLED_TRACES)}")
+    src.add_argument("--rate-schedule", help='Poisson arrivals, piecewise-constant rate: "0:5,60:15,120:5" '
+                     "(seconds from the start: requests per second)")
+    p.add_argument("--rate-scale", type=_positive(float), default=1.0,
+                   help="multiply the rate (a trace: compress its time this many times)")
+    p.add_argument("--rate-multiplier", type=_positive(float, allow_zero=True), default=1.0,
+                   help="initial run-time multiplier (changed by POST /rate?scale=X)")
+    p.add_argument("--lengths", default="hints",
+                   help="prompt/output lengths for --rate-schedule: hints (the spec's workload hints), "
+                   "fixed:IN,OUT, or a trace (its rows, sampled)")
+    p.add_argument("--targets-file", required=True, help="Prometheus file_sd targets file to write")
+    p.add_argument("--cold-start-s", type=_positive(float, allow_zero=True), default=20.0,
+                   help="seconds from a pod's creation until its replica serves")
+    p.add_argument("--legacy-names", action="store_true", help="vLLM 0.8-0.10 metric names")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this many seconds")
+    p.add_argument("--control-port", type=int, default=0, help="control endpoint port (0: any free port)")
+    p.add_argument("--queue-limit", type=int, default=1000,
+                   help="requests a pool's router queue holds while no replica is ready (more are dropped)")
+    p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
+    p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
+    return p
+
+
+def _lengths(text: str, spec: InferenceDeploymentSpec, rng: np.random.Generator) -> Lengths:
+    if text == "hints":
+        h = spec.workload
+        return LognormalLengths(rng, h.input_tokens.mean, h.input_tokens.p99, h.output_tokens.mean,
+                                h.output_tokens.p99)
+    if text.startswith("fixed:"):
+        try:
+            prompt_text, output_text = text[len("fixed:"):].split(",")
+            prompt, output = int(prompt_text), int(output_text)
+        except ValueError:
+            raise ValueError(f"--lengths {text!r}: expected fixed:IN,OUT, e.g. fixed:2000,500") from None
+        if prompt < 1 or output < 1:
+            raise ValueError(f"--lengths {text!r}: lengths must be >= 1")
+        return FixedLengths(prompt, output)
+    return TraceLengths(rng, load_trace(text), text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d emulator %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    rng = np.random.default_rng(args.seed)
+    schedule: RateSchedule | None = None
+    trace: Trace | None = None
+    try:
+        if args.trace:
+            trace = load_trace(args.trace)
+        else:
+            schedule = RateSchedule.parse(args.rate_schedule)
+    except (OSError, ValueError) as exc:
+        print(f"emulator: error: {exc}", file=sys.stderr)
+        return 2
+
+    from kubernetes import config as k8s_config
+
+    new_client: Any = k8s_config.new_client_from_config  # untyped library function
+    api_client = new_client(config_file=args.kubeconfig)
+    watcher = ClusterWatcher(api_client, args.namespace, args.name, stop, poll_s=args.poll_s)
+    watcher.start()
+    waited = time.monotonic()
+    while (snap := watcher.current()) is None:
+        if stop.wait(0.2):
+            return 0
+        if time.monotonic() - waited > 10:
+            log.info("waiting for InferenceDeployment %s/%s ...", args.namespace, args.name)
+            waited = time.monotonic()
+
+    events: _Events
+    if trace is not None:
+        events = _TraceEvents(trace)
+        args.load_description = (f"trace {args.trace} ({trace.times.size} requests over {trace.span_s:.0f} s, "
+                                 f"x{args.rate_scale:g} faster)")
+    else:
+        assert schedule is not None
+        try:
+            lengths = _lengths(args.lengths, snap.spec, rng)
+        except (OSError, ValueError) as exc:
+            print(f"emulator: error: {exc}", file=sys.stderr)
+            stop.set()
+            return 2
+        events = _PoissonEvents(rng, lengths)
+        plan = ", ".join(f"{s:g} s: {r:g}" for s, r in zip(schedule.starts, schedule.rates, strict=True))
+        args.load_description = f"Poisson {plan} req/s (x{args.rate_scale:g}), lengths {lengths.describe()}"
+    emulator = Emulator(args, watcher, LoadGenerator(events, schedule, args.rate_scale), stop)
+    try:
+        return emulator.run()
+    finally:
+        stop.set()
+        watcher.join(timeout=2.0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
