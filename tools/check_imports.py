@@ -7,6 +7,7 @@ Layers, lowest first (a package may import its own layer and the ones below it):
     api      CRD models (pydantic)              -> model
     planner  decisions from an observation      -> model, api
     render   desired Kubernetes objects         -> model, api, planner
+    sim      trace-replay simulator             -> model, engine, api, planner (sim/cli.py is its I/O shell)
 
 The core (those four) imports no Kubernetes client, kopf, Prometheus client, HTTP or socket
 library, no subprocess, and none of the I/O packages (metrics, kube, handlers, cli, plot,
@@ -21,7 +22,9 @@ import ast
 import sys
 from pathlib import Path
 
-CORE_LAYERS = {"model": 0, "engine": 1, "api": 1, "planner": 2, "render": 3}
+CORE_LAYERS = {"model": 0, "engine": 1, "api": 1, "planner": 2, "render": 3, "sim": 3}
+# A core package's shell: reads files, draws, parses arguments. Exempt, and imported by nothing core.
+IO_MODULES = {"sim/cli.py"}
 FORBIDDEN_EXTERNAL = (
     "kopf", "kubernetes", "prometheus_api_client", "prometheus_client", "requests", "urllib3", "httpx",
     "aiohttp", "http", "socket", "urllib.request", "subprocess", "asyncio", "matplotlib",
@@ -43,6 +46,8 @@ def violations(package_dir: Path) -> list[str]:
     problems = []
     for layer, rank in CORE_LAYERS.items():
         for path in sorted((package_dir / layer).rglob("*.py")):
+            if path.relative_to(package_dir).as_posix() in IO_MODULES:
+                continue
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for line, name in _imports(tree):
                 where = f"{path}:{line}"

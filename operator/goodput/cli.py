@@ -430,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_observe_parser(sub)
 
+    from goodput.sim.cli import add_simulate_parser
+
+    add_simulate_parser(sub)
+
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
     p.add_argument("--output", "-o", type=Path, metavar="FILE")
     p.add_argument("--reference", action="store_true", help="the field reference in Markdown instead")

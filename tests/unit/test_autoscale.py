@@ -156,7 +156,7 @@ def test_forecast_uses_the_trend_over_the_cold_start() -> None:
 def test_calibration_moves_toward_observed_and_is_bounded() -> None:
     s = spec()
     state = AutoscalerState(metrics_seen=True)
-    slow = obs(20, itl_ms=200.0)  # far slower than any prediction
+    slow = obs(20, itl_ms=200.0, itl_mean_ms=200.0)  # far slower than any prediction
     for minute in range(30):
         res = autoscale(s, resolve(s, "x"), slow, {"aggregated": 2}, state, T0 + dt.timedelta(minutes=minute))
         state = res.state
@@ -170,3 +170,32 @@ def test_state_round_trips_through_status() -> None:
     again = AutoscalerState.from_status(state.to_status())
     assert again.recommendations == state.recommendations and again.metrics_seen
     assert again.step_time_scale == pytest.approx(1.2345)
+
+
+def test_calibration_does_not_run_away_when_the_model_is_right() -> None:
+    """Observed mean ITL equal to the model's mean step for the pools as they run: the scale stays 1,
+    whatever the planner would recommend next (the feedback that once drove it to its bound)."""
+    from goodput.planner.autoscale import observed_workload, predicted_mean_step_ms
+
+    s = spec()
+    r = resolve(s, "x")
+    current = 3
+    rate = 20.0
+    workload = observed_workload(s, obs(rate), rate)
+    pool = recommend(s, r, workload).pools[0]
+    step = predicted_mean_step_ms(r, pool, workload, rate / current, scaled_efficiency(1.0))
+    state = AutoscalerState(metrics_seen=True)
+    for minute in range(20):
+        res = autoscale(s, r, obs(rate, itl_mean_ms=step), {"aggregated": current}, state,
+                        T0 + dt.timedelta(minutes=minute))
+        state = res.state
+    assert state.step_time_scale == pytest.approx(1.0, abs=0.02)
+
+
+def test_an_emergency_scale_up_is_not_undone_by_the_next_decision() -> None:
+    need = replicas_for(20)
+    state = AutoscalerState(metrics_seen=True)
+    target, reason, state, _ = run(spec(), obs(20, kv_cache_usage=0.97), need, state, T0)
+    assert reason == "Emergency"
+    calm, _, _, message = run(spec(), obs(20), target, state, T0 + dt.timedelta(seconds=30))
+    assert calm == target, message

@@ -26,8 +26,11 @@ What it does
   pod's endpoint) but finishes what it holds while the pod exists. When the pod is gone (or
   leaves Running), its unfinished requests are **re-submitted** through the router as new
   arrivals at that moment (a client retrying a dropped connection, as the OpenAI client does by
-  default); they are counted in ``resubmitted``, not as aborted. A failed pod list keeps the
-  replicas as they are.
+  default); they are counted in ``resubmitted``, not as aborted. ``--drain-s S`` (default 0)
+  models the termination grace period a real kubelet gives the container, which kwok skips (it
+  removes a deleted pod at once): the replica of a gone pod keeps finishing what it holds, still
+  scraped, for up to S seconds, and only what is left then is re-submitted. A failed pod list
+  keeps the replicas as they are.
 * **Metrics.** Each ready replica serves ``GET /metrics`` on its own 127.0.0.1 port: the exact
   vLLM >= 0.11 exposition of `goodput.engine.vllm_metrics` (``--legacy-names``: the 0.8-0.10
   names), ``model_name`` = the served model name, with the ``*_created`` samples prometheus_client
@@ -626,6 +629,7 @@ class Replica:
     ready_at: float  # emulator seconds
     serving: bool = False
     draining: bool = False
+    gone_at: float | None = None  # the pod is gone; draining until the grace period ends
     server: _Server | None = None
     port: int | None = None
     started_wall: float | None = None
@@ -676,7 +680,21 @@ class Emulator:
                 log.info("replica draining %s/%s (%s): pod deleted, %d requests in flight, no new ones",
                          self.namespace, pod.name, pod.role, len(rep.jobs))
         for uid in [u for u in self.replicas if u not in snap.pods]:
-            self._remove(self.replicas[uid], t)
+            rep = self.replicas[uid]
+            if rep.gone_at is not None:
+                continue
+            if self.args.drain_s > 0 and rep.jobs and rep.serving:
+                rep.gone_at, rep.draining = t, True
+                log.info("replica draining %s/%s (%s): pod gone, finishing %d requests for up to %.0f s",
+                         self.namespace, rep.pod.name, rep.role, len(rep.jobs), self.args.drain_s)
+            else:
+                self._remove(rep, t)
+
+    def _end_drains(self, t: float) -> None:
+        for rep in [r for r in self.replicas.values() if r.gone_at is not None]:
+            assert rep.gone_at is not None
+            if not rep.jobs or t - rep.gone_at >= self.args.drain_s:
+                self._remove(rep, t)
 
     def _add(self, pod: PodInfo, t: float) -> None:
         ready_at = max(pod.created_wall + self.args.cold_start_s - self.wall0, t)
@@ -702,8 +720,9 @@ class Emulator:
             job.stage, job.replica = "entry", None
             self.counters["resubmitted"] += 1
             self._route(job, t)
-        log.info("replica - %s/%s (%s): pod gone, %d unfinished requests re-submitted", self.namespace,
-                 rep.pod.name, rep.role, len(lost))
+        drained = f" after draining {t - rep.gone_at:.1f} s" if rep.gone_at is not None else ""
+        log.info("replica - %s/%s (%s): pod gone%s, %d unfinished requests re-submitted", self.namespace,
+                 rep.pod.name, rep.role, drained, len(lost))
         self._write_targets()
 
     def _start_serving(self, rep: Replica) -> None:
@@ -800,6 +819,7 @@ class Emulator:
         snap = self.watcher.latest()
         if snap is not None:
             self._apply_pods(snap, t0)
+        self._end_drains(t0)
         for rep in list(self.replicas.values()):
             if not rep.serving and rep.ready_at <= t0:
                 self._start_serving(rep)
@@ -841,7 +861,8 @@ class Emulator:
         for r in sorted(self.replicas.values(), key=lambda r: r.pod.name):
             e = r.engine
             reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "port": r.port,
-                         "serving": r.serving, "draining": r.draining, "readyAt": round(r.ready_at, 3),
+                         "serving": r.serving, "draining": r.draining, "podGone": r.gone_at is not None,
+                         "readyAt": round(r.ready_at, 3),
                          "outstanding": len(r.jobs), "running": e.running, "waiting": e.waiting,
                          "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values())})
         return {"time": round(self.t, 3), "wallTime": self.wall0 + self.t, "multiplier": self.multiplier,
@@ -988,6 +1009,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this many seconds")
     p.add_argument("--control-port", type=int, default=0, help="control endpoint port (0: any free port)")
+    p.add_argument("--drain-s", type=_positive(float, allow_zero=True), default=0.0,
+                   help="seconds the replica of a gone pod keeps finishing its requests (a termination grace "
+                   "period; default 0: gone with the pod)")
     p.add_argument("--queue-limit", type=int, default=1000,
                    help="requests a pool's router queue holds while no replica is ready (more are dropped)")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")

@@ -211,6 +211,8 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
         PoolQuery("output_len_p99", quantile_of(REQUEST_GENERATION_TOKENS), REQUEST_GENERATION_TOKENS, "max"),
         PoolQuery("ttft_ms", quantile_of(TTFT), TTFT, "max", scale=1000.0),
         PoolQuery("itl_ms", quantile_of(ITL, ITL_OLD), f"{ITL} (or {ITL_OLD})", "max", scale=1000.0),
+        PoolQuery("itl_mean_ms", f"({rate_sum(f'{ITL}_sum', f'{ITL_OLD}_sum')} / "
+                  f"{rate_sum(f'{ITL}_count', f'{ITL_OLD}_count')})", f"{ITL} (or {ITL_OLD})", "max", scale=1000.0),
         PoolQuery("kv_cache_usage", kv, f"{KV_USAGE} (or {KV_USAGE_OLD})", "max"),
         PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
         PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),

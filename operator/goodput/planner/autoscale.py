@@ -7,9 +7,12 @@ Pure. Every number comes with its reason. The semantics, in order:
    the larger (safer) of that forecast and the long-window rate is planned for. Prompt/output
    lengths come from the observed histograms (mean and p99) when present. Without metrics ever
    seen: the spec's workload hints.
-2. **Calibration.** Observed ITL and TTFT at the SLO percentile against the model's prediction at
-   the observed load give a step-time scale (observed / predicted), smoothed (EWMA 0.3) and
-   bounded to [0.5, 2]; the capacity model runs with its efficiency scaled by it.
+2. **Calibration.** The observed mean inter-token latency (exact, from the histogram's sum and
+   count) against the model's mean step for the pools as they run now, at their observed
+   per-replica load, gives a step-time scale (observed / predicted), smoothed (EWMA 0.3) and
+   bounded to [0.5, 2]; the capacity model runs with its efficiency scaled by it. (Comparing with
+   the fleet about to be recommended, or with a percentile read inside coarse buckets, would feed
+   back on itself.)
 3. **Recommendation.** The cheapest configuration for the forecast (`recommend`).
 4. **Stabilization** (Kubernetes HPA semantics): recommendations are remembered for the longest
    window; scaling up goes to the *lowest* recommendation of the scale-up window, scaling down to
@@ -30,11 +33,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
+from goodput.model.goodput import evaluate_aggregated, evaluate_decode
+from goodput.model.replica import DEFAULT_MAX_NUM_SEQS, ReplicaModel
+from goodput.model.sizing import DECODE_MAX_NUM_SEQS
 from goodput.model.workload import LengthDistribution, Workload
 from goodput.planner.observation import Observation, PoolMetrics
-from goodput.planner.recommend import Recommendation, ResolvedSpec, hinted_workload, recommend
+from goodput.planner.recommend import PoolTarget, Recommendation, ResolvedSpec, hinted_workload, recommend
 
 CALIBRATION_BOUNDS = (0.5, 2.0)
 CALIBRATION_SMOOTHING = 0.3
@@ -160,16 +168,28 @@ def observed_workload(spec: InferenceDeploymentSpec, obs: Observation | None, ra
                     min(max(hit, 0.0), 0.95))
 
 
-def calibrate(state: AutoscalerState, predicted_itl_ms: float | None, observed: PoolMetrics | None) -> float:
-    """New step-time scale from observed vs predicted ITL (the most direct read of step time)."""
-    if observed is None or observed.itl_ms is None or not predicted_itl_ms or predicted_itl_ms <= 0:
+def calibrate(state: AutoscalerState, predicted_step_ms: float | None, observed: PoolMetrics | None) -> float:
+    """New step-time scale from the observed mean ITL against the predicted mean step of the same
+    pools at the same load (the mean ITL is the mean step a decoding sequence sees)."""
+    if observed is None or observed.itl_mean_ms is None or not predicted_step_ms or predicted_step_ms <= 0:
         return state.step_time_scale
     if not (observed.running or 0) > 0:
         return state.step_time_scale  # an idle replica says nothing about its step time
-    ratio = observed.itl_ms / predicted_itl_ms * state.step_time_scale
+    ratio = observed.itl_mean_ms / predicted_step_ms * state.step_time_scale
     lo, hi = CALIBRATION_BOUNDS
     ratio = min(max(ratio, lo), hi)
     return (1 - CALIBRATION_SMOOTHING) * state.step_time_scale + CALIBRATION_SMOOTHING * ratio
+
+
+def predicted_mean_step_ms(resolved: ResolvedSpec, pool: PoolTarget, workload: Workload, per_replica_rps: float,
+                           eff: Efficiency) -> float:
+    """The model's mean engine step for one replica of `pool` at `per_replica_rps`."""
+    max_seqs = DECODE_MAX_NUM_SEQS if pool.role == "decode" else DEFAULT_MAX_NUM_SEQS
+    r = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, pool.tp, resolved.kv_cache_dtype, eff,
+                     max_num_seqs=max_seqs, max_num_batched_tokens=pool.max_num_batched_tokens)
+    rate = np.array([max(per_replica_rps, 1e-9)])
+    evaluate = evaluate_aggregated if pool.role == "aggregated" else evaluate_decode
+    return evaluate(r, workload, resolved.slo, rate)[0].step_ms
 
 
 def _window(history: list[dict[str, Any]], now: dt.datetime, seconds: float, role: str) -> list[int]:
@@ -212,16 +232,21 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     demand = estimate_demand(spec, obs)
     workload = observed_workload(spec, obs, demand.rate_rps)
 
-    # Calibrate against what the model predicts for the observed load on the current pools.
-    if have_metrics and obs is not None:
-        serving = obs.serving_pool()
-        replicas_now = current.get("aggregated") or current.get("decode") or 0
-        if serving is not None and serving.request_rate_rps and replicas_now:
-            probe = recommend(spec, resolved, workload.with_rate(serving.request_rate_rps),
-                              scaled_efficiency(state.step_time_scale))
-            state.step_time_scale = calibrate(state, probe.predicted_itl_ms, serving)
     eff = scaled_efficiency(state.step_time_scale)
     rec = recommend(spec, resolved, workload, eff)
+    # Calibrate against what the model predicts for the pools as they run now, at the observed load.
+    if have_metrics and obs is not None:
+        serving = obs.serving_pool()
+        decoding = rec.pool("aggregated") or rec.pool("decode")
+        replicas_now = current.get(decoding.role, 0) if decoding is not None else 0
+        if serving is not None and serving.request_rate_rps and decoding is not None and replicas_now:
+            predicted = predicted_mean_step_ms(resolved, decoding, workload, serving.request_rate_rps / replicas_now,
+                                               eff)
+            scale = calibrate(state, predicted, serving)
+            if abs(scale - state.step_time_scale) > 1e-3:
+                state.step_time_scale = scale
+                eff = scaled_efficiency(scale)
+                rec = recommend(spec, resolved, workload, eff)
 
     if outage:
         metrics_message = f"metrics unavailable, holding replicas: {obs.error if obs else ''}"
@@ -310,6 +335,11 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
                     message = f"{role} stays at {cur}: {_why(role, rec, demand)}"
         decisions.append(PoolDecision(role, cur, p.replicas, target, reason, message))
 
+    # An emergency target is remembered like a recommendation, so the stabilization window keeps the
+    # replicas it added while they start instead of letting the next decision take them away.
+    for d in decisions:
+        if d.reason == "Emergency":
+            recorded[d.role] = max(recorded.get(d.role, 0), d.target)
     # New pools (current 0) start at their plan: they are not a step the rate limit counts.
     changed = {d.role: d.target for d in decisions if d.target != d.current and d.current > 0}
     if changed:

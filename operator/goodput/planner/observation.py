@@ -30,6 +30,10 @@ class PoolMetrics:
     output_len_p99: float | None = None
     ttft_ms: float | None = None  # at the SLO percentile
     itl_ms: float | None = None  # at the SLO percentile
+    # Mean inter-token latency, exact from the histogram's sum/count. The percentile above is
+    # interpolated inside vLLM's coarse ITL buckets (25/50/75 ms...) and can overstate by half a
+    # bucket, so calibration reads the mean.
+    itl_mean_ms: float | None = None
     kv_cache_usage: float | None = None  # max over pods, 0..1
     running: float | None = None  # sum over pods
     waiting: float | None = None  # sum over pods

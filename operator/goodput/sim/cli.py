@@ -1,0 +1,307 @@
+"""`goodput simulate`: replay a trace against the operator's planner and the baselines.
+
+    goodput simulate --trace FILE|azure-conv|azure-code [--format auto|azure|mooncake]
+        [--rate-scale X [--rate-scale-mode compress|replicate]] --model M --gpu G --precision P
+        [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
+        [--policy goodput|hpa|keda-queue|dynamo|static-peak|oracle|all[,...]] [--cold-start-s S]
+        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price USD] [--seed N]
+        [--jobs N] [--json] [--plot FILE.png] [--quiet]
+
+The only module of `goodput.sim` with I/O: it reads the trace file, prints the table (or the
+``--json`` object), draws the ``--plot`` (matplotlib, imported only then) and writes a progress
+line on stderr once a run takes more than a couple of seconds. The oracle is always run: it is
+the reference of ``gpu_hours_vs_oracle``. ``--jobs N`` runs policies in N processes.
+Exit status 0; 2 for bad input (one line on stderr, as every `goodput` command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from goodput.cli import BUNDLED_TRACES, trace_path
+from goodput.model.errors import CapacityModelError
+from goodput.model.sizing import MODES
+from goodput.sim.simulate import (
+    PolicyRun,
+    Setup,
+    SimConfig,
+    Simulation,
+    build_spec,
+    details,
+    make_policy,
+    policy_order,
+    prepare,
+    run_policy,
+)
+from goodput.sim.trace import FORMATS, Trace, parse_trace, replicate_rate, scale_rate
+
+PROGRESS_AFTER_S = 2.0
+
+
+def _number(minimum: float, inclusive: bool, kind: type[float] | type[int] = float) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'at least' if inclusive else 'greater than'} "
+                                             f"{minimum:g}")
+        return value
+
+    return parse
+
+
+def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``simulate`` to the subparsers of `goodput` (``sub`` from ``add_subparsers``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "simulate", help="replay a trace: the operator's planner against HPA, KEDA, Dynamo, static and oracle",
+        description="Replay a request trace against a simulated vLLM fleet scaled by the operator's planner and "
+                    "by the baselines, and compare SLO attainment, latency and GPU-hours. See docs/simulator.md.")
+    p.add_argument("--trace", required=True, metavar="FILE",
+                   help="an Azure CSV or Mooncake JSONL trace, or a bundled one: " + ", ".join(BUNDLED_TRACES))
+    p.add_argument("--format", choices=FORMATS, default="auto", help="trace format (default: from its first line)")
+    p.add_argument("--rate-scale", type=_number(0.0, False), default=1.0, metavar="X",
+                   help="X times the request rate (default 1)")
+    p.add_argument("--rate-scale-mode", choices=("compress", "replicate"), default="compress",
+                   help="compress: the same requests in 1/X of the time (default); replicate: X times as many "
+                        "requests on the trace's own time axis")
+    p.add_argument("--model", required=True, help="catalog model id (see `goodput catalog models`)")
+    p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
+    p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
+    p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
+    p.add_argument("--ttft-p99-ms", type=_number(0.0, False), required=True)
+    p.add_argument("--itl-p99-ms", type=_number(0.0, False), required=True)
+    p.add_argument("--slo-percentile", type=_number(50.0, True), default=99.0,
+                   help="the percentile the SLOs apply to (default 99)")
+    p.add_argument("--mode", choices=MODES, default="auto")
+    p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
+                   help="goodput, hpa, keda-queue, dynamo, static-peak, oracle, or all (default); comma-separated")
+    p.add_argument("--cold-start-s", type=_number(0.0, True), default=180.0, metavar="S",
+                   help="seconds from a new replica's creation until it serves (default 180, the CRD's)")
+    p.add_argument("--interval-s", type=_number(0.0, False), default=30.0, metavar="S",
+                   help="decision interval of goodput, dynamo and oracle (default 30; HPA/KEDA sync every 15 s)")
+    p.add_argument("--hpa-metric", choices=("running", "kv"), default="running",
+                   help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
+    p.add_argument("--hpa-target", type=_number(0.0, False), metavar="X",
+                   help="the hpa policy's target per pod (default: the capacity model's value at goodput)")
+    p.add_argument("--price", type=_number(0.0, False), metavar="USD", help="USD per GPU-hour (default: catalog)")
+    p.add_argument("--seed", type=_number(0, True, int), default=0)
+    p.add_argument("--jobs", type=_number(1, True, int), default=1, help="run policies in N processes (default 1)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw load, replicas and latency over time")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=cmd_simulate)
+    return p
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------
+def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
+    path = trace_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CapacityModelError(f"cannot read trace {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CapacityModelError(f"cannot read trace {path}: not UTF-8 text ({exc.reason})") from None
+    name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
+    return parse_trace(text.splitlines(), fmt, name)
+
+
+# ------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------
+class Progress:
+    """One line on stderr, rewritten in place on a terminal, shown once a run is long."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.last_step: dict[str, int] = {}
+        self.shown = False
+
+    def __call__(self, name: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        elapsed = now - self.started
+        if elapsed < PROGRESS_AFTER_S:
+            return
+        text = f"simulate: {name} {fraction:4.0%} ({elapsed:.0f} s)"
+        if self.tty:
+            if now - self.last >= 0.2 or fraction >= 1.0:
+                sys.stderr.write("\r" + text.ljust(60))
+                sys.stderr.flush()
+                self.last = now
+                self.shown = True
+        else:
+            step = int(fraction * 4)
+            if self.last_step.get(name, -1) < step:
+                self.last_step[name] = step
+                print(text, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.tty and self.shown:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------
+# running
+# ------------------------------------------------------------------------------------------
+def _run_one(setup: Setup, name: str) -> PolicyRun:
+    return run_policy(setup, make_policy(name, setup), None, time.perf_counter)
+
+
+def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Simulation:
+    order = policy_order(names)
+    runs: dict[str, PolicyRun] = {}
+    if jobs <= 1 or len(order) == 1:
+        for name in order:
+            runs[name] = run_policy(setup, make_policy(name, setup), progress, time.perf_counter)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(order))) as pool:
+            futures = {name: pool.submit(_run_one, setup, name) for name in order}
+            for name, future in futures.items():
+                runs[name] = future.result()
+                progress(name, 1.0)
+    progress.done()
+    return Simulation(setup, {name: runs[name] for name in order})
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    names = [n.strip() for n in str(args.policy).split(",") if n.strip()]
+    if not names:
+        raise CapacityModelError("--policy needs at least one policy name")
+    order = policy_order(names)  # validates the names before any work
+    trace = load_trace(args.trace, args.format)
+    if args.rate_scale != 1.0:
+        trace = scale_rate(trace, args.rate_scale) if args.rate_scale_mode == "compress" \
+            else replicate_rate(trace, args.rate_scale, args.seed)
+    spec = build_spec(args.model, args.gpu, args.precision, args.ttft_p99_ms, args.itl_p99_ms,
+                      kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
+                      percentile=args.slo_percentile, price_per_gpu_hour=args.price)
+    config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
+                       hpa_target=args.hpa_target)
+    setup = prepare(spec, trace, config)
+    progress = Progress(not args.quiet)
+    sim = run_all(setup, order, args.jobs, progress)
+    report = sim.report()
+    report["trace"]["rate_scale_mode"] = args.rate_scale_mode
+    report["config"]["wall_s"] = round(time.perf_counter() - started, 2)
+    if args.plot is not None:
+        plot_simulation(sim, args.plot)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+        return 0
+    print(report_text(report))
+    if args.plot is not None:
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# printing
+# ------------------------------------------------------------------------------------------
+def _f(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report_text(report: dict[str, Any]) -> str:
+    t, c = report["trace"], report["config"]
+    slo = c["slo"]
+    pools = ", ".join(f"{role} TP{p['tp']} ({p['goodput_rps_per_replica']:.2f} req/s each, {p['replicas_at_peak']} "
+                      f"at peak)" for role, p in c["pools"].items())
+    lines = [
+        f"trace {t['name']} ({t['format']}): {t['requests']} requests over {t['duration_s']:.0f} s, "
+        f"{t['mean_rate_rps']:.2f} req/s mean, {t['peak_rate_rps']:.2f} peak (rate x{t['rate_scale']:g}); "
+        f"prompt {t['input_len_mean']:.0f} (p99 {t['input_len_p99']:.0f}), output {t['output_len_mean']:.0f} "
+        f"(p99 {t['output_len_p99']:.0f})",
+        f"fleet {c['model']} {c['precision']} on {c['gpu']}, {c['mode']}: {pools}; cold start {c['cold_start_s']:g} s; "
+        f"${c['usd_per_gpu_hour']:.2f}/GPU-h",
+        f"SLO: TTFT p{slo['percentile']:g} <= {slo['ttft_ms']:g} ms, ITL <= {slo['itl_ms']:g} ms "
+        "(attainment: requests within both, ITL = each request's mean)",
+        "",
+        f"{'policy':<14}{'attain':>8}{'TTFT p50':>10}{'p99':>9}{'ITL p50':>9}{'p99':>7}{'GPU-h':>9}{'cost $':>9}"
+        f"{'actions':>8}{'x oracle':>9}  peak replicas",
+    ]
+    for name, r in report["policies"].items():
+        d = c["details"][name]
+        peak = "+".join(f"{n}{role[0].upper()}" for role, n in d["peak_replicas"].items())
+        extra = []
+        if d["rejected"]:
+            extra.append(f"{d['rejected']} rejected")
+        if d["unfinished"]:
+            extra.append(f"{d['unfinished']} unfinished")
+        attain = "-" if r["attainment"] is None else f"{r['attainment'] * 100:.2f}%"
+        lines.append(
+            f"{name:<14}{attain:>8}{_f(r['ttft_p50_ms'], '.0f'):>10}{_f(r['ttft_p99_ms'], '.0f'):>9}"
+            f"{_f(r['itl_p50_ms'], '.1f'):>9}{_f(r['itl_p99_ms'], '.1f'):>7}{r['gpu_hours']:>9.2f}"
+            f"{r['cost_usd']:>9.2f}{r['scaling_actions']:>8}{_f(r['gpu_hours_vs_oracle'], '.2f'):>9}  {peak}"
+            + (f"  ({', '.join(extra)})" if extra else ""))
+    lines.append("")
+    lines.append(f"(times in ms; simulated in {c.get('wall_s', 0):.1f} s)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# plotting
+# ------------------------------------------------------------------------------------------
+def plot_simulation(sim: Simulation, path: Path) -> None:
+    """Load, GPUs per policy and p99 TTFT per minute of arrivals, over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    setup = sim.setup
+    trace = setup.trace
+    span = max(trace.span_s, 1.0)
+    step = max(setup.config.interval_s, span / 200.0)
+    edges = np.arange(0.0, span + step, step)
+    counts, _ = np.histogram(trace.times, bins=edges)
+    mids = (edges[:-1] + edges[1:]) / 2.0
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
+    axes[0].plot(mids, counts / step, color="black")
+    axes[0].set_ylabel("arrivals (req/s)")
+    axes[0].set_title(f"{trace.name} x{trace.rate_scale:g}: {setup.resolved.arch.model_id} "
+                      f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})")
+    ttft_ms = setup.spec.slo.ttft_ms
+    which = np.digitize(trace.times, edges) - 1
+    for name, run in sim.runs.items():
+        ts = [row["t"] for row in run.timeline]
+        axes[1].step(ts, [row["gpus"] for row in run.timeline], where="post", label=name)
+        p99 = []
+        for k in range(len(mids)):
+            sel = (which == k) & np.isfinite(run.ttft_s)
+            p99.append(float(np.percentile(run.ttft_s[sel], 99)) * 1000.0 if sel.any() else np.nan)
+        axes[2].plot(mids, p99, label=name)
+    axes[1].set_ylabel("GPUs allocated")
+    axes[1].legend(loc="upper left", fontsize=8, ncol=3)
+    axes[2].axhline(ttft_ms, color="red", linestyle="--", linewidth=1, label="TTFT target")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel(f"p99 TTFT of arrivals (ms, per {step:.0f} s)")
+    axes[2].set_xlabel("simulated seconds")
+    axes[2].legend(loc="upper left", fontsize=8, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["add_simulate_parser", "cmd_simulate", "details", "load_trace", "plot_simulation", "report_text"]

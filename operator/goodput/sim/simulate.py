@@ -1,0 +1,449 @@
+"""Replay a trace against a simulated fleet under each scaling policy and compare what they cost.
+
+Pure: no I/O, no clock (a ``clock`` callable may be passed to time the runs; ``progress`` is
+called with the policy's name and the fraction of the trace done).
+
+Set-up (`prepare`), the same for every policy
+---------------------------------------------
+* The spec the operator would run with: model, GPU, precision, SLOs and mode from the caller;
+  workload hints from the trace (mean and p99 prompt/output lengths, the first minute's rate);
+  ``model.maxModelLen`` the trace's longest request rounded up to 1024; cold start as given;
+  minReplicas 1 and maxReplicas 10000 per pool; every other scaling field at its default.
+* The fleet's engine configuration: the operator's recommendation (`recommend`) for the trace's
+  peak rate (the highest arrival rate over the operator's 60 s window, sliding by the decision
+  interval): its mode, and per pool its TP, --max-num-batched-tokens and --max-num-seqs. The
+  goodput policy's spec then pins that mode (and that TP when all pools share it), so that its
+  later recommendations are counts for this same fleet. Every policy runs this configuration.
+* The capacity model's replicas for a rate (static-peak, oracle, the common start): per pool
+  ``max(1, ceil(rate / goodput per replica))`` with the per-replica goodput of that plan.
+
+Run (`run_policy`)
+------------------
+From t = 0 the fleet holds ``policy.initial()`` replicas, warm. Events in time order: arrivals
+(routed in batches of ``route_quantum_s``, each with its exact arrival time), scrapes every
+``scrape_s`` (15 s), the policy's decisions every ``interval_s`` (30 s; HPA and KEDA at the HPA
+sync period, 15 s), replicas becoming ready. A decision's new replicas serve ``cold_start_s``
+later (the oracle's at once); removed ones drain. After the last arrival the fleet drains with
+the replicas it has (at most ``drain_limit_s``); GPU-hours count until the last arrival.
+
+Results (`summarize`)
+---------------------
+attainment = requests with TTFT <= the TTFT target and mean inter-token latency <= the ITL target
+(one-token outputs have no ITL) over all requests of the trace (rejected and unfinished ones
+count as misses); TTFT and ITL percentiles over finished requests (ITL: each request's mean
+inter-token latency); GPU-hours, their cost at the GPU's price, scaling actions (changes of a
+pool's replica count), and GPU-hours relative to the oracle's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.model.errors import CapacityModelError
+from goodput.model.goodput import ReplicaCapacity, aggregated_capacity, decode_capacity, prefill_capacity
+from goodput.model.replica import ReplicaModel
+from goodput.model.workload import Workload
+from goodput.planner.recommend import (
+    PoolTarget,
+    Recommendation,
+    ResolvedSpec,
+    hinted_workload,
+    max_model_len,
+    recommend,
+    resolve,
+)
+from goodput.sim.fleet import DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
+from goodput.sim.policies import DIAGNOSTICS, POLICIES, Policy
+from goodput.sim.trace import Trace
+
+POLICY_NAMES = tuple(POLICIES)
+MAX_REPLICAS = 10000
+DEFAULT_MAX_REPLICAS = 100  # the CRD's default maxReplicas: every policy's cap per pool (or 2x the peak's)
+LOGNORMAL_P99_CAP = 14.9  # a lognormal's p99 / mean cannot exceed 14.97
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    interval_s: float = 30.0  # goodput (the operator's reconcile timer), dynamo, oracle
+    hpa_sync_s: float = 15.0  # HPA (and KEDA) sync period
+    scrape_s: float = 15.0
+    window_s: float = 60.0  # the operator's windows
+    long_window_s: float = 600.0
+    seed: int = 0
+    noise_cv: float = 0.05
+    hpa_metric: str = "running"  # running | kv
+    hpa_target: float | None = None  # default: the capacity model's value at goodput
+    keda_threshold: float = 5.0
+    dynamo_correction: bool = True
+    route_quantum_s: float = 0.02
+    drain_limit_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    spec: InferenceDeploymentSpec  # what the goodput policy's operator runs with (mode/TP pinned)
+    resolved: ResolvedSpec
+    plan: Recommendation  # at the trace's peak: the fleet's engines
+    pools: dict[str, PoolConfig]
+    targets: dict[str, PoolTarget]
+    capacity: dict[str, ReplicaCapacity]
+    workload: Workload
+    trace: Trace
+    config: SimConfig
+    peak_rate: float
+    peak_at_s: float
+    cold_start_s: float
+    price: float
+    max_model_len: int
+    max_replicas: int = MAX_REPLICAS
+    hpa_targets: dict[str, float] = field(default_factory=dict)
+    start_replicas: dict[str, int] = field(default_factory=dict)
+    peak_replicas: dict[str, int] = field(default_factory=dict)
+
+    def replicas_for(self, rate: float) -> dict[str, int]:
+        """The capacity model's replicas per pool for a request rate: ``max(1, ceil(rate / goodput
+        per replica))`` with the per-replica goodput of the fleet's plan."""
+        out = {}
+        for role, p in self.targets.items():
+            g = p.goodput_rps
+            need = math.ceil(rate / g - 1e-9) if g > 0 else self.max_replicas
+            out[role] = min(max(need, 1), self.max_replicas)
+        return out
+
+
+def build_spec(model: str, gpu: str, precision: str, ttft_ms: float, itl_ms: float, *, kv_dtype: str = "auto",
+               mode: str = "auto", cold_start_s: float = 180.0, percentile: float = 99.0,
+               price_per_gpu_hour: float | None = None) -> InferenceDeploymentSpec:
+    """An InferenceDeploymentSpec from command-line style arguments (validated by the API models)."""
+    data: dict[str, Any] = {
+        "model": {"id": model},
+        "accelerator": {"gpu": gpu},
+        "precision": {"weights": precision, "kvCache": kv_dtype},
+        "slo": {"ttftMs": ttft_ms, "itlMs": itl_ms, "percentile": percentile},
+        "mode": mode,
+        "scaling": {"coldStartSeconds": round(cold_start_s)},
+    }
+    if price_per_gpu_hour is not None:
+        data["accelerator"]["pricePerGpuHour"] = price_per_gpu_hour
+    try:
+        return InferenceDeploymentSpec.model_validate(data)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise CapacityModelError(f"invalid deployment: {exc}") from None
+
+
+def _hint(mean: float, p99: float) -> dict[str, float]:
+    mean = max(mean, 1.0)
+    return {"mean": mean, "p99": min(max(p99, mean), mean * LOGNORMAL_P99_CAP)}
+
+
+def _capacities(pools: dict[str, PoolConfig], w: Workload, spec: InferenceDeploymentSpec) -> dict[str, ReplicaCapacity]:
+    from goodput.model.workload import SLO
+
+    slo = SLO(spec.slo.ttft_ms, spec.slo.itl_ms, spec.slo.percentile)
+    out: dict[str, ReplicaCapacity] = {}
+    if "aggregated" in pools:
+        out["aggregated"] = aggregated_capacity(pools["aggregated"].model, w, slo)
+    if "decode" in pools:
+        out["decode"] = decode_capacity(pools["decode"].model, w, slo)
+    if "prefill" in pools:
+        step = out["decode"].at_goodput.step_ms / 1000.0 if "decode" in out else 0.0
+        out["prefill"] = prefill_capacity(pools["prefill"].model, w, slo, step)
+    return out
+
+
+def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | None = None,
+            cold_start_s: float | None = None, name: str = "simulate") -> Setup:
+    """Everything the policies share: the operator's spec for this trace, the fleet's engines."""
+    config = config or SimConfig()
+    if not len(trace):
+        raise CapacityModelError("the trace has no requests")
+    prompts = trace.prompts.astype(np.float64)
+    outputs = trace.outputs.astype(np.float64)
+    longest = int(np.max(trace.prompts + trace.outputs))
+    first_rate = trace.rate_in(0.0, config.window_s)
+    hints = {
+        "requestRate": round(first_rate, 6),
+        "inputTokens": _hint(float(prompts.mean()), float(np.quantile(prompts, 0.99))),
+        "outputTokens": _hint(float(outputs.mean()), float(np.quantile(outputs, 0.99))),
+    }
+    pool_bounds = {"minReplicas": 1, "maxReplicas": MAX_REPLICAS}  # capped below once the peak is known
+    data = spec.model_dump(by_alias=True, exclude_none=True)
+    data["workload"] = {**data.get("workload", {}), **hints}
+    data["model"]["maxModelLen"] = spec.model.max_model_len or max(1024, math.ceil(longest / 1024) * 1024)
+    data["scaling"].update({"aggregated": pool_bounds, "prefill": pool_bounds, "decode": pool_bounds})
+    if cold_start_s is not None:
+        data["scaling"]["coldStartSeconds"] = round(cold_start_s)
+    try:
+        full = InferenceDeploymentSpec.model_validate(data)
+    except ValueError as exc:
+        raise CapacityModelError(f"invalid deployment: {exc}") from None
+    resolved = resolve(full, name)
+    peak, peak_at = trace.peak_rate(config.window_s, config.interval_s)
+    workload = hinted_workload(full)
+    rec = recommend(full, resolved, workload.with_rate(max(peak, 1e-6)))
+    if rec.limited:
+        raise CapacityModelError(f"the capacity model cannot serve the trace's peak: {rec.limited}")
+
+    # Pin the mode (and a shared TP) so the operator's later plans are counts for this fleet, and
+    # give every pool the cap all policies share.
+    cap = max(DEFAULT_MAX_REPLICAS, 2 * max(p.replicas for p in rec.pools))
+    pinned = full.model_dump(by_alias=True, exclude_none=True)
+    pinned["mode"] = rec.mode
+    for role in ("aggregated", "prefill", "decode"):
+        pinned["scaling"][role]["maxReplicas"] = cap
+    tps = {p.tp for p in rec.pools}
+    if len(tps) == 1 and full.scaling.tensor_parallel is None:
+        pinned["scaling"]["tensorParallel"] = tps.pop()
+    pinned_spec = InferenceDeploymentSpec.model_validate(pinned)
+    pinned_resolved = resolve(pinned_spec, name)
+
+    length = max_model_len(full)
+    pools: dict[str, PoolConfig] = {}
+    targets: dict[str, PoolTarget] = {}
+    for p in rec.pools:
+        model = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, p.tp, resolved.kv_cache_dtype,
+                             max_num_seqs=p.max_num_seqs,
+                             max_num_batched_tokens=max(p.max_num_batched_tokens, p.max_num_seqs))
+        pools[p.role] = PoolConfig(p.role, p.tp, model, length)
+        targets[p.role] = p
+    capacity = _capacities(pools, workload, full)
+    hpa_targets: dict[str, float] = {}
+    for role, c in capacity.items():
+        if role == "prefill":
+            hpa_targets[role] = max(c.at_goodput.prefill_utilization, 0.1)
+        elif config.hpa_target is not None:
+            hpa_targets[role] = config.hpa_target
+        elif config.hpa_metric == "kv":
+            hpa_targets[role] = max(c.at_goodput.kv_usage, 0.01)
+        else:
+            hpa_targets[role] = max(c.at_goodput.batch, 0.1)
+    cold = float(full.scaling.cold_start_seconds)
+    setup = Setup(pinned_spec, pinned_resolved, rec, pools, targets, capacity, workload, trace, config, peak, peak_at,
+                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets)
+    setup.start_replicas.update(setup.replicas_for(first_rate))
+    setup.peak_replicas.update(setup.replicas_for(peak))
+    return setup
+
+
+# ------------------------------------------------------------------------------------------
+# one policy
+# ------------------------------------------------------------------------------------------
+@dataclass
+class PolicyRun:
+    """What one policy did (compact: per-request outcomes, not the fleet)."""
+
+    name: str
+    ttft_s: npt.NDArray[np.float64]  # per request, NaN unless finished
+    itl_s: npt.NDArray[np.float64]  # per request: mean inter-token latency
+    status: npt.NDArray[np.int8]  # PENDING (unfinished), DONE, REJECTED
+    gpu_hours: float
+    scaling_actions: int
+    timeline: list[dict[str, Any]]
+    decisions: int
+    wall_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+    replicas: list[ReplicaLife] = field(default_factory=list)  # every replica's creation, readiness, removal
+
+    @property
+    def unfinished(self) -> int:
+        return int(np.count_nonzero(self.status == PENDING))
+
+
+Progress = Callable[[str, float], None]
+
+
+def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
+               clock: Callable[[], float] | None = None) -> PolicyRun:
+    cfg = setup.config
+    trace = setup.trace
+    times = trace.times
+    n = len(trace)
+    end = trace.span_s
+    started = clock() if clock else None
+    fleet = Fleet(setup.pools, trace, cfg.seed, cfg.noise_cv)
+    fleet.stop_gpu_clock(end)
+    for role, count in policy.initial().items():
+        fleet.set_replicas(role, count, 0.0)
+    cold = setup.cold_start_s if policy.cold_start else 0.0
+    scrape_k = 0
+    decide_k = 1
+    i = 0
+    actions = 0
+    decisions = 0
+    timeline: list[dict[str, Any]] = []
+    keep_s = cfg.long_window_s + 2.0 * cfg.scrape_s
+    last_report = -1.0
+    last_scrape_i = 0
+    while True:
+        t_arrival = float(times[i]) if i < n else math.inf
+        t_scrape = scrape_k * cfg.scrape_s
+        t_decide = decide_k * policy.interval_s
+        t = min(t_arrival, t_scrape, t_decide, fleet.next_ready_s())
+        if t > end:
+            break
+        fleet.advance(t)
+        if t >= t_scrape:
+            fleet.scrape()
+            fleet.trim_history(keep_s)
+            span = cfg.scrape_s if scrape_k else 1.0
+            timeline.append({"t": t, "rate_rps": (i - last_scrape_i) / span,
+                             "replicas": {r: fleet.count(r) for r in fleet.pools},
+                             "ready": {r: fleet.ready_count(r) for r in fleet.pools},
+                             "gpus": fleet.allocated_gpus()})
+            last_scrape_i = i
+            scrape_k += 1
+        if t >= t_decide:
+            targets = policy.decide(t, fleet)
+            decisions += 1
+            for role, count in targets.items():
+                if fleet.set_replicas(role, max(int(count), 0), cold):
+                    actions += 1
+            decide_k += 1
+        if i < n and times[i] <= t:
+            j = max(int(np.searchsorted(times, t + cfg.route_quantum_s, side="left")), i + 1)
+            fleet.submit_arrivals(i, j)
+            i = j
+        if progress is not None and end > 0 and t - last_report >= end / 100.0:
+            last_report = t
+            progress(policy.name, min(t / end, 1.0))
+    fleet.advance(max(end, fleet.now))
+    limit = end + cfg.drain_limit_s
+    while fleet.busy() and fleet.now < limit:
+        fleet.advance(min(fleet.now + 10.0, limit))
+    if progress is not None:
+        progress(policy.name, 1.0)
+    wall = clock() - started if clock and started is not None else None
+    return PolicyRun(policy.name, fleet.ttft_s, fleet.itl_s, fleet.status, fleet.gpu_seconds / 3600.0, actions,
+                     timeline, decisions, wall, list(policy.notes), list(fleet.log))
+
+
+# ------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------
+def _pct(values: npt.NDArray[np.float64], q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000.0, 1) if values.size else None
+
+
+def attainment_mask(run: PolicyRun, setup: Setup) -> npt.NDArray[np.bool_]:
+    """Requests that finished with TTFT and mean ITL within their targets."""
+    slo = setup.spec.slo
+    single = setup.trace.outputs <= 1
+    with np.errstate(invalid="ignore"):
+        ok_ttft = run.ttft_s * 1000.0 <= slo.ttft_ms
+        ok_itl = single | (run.itl_s * 1000.0 <= slo.itl_ms)
+    return np.asarray((run.status == DONE) & ok_ttft & ok_itl, dtype=np.bool_)
+
+
+def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None) -> dict[str, Any]:
+    """The figures of one policy (the keys of ``--json``'s ``policies`` entries)."""
+    f = run
+    n = len(setup.trace)
+    done = f.status == DONE
+    ttft = f.ttft_s[done]
+    with_itl = done & (setup.trace.outputs > 1)
+    itl = f.itl_s[with_itl]
+    ok = attainment_mask(run, setup)
+    ratio = run.gpu_hours / oracle_gpu_hours if oracle_gpu_hours else None
+    return {
+        "attainment": round(float(np.count_nonzero(ok)) / n, 5) if n else None,
+        "ttft_p50_ms": _pct(ttft, 50),
+        "ttft_p99_ms": _pct(ttft, 99),
+        "itl_p50_ms": _pct(itl, 50),
+        "itl_p99_ms": _pct(itl, 99),
+        "gpu_hours": round(run.gpu_hours, 4),
+        "cost_usd": round(run.gpu_hours * setup.price, 2),
+        "scaling_actions": run.scaling_actions,
+        "gpu_hours_vs_oracle": round(ratio, 4) if ratio is not None else None,
+    }
+
+
+def details(run: PolicyRun) -> dict[str, Any]:
+    """What the table adds to the summary: rejected and unfinished requests, peak replicas."""
+    peak: dict[str, int] = {}
+    for row in run.timeline:
+        for role, count in row["replicas"].items():
+            peak[role] = max(peak.get(role, 0), int(count))
+    return {"rejected": int(np.count_nonzero(run.status == REJECTED)), "unfinished": run.unfinished,
+            "peak_replicas": peak, "decisions": run.decisions,
+            "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None, "notes": run.notes[:5]}
+
+
+@dataclass
+class Simulation:
+    setup: Setup
+    runs: dict[str, PolicyRun]
+
+    @property
+    def oracle_gpu_hours(self) -> float | None:
+        run = self.runs.get("oracle")
+        return run.gpu_hours if run is not None else None
+
+    def report(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """``{"policies": {...}, "trace": {...}, "config": {...}}`` (the ``--json`` object)."""
+        names = list(names) if names is not None else list(self.runs)
+        s = self.setup
+        policies = {name: summarize(self.runs[name], s, self.oracle_gpu_hours) for name in names}
+        trace = s.trace.summary()
+        trace["peak_rate_rps"] = round(s.peak_rate, 4)
+        trace["peak_window_start_s"] = round(s.peak_at_s, 1)
+        cfg = s.config
+        config = {
+            "model": s.resolved.arch.model_id,
+            "gpu": s.resolved.gpu.gpu_id,
+            "precision": s.resolved.precision,
+            "kv_cache_dtype": s.resolved.kv_cache_dtype,
+            "slo": {"ttft_ms": s.spec.slo.ttft_ms, "itl_ms": s.spec.slo.itl_ms, "percentile": s.spec.slo.percentile},
+            "mode": s.plan.mode,
+            "pools": {role: {"tp": p.tp, "max_num_batched_tokens": p.max_num_batched_tokens,
+                             "max_num_seqs": p.max_num_seqs, "goodput_rps_per_replica": round(p.goodput_rps, 4),
+                             "replicas_at_peak": s.peak_replicas[role], "replicas_at_start": s.start_replicas[role],
+                             "hpa_target": round(s.hpa_targets[role], 4)}
+                      for role, p in s.targets.items()},
+            "max_model_len": s.max_model_len,
+            "max_replicas_per_pool": s.max_replicas,
+            "usd_per_gpu_hour": s.price,
+            "cold_start_s": s.cold_start_s,
+            "interval_s": cfg.interval_s,
+            "hpa_sync_s": cfg.hpa_sync_s,
+            "scrape_s": cfg.scrape_s,
+            "windows_s": [cfg.window_s, cfg.long_window_s],
+            "hpa_metric": cfg.hpa_metric,
+            "keda_threshold": cfg.keda_threshold,
+            "seed": cfg.seed,
+            "noise_cv": cfg.noise_cv,
+            "details": {name: details(self.runs[name]) for name in names},
+        }
+        return {"policies": policies, "trace": trace, "config": config}
+
+
+def simulate(setup: Setup, names: Sequence[str], progress: Progress | None = None,
+             clock: Callable[[], float] | None = None) -> Simulation:
+    """Run the named policies (and the oracle, the reference for GPU-hours) on the same trace."""
+    order = policy_order(names)
+    runs = {name: run_policy(setup, make_policy(name, setup), progress, clock) for name in order}
+    return Simulation(setup, runs)
+
+
+def policy_order(names: Sequence[str]) -> list[str]:
+    """The policies to run for a request: those named ("all": every policy), then the oracle."""
+    expanded: list[str] = []
+    for name in names:
+        expanded += list(POLICIES) if name == "all" else [name]
+    unknown = [n for n in expanded if n not in POLICIES and n not in DIAGNOSTICS]
+    if unknown:
+        raise CapacityModelError(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}, all")
+    order = list(dict.fromkeys(expanded))
+    if "oracle" not in order:
+        order.append("oracle")
+    return order
+
+
+def make_policy(name: str, setup: Setup) -> Policy:
+    return (POLICIES.get(name) or DIAGNOSTICS[name])(setup)

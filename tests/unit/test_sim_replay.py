@@ -1,0 +1,236 @@
+"""Replays of small synthetic traces with known answers, the planner the goodput policy calls, and
+the `simulate` command line.
+
+Fleet: Llama-3.1-8B bf16 on A100, aggregated, prompts of 1500 and outputs of 150 tokens, SLOs
+TTFT p99 <= 1000 ms and ITL <= 40 ms; 60 s cold start. Arrivals are evenly spaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import goodput.planner.autoscale as autoscale_module
+from goodput.planner.observation import Observation
+from goodput.sim.cli import add_simulate_parser
+from goodput.sim.simulate import PolicyRun, Setup, Simulation, build_spec, make_policy, prepare, run_policy, simulate
+from goodput.sim.trace import Trace, TraceError, parse_trace
+
+COLD_START_S = 60.0
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
+
+
+def even_trace(segments: list[tuple[float, float]], tail_request_at: float | None = None) -> Trace:
+    """(seconds, req/s) segments of evenly spaced requests; optionally one more request later."""
+    lines = [HEADER]
+    t0 = 0.0
+    for seconds, rate in segments:
+        for k in range(int(seconds * rate)):
+            lines.append(f"{t0 + k / rate:.4f},1500,150")
+        t0 += seconds
+    if tail_request_at is not None:
+        lines.append(f"{tail_request_at:.1f},1500,150")
+    return parse_trace(lines, name="synthetic")
+
+
+def setup_for(trace: Trace) -> Setup:
+    spec = build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode="aggregated",
+                      cold_start_s=COLD_START_S)
+    return prepare(spec, trace)
+
+
+def replicas(run: PolicyRun, since: float = 0.0) -> list[int]:
+    return [row["replicas"]["aggregated"] for row in run.timeline if row["t"] >= since]
+
+
+@pytest.fixture(scope="module")
+def constant() -> Simulation:
+    # 5 req/s for 300 s (the capacity model: 2 replicas of one A100 each).
+    return simulate(setup_for(even_trace([(300.0, 5.0)])),
+                    ["hpa", "keda-queue", "dynamo", "static-peak", "goodput", "goodput-nocal"])
+
+
+@pytest.fixture(scope="module")
+def step() -> Simulation:
+    # 2 req/s for 200 s, then 8 req/s for 300 s.
+    return simulate(setup_for(even_trace([(200.0, 2.0), (300.0, 8.0)])), ["goodput", "goodput-nocal"])
+
+
+@pytest.fixture(scope="module")
+def idle() -> Simulation:
+    # A minute at 8 req/s, then nothing for 20 minutes but one request.
+    return simulate(setup_for(even_trace([(60.0, 8.0)], tail_request_at=1260.0)), ["all"])
+
+
+def test_constant_rate_gives_steady_replicas(constant: Simulation) -> None:
+    setup = constant.setup
+    want = setup.replicas_for(5.0)["aggregated"]
+    assert setup.peak_replicas["aggregated"] == want
+    for name in ("oracle", "static-peak", "hpa", "keda-queue", "dynamo", "goodput-nocal"):
+        assert set(replicas(constant.runs[name])) == {want}, name
+        assert constant.runs[name].scaling_actions == 0, name
+    report = constant.report()["policies"]
+    for name, figures in report.items():
+        assert figures["attainment"] >= 0.99, name
+
+
+def test_constant_rate_goodput_policy_holds_steady(constant: Simulation) -> None:
+    assert set(replicas(constant.runs["goodput"])) == {constant.setup.replicas_for(5.0)["aggregated"]}
+
+
+def _scale_ups(run: PolicyRun) -> list[tuple[float, int, int]]:
+    """(decision time, replicas before, after) of every scale-up (decisions fall on scrape times)."""
+    return [(b["t"], a["replicas"]["aggregated"], b["replicas"]["aggregated"])
+            for a, b in itertools.pairwise(run.timeline) if b["replicas"]["aggregated"] > a["replicas"]["aggregated"]]
+
+
+def test_step_scales_up_after_the_cold_start(step: Simulation) -> None:
+    for name in ("goodput", "goodput-nocal"):
+        run = step.runs[name]
+        assert any(t >= 200.0 for t, _, _ in _scale_ups(run)), f"{name} never scaled up after the step"
+        added = [r for r in run.replicas if r.created_s > 0.0]
+        assert added and all(r.ready_s == r.created_s + COLD_START_S for r in added), name
+        assert all(r.ready_s == 0.0 for r in run.replicas if r.created_s == 0.0)  # the warm start
+        # The ready count seen at scrapes never runs ahead of what the cold starts allow.
+        for row in run.timeline:
+            allowed = sum(1 for r in run.replicas if r.ready_s <= row["t"]
+                          and (r.removed_s is None or r.removed_s > row["t"]))
+            assert row["ready"]["aggregated"] == allowed, (name, row["t"])
+    # Without the calibration drift (see the xfail above) nothing happens before the load rises.
+    assert min(t for t, _, _ in _scale_ups(step.runs["goodput-nocal"])) >= 200.0
+    # The oracle (no cold start) serves with the high-load fleet from its first decision whose interval
+    # lies after the step (at 210 s; a scrape at a decision time shows the fleet before the decision).
+    oracle = step.runs["oracle"]
+    assert all(r.ready_s == r.created_s for r in oracle.replicas)
+    high = step.setup.replicas_for(8.0)["aggregated"]
+    at_step = [row for row in oracle.timeline if 210.0 < row["t"] < 480.0]
+    assert at_step and all(row["ready"]["aggregated"] == high for row in at_step)
+
+
+def test_idle_goes_to_the_minimum(idle: Simulation) -> None:
+    for name, run in idle.runs.items():
+        if name != "static-peak":
+            assert replicas(run, since=1200.0)[-1] == 1, name
+    figures = idle.report()["policies"]
+    assert figures["static-peak"]["gpu_hours"] > figures["oracle"]["gpu_hours"]
+
+
+def test_oracle_spends_the_fewest_gpu_hours(constant: Simulation, idle: Simulation, step: Simulation) -> None:
+    for sim in (constant, idle):
+        report = sim.report()["policies"]
+        oracle = report["oracle"]["gpu_hours"]
+        for name, figures in report.items():
+            assert oracle <= figures["gpu_hours"] + 1e-9, name
+            assert figures["gpu_hours_vs_oracle"] >= 1.0 - 1e-9, name
+    # With a load step, against every policy serving at least as many requests within the SLOs.
+    report = step.report()["policies"]
+    for name, figures in report.items():
+        if figures["attainment"] >= report["oracle"]["attainment"]:
+            assert report["oracle"]["gpu_hours"] <= figures["gpu_hours"] + 1e-9, name
+
+
+def test_goodput_policy_calls_the_operators_planner(monkeypatch: pytest.MonkeyPatch) -> None:
+    from goodput.render import reconcile
+
+    # The operator's reconcile calls this very function object.
+    assert vars(reconcile)["autoscale"] is autoscale_module.autoscale
+    real = autoscale_module.autoscale
+    calls: list[dict[str, Any]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> autoscale_module.AutoscaleResult:
+        spec, _resolved, obs, current, state, _now = args[:6]
+        calls.append({"obs": obs, "current": dict(current), "spec": spec, "state": state})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autoscale_module, "autoscale", spy)
+    setup = setup_for(even_trace([(150.0, 5.0)]))
+    policy = make_policy("goodput", setup)
+    run = run_policy(setup, policy)
+    assert len(calls) == run.decisions == 4  # every 30 s: at 30, 60, 90 and 120 s of the 150 s trace
+    for call in calls:
+        obs = call["obs"]
+        assert isinstance(obs, Observation)
+        assert obs.available and (obs.window_s, obs.long_window_s) == (60.0, 600.0)
+        assert obs.pools["aggregated"].request_rate_rps is not None
+        assert call["spec"] is setup.spec
+    assert calls[0]["current"] == {"aggregated": setup.start_replicas["aggregated"]}
+    # The state the planner returned is what it is given next time.
+    assert calls[1]["state"] is not calls[0]["state"]
+    assert calls[1]["state"].recommendations
+
+
+# ------------------------------------------------------------------------------------------
+# the command line
+# ------------------------------------------------------------------------------------------
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="goodput")
+    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def _trace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "trace.csv"
+    lines = [HEADER] + [f"2023-11-16 18:{k // 60:02d}:{k % 60:02d}.0000000,1500,150" for k in range(0, 120)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+BASE = ["--model", "llama-3.1-8b", "--gpu", "a100-sxm-80gb", "--precision", "bf16", "--ttft-p99-ms", "1000",
+        "--itl-p99-ms", "40", "--mode", "aggregated", "--quiet"]
+
+
+def test_cli_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _cli(["simulate", "--trace", str(_trace_file(tmp_path)), "--rate-scale", "2", *BASE,
+                 "--policy", "static-peak,hpa", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"policies", "trace", "config"}
+    assert list(out["policies"]) == ["static-peak", "hpa", "oracle"]
+    keys = {"attainment", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "gpu_hours", "cost_usd",
+            "scaling_actions", "gpu_hours_vs_oracle"}
+    for figures in out["policies"].values():
+        assert set(figures) == keys
+    assert out["policies"]["oracle"]["gpu_hours_vs_oracle"] == 1.0
+    assert out["trace"]["requests"] == 120 and out["trace"]["rate_scale"] == 2.0
+    assert out["config"]["model"] == "llama-3.1-8b"
+
+
+def test_cli_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "sim.png"
+    assert _cli(["simulate", "--trace", str(_trace_file(tmp_path)), *BASE, "--policy", "static-peak",
+                 "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "static-peak" in text and "oracle" in text and "attain" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_malformed_trace_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"{HEADER}\n0,100,10\n1,100,ten\n", encoding="utf-8")
+    with pytest.raises(TraceError, match=r"bad\.csv:3: GeneratedTokens 'ten' is not a number"):
+        _cli(["simulate", "--trace", str(bad), *BASE])
+    mooncake = tmp_path / "bad.jsonl"
+    mooncake.write_text('{"timestamp": 0, "input_length": 10, "output_length": 2}\n{"timestamp": 1}\n',
+                        encoding="utf-8")
+    with pytest.raises(TraceError, match=r"bad\.jsonl:2: missing 'input_length'"):
+        _cli(["simulate", "--trace", str(mooncake), *BASE])
+
+
+def test_mooncake_prefix_hits_reach_the_engines() -> None:
+    lines = [json.dumps({"timestamp": k * 250, "input_length": 2048, "output_length": 20,
+                         "hash_ids": [1, 2, 3, 100 + k]}) for k in range(200)]
+    setup = setup_for(parse_trace(lines))
+    run = run_policy(setup, make_policy("static-peak", setup))
+    assert np.count_nonzero(run.status == 1) == 200
+    # After the first request on each replica, 3 of 4 blocks (1536 of 2048 tokens) are cached.
+    setup_no_hash = setup_for(parse_trace([json.dumps({"timestamp": k * 250, "input_length": 2048,
+                                                       "output_length": 20}) for k in range(200)]))
+    plain = run_policy(setup_no_hash, make_policy("static-peak", setup_no_hash))
+    assert np.nanmean(run.ttft_s) < np.nanmean(plain.ttft_s)
