@@ -135,13 +135,12 @@ def explain(entry: dict[str, Any]) -> list[str]:
     scale = d["goodput"].get("step_time_scale_max")
     if scale is not None and scale > 1.3:
         out.append(
-            f"The planner's step-time calibration drifted to {scale:.2f}x (bounded at 2): it divides the observed "
-            "ITL p99 (histogram_quantile over vLLM's 25/50/75 ms buckets) by the ITL the capacity model predicts "
-            "for the fleet it recommends, not for the fleet that produced the observation, so under-provisioning "
-            "(or bucket interpolation) raises the scale, the scale raises the recommendation, and the prediction "
-            f"for the larger fleet falls further. With the calibration withheld (goodput-nocal) the same planner "
-            f"uses {nocal['gpu_hours']:.2f} GPU-h ({nocal['gpu_hours_vs_oracle']:.2f}x oracle) at "
-            f"{nocal['attainment']:.2%} attainment, against {g['gpu_hours']:.2f} GPU-h at {g['attainment']:.2%}.")
+            f"The planner's step-time calibration reached {scale:.2f}x (bounded at 2): the simulated engines' mean "
+            "inter-token latency ran above the model's mean step for the serving pools at their observed load "
+            "(preemptions and recomputation under bursts lengthen it), and calibration followed. With the "
+            f"calibration withheld (goodput-nocal) the same planner uses {nocal['gpu_hours']:.2f} GPU-h "
+            f"({nocal['gpu_hours_vs_oracle']:.2f}x oracle) at {nocal['attainment']:.2%} attainment, against "
+            f"{g['gpu_hours']:.2f} GPU-h at {g['attainment']:.2%}.")
     if o["attainment"] < 0.99:
         out.append(
             f"The oracle itself (the capacity model with perfect foresight and no cold start) serves only "
@@ -159,9 +158,8 @@ def explain(entry: dict[str, Any]) -> list[str]:
     reasons = d["goodput"].get("reasons", {})
     if reasons.get("Emergency"):
         out.append(
-            f"{reasons['Emergency']} emergency scale-ups (queue growing, KV > 90%, preemptions) were made; the "
-            "next decision's stabilization window holds recommendations, not emergency targets, so a later "
-            "scale-down can remove replicas that are still starting.")
+            f"{reasons['Emergency']} emergency scale-ups (queue growing, KV > 90%, preemptions) were made: the "
+            "forecast lagged the load, and each one came a cold start before its replica served.")
     return out
 
 

@@ -179,7 +179,7 @@ def test_calibration_does_not_run_away_when_the_model_is_right() -> None:
 
     s = spec()
     r = resolve(s, "x")
-    current = 3
+    current = 2  # equal to the pods reporting in obs(): all replicas serve
     rate = 20.0
     workload = observed_workload(s, obs(rate), rate)
     pool = recommend(s, r, workload).pools[0]

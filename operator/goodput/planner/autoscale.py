@@ -238,7 +238,10 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     if have_metrics and obs is not None:
         serving = obs.serving_pool()
         decoding = rec.pool("aggregated") or rec.pool("decode")
-        replicas_now = current.get(decoding.role, 0) if decoding is not None else 0
+        # Per-replica load over the replicas that serve: pods still loading weights export no
+        # metrics and take no requests, so counting them would under-state the load per replica.
+        replicas_now = (serving.pods_reporting if serving is not None and serving.pods_reporting
+                        else current.get(decoding.role, 0) if decoding is not None else 0)
         if serving is not None and serving.request_rate_rps and decoding is not None and replicas_now:
             predicted = predicted_mean_step_ms(resolved, decoding, workload, serving.request_rate_rps / replicas_now,
                                                eff)
