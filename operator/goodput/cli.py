@@ -342,9 +342,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
         os.environ["GOODPUT_PROMETHEUS_URL"] = args.prometheus
     if args.metrics_port is not None:
         os.environ["GOODPUT_METRICS_PORT"] = str(args.metrics_port)
+    import logging
+
     import kopf
 
     import goodput.handlers.operator  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     kopf.run(standalone=args.standalone, clusterwide=not args.namespace, namespaces=args.namespace or (),
              liveness_endpoint=args.liveness)

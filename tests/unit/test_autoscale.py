@@ -199,3 +199,20 @@ def test_an_emergency_scale_up_is_not_undone_by_the_next_decision() -> None:
     assert reason == "Emergency"
     calm, _, _, message = run(spec(), obs(20), target, state, T0 + dt.timedelta(seconds=30))
     assert calm == target, message
+
+
+@pytest.mark.parametrize("period_s", [5.0, 5.2, 5.3, 7.0, 13.0])
+def test_scale_down_happens_whatever_the_reconcile_period(period_s: float) -> None:
+    """The history must prove it covers the window even when reconciles do not land on its multiples."""
+    s = spec(scaleDownStabilizationSeconds=60)
+    high = replicas_for(60)
+    state = AutoscalerState(metrics_seen=True)
+    t = T0
+    for _ in range(int(90 / period_s)):
+        _, _, state, _ = run(s, obs(60), high, state, t)
+        t += dt.timedelta(seconds=period_s)
+    current = high
+    for _ in range(int(200 / period_s)):
+        current, _, state, _ = run(s, obs(2, long_rate=2), current, state, t)
+        t += dt.timedelta(seconds=period_s)
+    assert current < high

@@ -276,6 +276,7 @@ FULL = {
     "output_len_p99": [role("decode", 750), role("prefill", 1)],
     "ttft_ms": [role("decode", 0.875), role("prefill", 0.5)],
     "itl_ms": [role("decode", 0.0875)],
+    "itl_mean_ms": [role("decode", 0.05)],
     "kv_cache_usage": [role("decode", 0.7), role("prefill", 0.2)],
     "running": [role("decode", 30), role("prefill", 4)],
     "waiting": [role("decode", 5), role("prefill", 2)],
@@ -298,17 +299,17 @@ def test_full_answer_becomes_pools() -> None:
     assert d == PoolMetrics(role="decode", pods_reporting=2, request_rate_rps=5.0, queue_growth_rps=-0.5,
                             prompt_tokens_tps=6000.0, generation_tokens_tps=1050.0, input_len_mean=1200.0,
                             input_len_p99=3500.0, output_len_mean=210.0, output_len_p99=750.0, ttft_ms=875.0,
-                            itl_ms=87.5, kv_cache_usage=0.7, running=30.0, waiting=5.0, preemptions_rps=0.1,
+                            itl_ms=87.5, itl_mean_ms=50.0, kv_cache_usage=0.7, running=30.0, waiting=5.0, preemptions_rps=0.1,
                             prefix_cache_hit_rate=0.2)
     assert isinstance(d.pods_reporting, int)
     assert obs.long_pools["decode"] == d
     assert obs.available and obs.serving_pool() is d
     assert d.arrival_rate_rps == 5.0  # a shrinking queue adds nothing
     # prefill has no ITL: said, in both windows, in one sentence
-    assert obs.missing == (f"itl_ms: no series of {ITL} (or {ITL_OLD}) for the prefill pool of prod/llama-70b "
-                           "(60 s and 600 s windows)",)
+    assert obs.missing == tuple(f"{field}: no series of {ITL} (or {ITL_OLD}) for the prefill pool of "
+                                "prod/llama-70b (60 s and 600 s windows)" for field in ("itl_ms", "itl_mean_ms"))
     # every query is evaluated at `now`, with Prometheus' own query timeout, and the client timeout
-    assert len(client.calls) == 2 * 16 - 1  # pods_reporting is the same query in both windows: asked once
+    assert len(client.calls) == 2 * 17 - 1  # pods_reporting is the same query in both windows: asked once
     assert all(p is not None and p["time"] == f"{NOW.timestamp():.3f}" and p["timeout"] == "5s" and t == 5.0
                for _, p, t in client.calls)
 

@@ -177,3 +177,27 @@ def test_hf_token_is_referenced_never_copied() -> None:
     out = reconcile(obj, {}, NOW)
     env = out.apply[0]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+
+
+def test_metric_driven_reconciles_keep_mode_tp_and_engine_args() -> None:
+    """Changing vLLM's arguments restarts every pod: only a spec edit may do it; metrics change replicas."""
+    from goodput.planner.observation import Observation, PoolMetrics
+
+    obj, observed = settled(OBJ, NOW)
+    before = obj["status"]["plan"]
+    args_before = next(o for o in reconcile(obj, observed, NOW).apply if o["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    for minute, rate in enumerate((5.0, 60.0, 120.0), start=1):
+        pm = PoolMetrics("aggregated", pods_reporting=before["decodeReplicas"], request_rate_rps=rate,
+                         input_len_mean=3000.0, input_len_p99=12000.0, output_len_mean=100.0, output_len_p99=300.0,
+                         running=4.0, waiting=0.0, queue_growth_rps=0.0, kv_cache_usage=0.2)
+        obs = Observation(NOW + dt.timedelta(minutes=minute), 60.0, 600.0, {"aggregated": pm}, {"aggregated": pm})
+        out = reconcile(obj, observed, NOW + dt.timedelta(minutes=minute), obs)
+        plan = out.status["plan"]
+        assert (plan["mode"], plan["tensorParallel"], plan["engineArgs"]) == (
+            before["mode"], before["tensorParallel"], before["engineArgs"])
+        dep = next(o for o in out.apply if o["kind"] == "Deployment")
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [a for a in args if not a.isdigit()] == [a for a in args_before if not a.isdigit()]
+        assert args == args_before, "the pod template is unchanged: no rollout"
+        obj["status"] = out.status

@@ -239,6 +239,8 @@ class PlanStatus(_Model):
     predicted_itl_ms: float | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    engine_args: dict[str, dict[str, int]] | None = Field(
+        None, description="vLLM --max-num-batched-tokens and --max-num-seqs per pool, kept until the spec changes.")
     reason: str = ""
 
 

@@ -821,7 +821,7 @@ class Emulator:
             self._apply_pods(snap, t0)
         self._end_drains(t0)
         for rep in list(self.replicas.values()):
-            if not rep.serving and rep.ready_at <= t0:
+            if not rep.serving and not rep.draining and rep.ready_at <= t0:
                 self._start_serving(rep)
         self._flush_queues(t0)
         for t_arr, prompt, output in self.load.arrivals(t0, t1, self.multiplier):
@@ -1064,7 +1064,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kubernetes import config as k8s_config
 
     new_client: Any = k8s_config.new_client_from_config  # untyped library function
-    api_client = new_client(config_file=args.kubeconfig)
+    try:
+        api_client = new_client(config_file=args.kubeconfig)
+    except Exception as exc:
+        print(f"emulator: error: cannot use kubeconfig {args.kubeconfig}: {exc}", file=sys.stderr)
+        return 2
     watcher = ClusterWatcher(api_client, args.namespace, args.name, stop, poll_s=args.poll_s)
     watcher.start()
     waited = time.monotonic()

@@ -198,8 +198,12 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
         PoolQuery("pods_reporting", pods, REQUESTS_RUNNING, "sum",
                   hint=" (no vLLM pod of this pool is being scraped now)"),
         PoolQuery("request_rate_rps", rate_sum(REQUEST_SUCCESS), REQUEST_SUCCESS, "sum"),
-        PoolQuery("queue_growth_rps", f"sum by ({r}) ({dedup(f'deriv({REQUESTS_WAITING}{{{sel}}}[{w}])')})",
-                  REQUESTS_WAITING, "sum"),
+        # Requests in the system (running + waiting) grow at arrivals minus completions: deriv is
+        # linear, so the sum of the two gauges' derivatives is the growth of their sum.
+        PoolQuery("queue_growth_rps",
+                  f"(sum by ({r}) ({dedup(f'deriv({REQUESTS_WAITING}{{{sel}}}[{w}])')}) + "
+                  f"sum by ({r}) ({dedup(f'deriv({REQUESTS_RUNNING}{{{sel}}}[{w}])')}))",
+                  f"{REQUESTS_WAITING} and {REQUESTS_RUNNING}", "sum"),
         PoolQuery("prompt_tokens_tps", rate_sum(PROMPT_TOKENS), PROMPT_TOKENS, "sum"),
         PoolQuery("generation_tokens_tps", rate_sum(GENERATION_TOKENS), GENERATION_TOKENS, "sum"),
         PoolQuery("input_len_mean", ratio(f"{REQUEST_PROMPT_TOKENS}_sum", f"{REQUEST_PROMPT_TOKENS}_count"),

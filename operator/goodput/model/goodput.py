@@ -211,6 +211,15 @@ def _decode_points(r: ReplicaModel, slo: SLO, shape: _Shape, st: dict[str, Float
     return points
 
 
+def mean_step_at_batch(r: ReplicaModel, w: Workload, role: str, batch: float) -> float:
+    """Mean engine step (s) of a replica running `batch` sequences: decode-only steps for a decode
+    pool, the chunk/decode mix of continuous batching for an aggregated one."""
+    shape = _Shape.of(w)
+    b = np.array([max(batch, 1.0)])
+    state = _aggregated_at_batch(r, shape, b) if role == "aggregated" else _decode_at_batch(r, shape, b)
+    return float(state["step"][0])
+
+
 def _batch_for_rates(at_batch: Callable[[FloatArray], dict[str, FloatArray]], rates: FloatArray,
                      batch_cap: float) -> FloatArray:
     """Invert rate(batch), which is increasing, by bisection in log space (vectorized)."""

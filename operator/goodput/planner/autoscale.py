@@ -20,7 +20,10 @@ Pure. Every number comes with its reason. The semantics, in order:
    ignored. Rate limits: per minute at most +max(1, up% of current) and -max(1, down% of current).
 5. **Emergency.** KV cache above 90%, preemptions, or a growing queue in a pool scale it up by at
    least one replica at once, past the scale-up window and the tolerance (never past max bounds).
-6. **Safety.** On a metrics outage, or stale data: hold the current replicas; never scale down
+6. **Shape.** Metric-driven decisions change replicas only: the running mode, TP degrees and vLLM
+   engine arguments are kept (changing them restarts every pod); they are re-chosen when a person
+   edits the spec, or when the running shape can no longer be planned at all.
+7. **Safety.** On a metrics outage, or stale data: hold the current replicas; never scale down
    on missing data. After an operator restart the history in status is used as it is; if it does
    not cover the scale-down window yet, no scale-down happens until it does.
 """
@@ -37,7 +40,8 @@ import numpy as np
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
-from goodput.model.goodput import evaluate_aggregated, evaluate_decode
+from goodput.model.errors import CapacityModelError
+from goodput.model.goodput import evaluate_aggregated, evaluate_decode, mean_step_at_batch
 from goodput.model.replica import DEFAULT_MAX_NUM_SEQS, ReplicaModel
 from goodput.model.sizing import DECODE_MAX_NUM_SEQS
 from goodput.model.workload import LengthDistribution, Workload
@@ -93,6 +97,49 @@ class AutoscalerState:
     def to_status(self) -> dict[str, Any]:
         return {"recommendations": self.recommendations, "scaleEvents": self.scale_events,
                 "stepTimeScale": round(self.step_time_scale, 4), "metricsSeen": self.metrics_seen}
+
+
+@dataclass(frozen=True)
+class RunningShape:
+    """What runs now and is kept by metric-driven decisions: mode, TP per pool, engine arguments."""
+
+    mode: str
+    tp: dict[str, int]
+    engine_args: dict[str, tuple[int, int]]  # role -> (max_num_batched_tokens, max_num_seqs)
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any] | None) -> RunningShape | None:
+        if not plan or "mode" not in plan:
+            return None
+        tp: dict[str, int] = {}
+        if plan["mode"] == "aggregated":
+            tp["aggregated"] = int(plan.get("tensorParallel", 1))
+        else:
+            tp["decode"] = int(plan.get("tensorParallel", 1))
+            tp["prefill"] = int(plan.get("prefillTensorParallel", plan.get("tensorParallel", 1)))
+        args = {role: (int(v["maxNumBatchedTokens"]), int(v["maxNumSeqs"]))
+                for role, v in (plan.get("engineArgs") or {}).items()
+                if isinstance(v, dict) and "maxNumBatchedTokens" in v and "maxNumSeqs" in v}
+        return cls(str(plan["mode"]), tp, args)
+
+
+def recommend_keeping(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload,
+                      eff: Efficiency, shape: RunningShape | None) -> Recommendation:
+    """`recommend`, restricted to the running mode and TP degrees, with the running engine args."""
+    if shape is None:
+        return recommend(spec, resolved, workload, eff)
+    try:
+        pinned_spec = spec.model_copy(update={"mode": shape.mode})
+        pinned = dataclasses.replace(resolved, tp_degrees=tuple(sorted(set(shape.tp.values()))))
+        rec = recommend(pinned_spec, pinned, workload, eff)
+    except CapacityModelError:
+        return recommend(spec, resolved, workload, eff)  # the running shape cannot be planned any more
+    pools = tuple(
+        dataclasses.replace(p, max_num_batched_tokens=shape.engine_args[p.role][0],
+                            max_num_seqs=shape.engine_args[p.role][1])
+        if p.role in shape.engine_args and shape.tp.get(p.role) == p.tp else p
+        for p in rec.pools)
+    return dataclasses.replace(rec, pools=pools)
 
 
 @dataclass(frozen=True)
@@ -182,11 +229,14 @@ def calibrate(state: AutoscalerState, predicted_step_ms: float | None, observed:
 
 
 def predicted_mean_step_ms(resolved: ResolvedSpec, pool: PoolTarget, workload: Workload, per_replica_rps: float,
-                           eff: Efficiency) -> float:
-    """The model's mean engine step for one replica of `pool` at `per_replica_rps`."""
-    max_seqs = DECODE_MAX_NUM_SEQS if pool.role == "decode" else DEFAULT_MAX_NUM_SEQS
+                           eff: Efficiency, batch: float | None = None) -> float:
+    """The model's mean engine step for one replica of `pool` (its TP and engine arguments), at the
+    observed running batch when given, else at the batch `per_replica_rps` implies."""
+    max_seqs = max(pool.max_num_seqs, DECODE_MAX_NUM_SEQS if pool.role == "decode" else DEFAULT_MAX_NUM_SEQS)
     r = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, pool.tp, resolved.kv_cache_dtype, eff,
                      max_num_seqs=max_seqs, max_num_batched_tokens=pool.max_num_batched_tokens)
+    if batch is not None:
+        return mean_step_at_batch(r, workload, pool.role, batch) * 1e3
     rate = np.array([max(per_replica_rps, 1e-9)])
     evaluate = evaluate_aggregated if pool.role == "aggregated" else evaluate_decode
     return evaluate(r, workload, resolved.slo, rate)[0].step_ms
@@ -219,7 +269,7 @@ def _emergency(pool: PoolMetrics | None) -> str:
 
 def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observation | None,
               current: dict[str, int], state: AutoscalerState, now: dt.datetime,
-              immediate: bool = False) -> AutoscaleResult:
+              immediate: bool = False, shape: RunningShape | None = None) -> AutoscaleResult:
     """Decide replicas per pool. `current`: replicas of each pool's Deployment now (pods still
     starting included). `obs` None: no metrics source configured. `immediate`: a person changed
     the spec; its plan applies at once (bounds still hold), without stabilization or rate limits."""
@@ -233,7 +283,8 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     workload = observed_workload(spec, obs, demand.rate_rps)
 
     eff = scaled_efficiency(state.step_time_scale)
-    rec = recommend(spec, resolved, workload, eff)
+    keep = None if immediate else shape
+    rec = recommend_keeping(spec, resolved, workload, eff, keep)
     # Calibrate against what the model predicts for the pools as they run now, at the observed load.
     if have_metrics and obs is not None:
         serving = obs.serving_pool()
@@ -243,13 +294,15 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
         replicas_now = (serving.pods_reporting if serving is not None and serving.pods_reporting
                         else current.get(decoding.role, 0) if decoding is not None else 0)
         if serving is not None and serving.request_rate_rps and decoding is not None and replicas_now:
+            # At the observed batch (running ÷ serving replicas): the completion rate lags a load step.
+            batch = (serving.running or 0.0) / replicas_now
             predicted = predicted_mean_step_ms(resolved, decoding, workload, serving.request_rate_rps / replicas_now,
-                                               eff)
+                                               eff, batch if batch >= 1.0 else None)
             scale = calibrate(state, predicted, serving)
             if abs(scale - state.step_time_scale) > 1e-3:
                 state.step_time_scale = scale
                 eff = scaled_efficiency(scale)
-                rec = recommend(spec, resolved, workload, eff)
+                rec = recommend_keeping(spec, resolved, workload, eff, keep)
 
     if outage:
         metrics_message = f"metrics unavailable, holding replicas: {obs.error if obs else ''}"
@@ -264,8 +317,11 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     state.recommendations.append({"time": _iso(now), "replicas": recorded})
     longest = max(spec.scaling.scale_down_stabilization_seconds, spec.scaling.scale_up_stabilization_seconds,
                   RATE_LIMIT_PERIOD_S)
-    state.recommendations = [h for h in state.recommendations
-                             if _parse(h["time"]) >= now - dt.timedelta(seconds=longest)]
+    # Keep the window plus the newest entry before it: that entry proves the history reaches back
+    # a full window even when reconciles do not land on exact multiples of it.
+    cutoff = now - dt.timedelta(seconds=longest)
+    older = [h for h in state.recommendations if _parse(h["time"]) < cutoff]
+    state.recommendations = older[-1:] + [h for h in state.recommendations if _parse(h["time"]) >= cutoff]
     history_start = _parse(state.recommendations[0]["time"])
     history_covers_down_window = (now - history_start).total_seconds() >= spec.scaling.scale_down_stabilization_seconds
 

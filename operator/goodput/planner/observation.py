@@ -21,7 +21,7 @@ class PoolMetrics:
     role: str
     pods_reporting: int | None = None  # pods with a live vLLM series
     request_rate_rps: float | None = None  # completed requests per second
-    queue_growth_rps: float | None = None  # d(waiting)/dt: arrivals not yet served
+    queue_growth_rps: float | None = None  # d(running + waiting)/dt: arrivals minus completions
     prompt_tokens_tps: float | None = None
     generation_tokens_tps: float | None = None
     input_len_mean: float | None = None

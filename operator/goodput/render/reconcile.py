@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.errors import CapacityModelError
-from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, autoscale
+from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, RunningShape, autoscale
 from goodput.planner.observation import Observation
 from goodput.planner.recommend import Recommendation, resolve
 from goodput.render.vllm import desired_objects, obsolete_pools
@@ -104,6 +104,9 @@ def _plan_status(rec: Recommendation) -> dict[str, Any]:
     if prefill is not None:
         plan["prefillReplicas"] = prefill.replicas
         plan["prefillTensorParallel"] = prefill.tp
+    # The vLLM arguments each pool runs with: kept by metric-driven decisions (a change restarts pods).
+    plan["engineArgs"] = {p.role: {"maxNumBatchedTokens": p.max_num_batched_tokens, "maxNumSeqs": p.max_num_seqs}
+                          for p in rec.pools}
     return plan
 
 
@@ -201,7 +204,8 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         spec = InferenceDeploymentSpec.model_validate(obj.get("spec") or {})
         resolved = resolve(spec, name)
         state = AutoscalerState.from_status(previous.get("autoscaler"))
-        result = autoscale(spec, resolved, observation, current, state, now, immediate=spec_changed)
+        result = autoscale(spec, resolved, observation, current, state, now, immediate=spec_changed,
+                           shape=RunningShape.from_plan(previous_plan))
     except (ValidationError, CapacityModelError) as exc:
         message = _error_text(exc)
         old = _condition(previous, "Degraded")

@@ -195,7 +195,7 @@ def pool_metrics(role: str, history: Sequence[Snapshot], t: float, window_s: flo
         running = now.running if now.pods else None
         waiting = now.waiting if now.pods else None
         kv = now.kv_max
-    growth = deriv([x.t for x in pods], [x.waiting for x in pods])
+    growth = deriv([x.t for x in pods], [x.waiting + x.running for x in pods])  # arrivals - completions
     return PoolMetrics(
         role=role,
         pods_reporting=now.pods,

@@ -93,7 +93,8 @@ class GoodputPolicy(Policy):
         if self.calibrate:
             return obs
         # Withhold the serving pool's short-window ITL, the planner's only calibration input.
-        pools = {role: dataclasses.replace(pm, itl_ms=None, itl_mean_ms=None) if role in ("aggregated", "decode") else pm
+        serving = ("aggregated", "decode")
+        pools = {role: dataclasses.replace(pm, itl_ms=None, itl_mean_ms=None) if role in serving else pm
                  for role, pm in obs.pools.items()}
         return dataclasses.replace(obs, pools=pools)
 
