@@ -145,6 +145,16 @@ def test_fresh_history_does_not_scale_down() -> None:
     assert target == high and reason == "Stabilizing", message
 
 
+def test_no_trend_before_metrics_cover_the_long_window() -> None:
+    s = spec(scaleUpMaxPercentPerMinute=1000)
+    state = AutoscalerState(metrics_seen=True)
+    res = autoscale(s, resolve(s, "x"), obs(30, long_rate=10), {"aggregated": 1}, state, T0)
+    assert res.demand.rate_rps == pytest.approx(30) and "no trend yet" in res.demand.note
+    later = autoscale(s, resolve(s, "x"), obs(30, long_rate=10), {"aggregated": 1}, res.state,
+                      T0 + dt.timedelta(seconds=600))
+    assert later.demand.rate_rps > 30
+
+
 def test_forecast_uses_the_trend_over_the_cold_start() -> None:
     rising = obs(30, long_rate=10)  # +20 req/s between windows 270 s apart
     d = estimate_demand(spec(), rising)
@@ -183,7 +193,8 @@ def test_calibration_does_not_run_away_when_the_model_is_right() -> None:
     rate = 20.0
     workload = observed_workload(s, obs(rate), rate)
     pool = recommend(s, r, workload).pools[0]
-    step = predicted_mean_step_ms(r, pool, workload, rate / current, scaled_efficiency(1.0))
+    batch = 10.0 / current  # obs() reports 10 running requests over the serving replicas
+    step = predicted_mean_step_ms(r, pool, workload, rate / current, scaled_efficiency(1.0), batch)
     state = AutoscalerState(metrics_seen=True)
     for minute in range(20):
         res = autoscale(s, r, obs(rate, itl_mean_ms=step), {"aggregated": current}, state,

@@ -299,7 +299,8 @@ def test_full_answer_becomes_pools() -> None:
     assert d == PoolMetrics(role="decode", pods_reporting=2, request_rate_rps=5.0, queue_growth_rps=-0.5,
                             prompt_tokens_tps=6000.0, generation_tokens_tps=1050.0, input_len_mean=1200.0,
                             input_len_p99=3500.0, output_len_mean=210.0, output_len_p99=750.0, ttft_ms=875.0,
-                            itl_ms=87.5, itl_mean_ms=50.0, kv_cache_usage=0.7, running=30.0, waiting=5.0, preemptions_rps=0.1,
+                            itl_ms=87.5, itl_mean_ms=50.0, kv_cache_usage=0.7, running=30.0, waiting=5.0,
+                            preemptions_rps=0.1,
                             prefix_cache_hit_rate=0.2)
     assert isinstance(d.pods_reporting, int)
     assert obs.long_pools["decode"] == d

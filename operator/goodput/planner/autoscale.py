@@ -4,7 +4,8 @@ Pure. Every number comes with its reason. The semantics, in order:
 
 1. **Demand.** With live metrics: the short-window arrival rate (completions plus queue growth),
    forecast over the cold-start horizon along the trend between the long and the short window;
-   the larger (safer) of that forecast and the long-window rate is planned for. Prompt/output
+   the larger (safer) of that forecast and the long-window rate is planned for — once metrics cover
+   a whole long window (before that a long window over partial data would read as a rising trend). Prompt/output
    lengths come from the observed histograms (mean and p99) when present. Without metrics ever
    seen: the spec's workload hints.
 2. **Calibration.** The observed mean inter-token latency (exact, from the histogram's sum and
@@ -82,6 +83,7 @@ class AutoscalerState:
     scale_events: list[dict[str, Any]] = field(default_factory=list)  # {"time": iso, "replicas": {role: n}}
     step_time_scale: float = 1.0
     metrics_seen: bool = False
+    metrics_since: str | None = None  # when metrics were first available: the trend needs a full long window
 
     @classmethod
     def from_status(cls, data: dict[str, Any] | None) -> AutoscalerState:
@@ -92,11 +94,13 @@ class AutoscalerState:
             scale_events=list(data.get("scaleEvents", [])),
             step_time_scale=float(scale) if isinstance(scale, int | float) and math.isfinite(scale) else 1.0,
             metrics_seen=bool(data.get("metricsSeen", False)),
+            metrics_since=data.get("metricsSince") if isinstance(data.get("metricsSince"), str) else None,
         )
 
     def to_status(self) -> dict[str, Any]:
         return {"recommendations": self.recommendations, "scaleEvents": self.scale_events,
-                "stepTimeScale": round(self.step_time_scale, 4), "metricsSeen": self.metrics_seen}
+                "stepTimeScale": round(self.step_time_scale, 4), "metricsSeen": self.metrics_seen,
+                **({"metricsSince": self.metrics_since} if self.metrics_since else {})}
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def scaled_efficiency(scale: float, base: Efficiency | None = None) -> Efficienc
     )
 
 
-def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None) -> DemandEstimate:
+def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
+                    long_window_full: bool = True) -> DemandEstimate:
     horizon = float(spec.scaling.cold_start_seconds)
     if obs is None or not obs.available:
         return DemandEstimate(spec.workload.request_rate, "spec.workload")
@@ -184,7 +189,9 @@ def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None) -> D
     lng = long.arrival_rate_rps if long is not None else None
     forecast = s
     note = f"{s:.2f} req/s over {obs.window_s:.0f} s"
-    if lng is not None and obs.long_window_s > obs.window_s:
+    if not long_window_full:
+        note += f" (no trend yet: metrics cover less than the {obs.long_window_s:.0f} s long window)"
+    elif lng is not None and obs.long_window_s > obs.window_s:
         # Windows centred at -w/2 and -W/2: the slope between them, projected over the cold start.
         slope = (s - lng) / ((obs.long_window_s - obs.window_s) / 2.0)
         if slope > 0:
@@ -279,7 +286,10 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     outage = obs is not None and not obs.available
     if have_metrics:
         state.metrics_seen = True
-    demand = estimate_demand(spec, obs)
+        state.metrics_since = state.metrics_since or _iso(now)
+    long_window_full = (obs is not None and state.metrics_since is not None
+                        and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
+    demand = estimate_demand(spec, obs, long_window_full)
     workload = observed_workload(spec, obs, demand.rate_rps)
 
     eff = scaled_efficiency(state.step_time_scale)
