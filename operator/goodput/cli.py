@@ -39,7 +39,7 @@ def trace_path(name_or_path: str) -> Path:
 # ------------------------------------------------------------------------------------------
 # argument helpers
 # ------------------------------------------------------------------------------------------
-def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
+def number_arg(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
     """An argparse type: a finite number of `kind` above (or at) `minimum`, with a clear message."""
     bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
 
@@ -55,9 +55,9 @@ def _number(kind: type[int] | type[float], minimum: float, inclusive: bool) -> A
     return parse
 
 
-_positive_float = _number(float, 0.0, inclusive=False)
-_non_negative_float = _number(float, 0.0, inclusive=True)
-_positive_int = _number(int, 1, inclusive=True)
+_positive_float = number_arg(float, 0.0, inclusive=False)
+_non_negative_float = number_arg(float, 0.0, inclusive=True)
+_positive_int = number_arg(int, 1, inclusive=True)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -86,7 +86,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
-from goodput.engine.replica import EngineReplica, Finished, Role
+from goodput.engine.replica import EngineReplica, Finished, as_role
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
 from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
@@ -701,7 +701,7 @@ class Emulator:
         rng = np.random.default_rng([self.args.seed, self._replicas_made])
         self._replicas_made += 1
         cfg = pod.config
-        engine = EngineReplica(pod.model, role=_role(pod.role), rng=rng, ready_at_s=ready_at,
+        engine = EngineReplica(pod.model, role=as_role(pod.role), rng=rng, ready_at_s=ready_at,
                                max_model_len=cfg.max_model_len)
         engine.advance(t)
         rep = Replica(pod, engine, ready_at, draining=pod.deleting)
@@ -957,14 +957,6 @@ class Emulator:
         for thread in closing:
             thread.join(timeout=2.0)
         log.info("stopped: %d replicas closed", len(servers))
-
-
-def _role(role: str) -> Role:
-    if role == "prefill":
-        return "prefill"
-    if role == "decode":
-        return "decode"
-    return "aggregated"
 
 
 # ------------------------------------------------------------------------------------------

@@ -77,6 +77,15 @@ from goodput.engine.vllm_metrics import ReplicaStats, default_cache_config, expo
 from goodput.model.replica import ReplicaModel
 
 Role = Literal["aggregated", "prefill", "decode"]
+
+
+def as_role(role: str) -> Role:
+    """A pool role as the engine's type: prefill, decode, or (anything else) aggregated."""
+    if role == "prefill":
+        return "prefill"
+    if role == "decode":
+        return "decode"
+    return "aggregated"
 RequestId = str | int
 
 BLOCK_SIZE = 16

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from goodput.cli import BUNDLED_TRACES, trace_path
+from goodput.cli import BUNDLED_TRACES, number_arg, trace_path
 from goodput.model.errors import CapacityModelError
 from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
@@ -44,20 +43,6 @@ from goodput.sim.trace import FORMATS, Trace, parse_trace, replicate_rate, scale
 PROGRESS_AFTER_S = 2.0
 
 
-def _number(minimum: float, inclusive: bool, kind: type[float] | type[int] = float) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {'at least' if inclusive else 'greater than'} "
-                                             f"{minimum:g}")
-        return value
-
-    return parse
-
-
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``simulate`` to the subparsers of `goodput` (``sub`` from ``add_subparsers``)."""
     p: argparse.ArgumentParser = sub.add_parser(
@@ -67,7 +52,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--trace", required=True, metavar="FILE",
                    help="an Azure CSV or Mooncake JSONL trace, or a bundled one: " + ", ".join(BUNDLED_TRACES))
     p.add_argument("--format", choices=FORMATS, default="auto", help="trace format (default: from its first line)")
-    p.add_argument("--rate-scale", type=_number(0.0, False), default=1.0, metavar="X",
+    p.add_argument("--rate-scale", type=number_arg(float, 0.0, False), default=1.0, metavar="X",
                    help="X times the request rate (default 1)")
     p.add_argument("--rate-scale-mode", choices=("compress", "replicate"), default="compress",
                    help="compress: the same requests in 1/X of the time (default); replicate: X times as many "
@@ -76,24 +61,25 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
     p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
-    p.add_argument("--ttft-p99-ms", type=_number(0.0, False), required=True)
-    p.add_argument("--itl-p99-ms", type=_number(0.0, False), required=True)
-    p.add_argument("--slo-percentile", type=_number(50.0, True), default=99.0,
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False), required=True)
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False), required=True)
+    p.add_argument("--slo-percentile", type=number_arg(float, 50.0, True), default=99.0,
                    help="the percentile the SLOs apply to (default 99)")
     p.add_argument("--mode", choices=MODES, default="auto")
     p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
                    help="goodput, hpa, keda-queue, dynamo, static-peak, oracle, or all (default); comma-separated")
-    p.add_argument("--cold-start-s", type=_number(0.0, True), default=180.0, metavar="S",
+    p.add_argument("--cold-start-s", type=number_arg(float, 0.0, True), default=180.0, metavar="S",
                    help="seconds from a new replica's creation until it serves (default 180, the CRD's)")
-    p.add_argument("--interval-s", type=_number(0.0, False), default=30.0, metavar="S",
+    p.add_argument("--interval-s", type=number_arg(float, 0.0, False), default=30.0, metavar="S",
                    help="decision interval of goodput, dynamo and oracle (default 30; HPA/KEDA sync every 15 s)")
     p.add_argument("--hpa-metric", choices=("running", "kv"), default="running",
                    help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
-    p.add_argument("--hpa-target", type=_number(0.0, False), metavar="X",
+    p.add_argument("--hpa-target", type=number_arg(float, 0.0, False), metavar="X",
                    help="the hpa policy's target per pod (default: the capacity model's value at goodput)")
-    p.add_argument("--price", type=_number(0.0, False), metavar="USD", help="USD per GPU-hour (default: catalog)")
-    p.add_argument("--seed", type=_number(0, True, int), default=0)
-    p.add_argument("--jobs", type=_number(1, True, int), default=1, help="run policies in N processes (default 1)")
+    p.add_argument("--price", type=number_arg(float, 0.0, False), metavar="USD",
+                   help="USD per GPU-hour (default: catalog)")
+    p.add_argument("--seed", type=number_arg(int, 0, True), default=0)
+    p.add_argument("--jobs", type=number_arg(int, 1, True), default=1, help="run policies in N processes (default 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw load, replicas and latency over time")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")

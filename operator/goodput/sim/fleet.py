@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from goodput.engine.replica import EngineReplica, Finished, Role
+from goodput.engine.replica import EngineReplica, Finished, as_role
 from goodput.model.replica import ReplicaModel
 from goodput.sim.metrics import LAYOUT, Snapshot, Vec, stats_vector
 from goodput.sim.trace import MOONCAKE_BLOCK_TOKENS, Trace
@@ -165,7 +165,7 @@ class Fleet:
         change = n - len(members)
         for _ in range(max(change, 0)):
             rng = np.random.default_rng([self.seed, self._made])
-            engine = EngineReplica(pool.model, role=_role(role), rng=rng, noise_cv=self.noise_cv,
+            engine = EngineReplica(pool.model, role=as_role(role), rng=rng, noise_cv=self.noise_cv,
                                    ready_at_s=t + cold_start_s, max_model_len=pool.max_model_len)
             engine.advance(t)
             rep = Replica(self._made, role, pool.tp, engine, t, t + cold_start_s, last_finish_s=t)
@@ -371,9 +371,3 @@ class Fleet:
         return any(q for q in self._queues.values()) or any(not r.idle for r in self.replicas)
 
 
-def _role(role: str) -> Role:
-    if role == "prefill":
-        return "prefill"
-    if role == "decode":
-        return "decode"
-    return "aggregated"
