@@ -25,15 +25,7 @@ from goodput.model.replica import ReplicaModel, smallest_tp
 from goodput.model.report import plan_report, predict_report
 from goodput.model.sizing import MODES, Budget, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
-
-# Public traces shipped in the package (see data/SOURCES.md): usable by name wherever a trace is.
-BUNDLED_TRACES = {"azure-conv": "azure-conv.csv", "azure-code": "azure-code.csv"}
-
-
-def trace_path(name_or_path: str) -> Path:
-    if name_or_path in BUNDLED_TRACES:
-        return Path(__file__).parent / "data" / "traces" / BUNDLED_TRACES[name_or_path]
-    return Path(name_or_path)
+from goodput.sim.trace import BUNDLED_TRACES, trace_path
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
+import polling
 import pytest
 
 from goodput.devcluster.build import KUBERNETES_VERSION
@@ -14,19 +14,8 @@ from goodput.devcluster.cluster import DEFAULT_GPU_PRODUCT, GPU_RESOURCE, LocalC
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
+wait_for = partial(polling.wait_for, timeout=60.0, interval=0.2)
 
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 def deployment_yaml(name: str, namespace: str, *, replicas: int, gpus: int) -> str:

@@ -26,9 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import polling
 import pytest
 
 from goodput.metrics.cli_observe import main as observe_main
@@ -38,7 +40,7 @@ from goodput.planner.observation import Observation, PoolMetrics
 
 WINDOW_S = 10.0
 LONG_WINDOW_S = 12.0
-T = TypeVar("T")
+wait_for = partial(polling.wait_for, timeout=30.0, interval=0.25)
 
 # vLLM's buckets, and cumulative fractions: p99 falls halfway into the bucket from 0.98 to 1.0.
 TOKEN_BUCKETS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
@@ -197,17 +199,6 @@ def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("NO_PROXY", "no_proxy"):
         have = [h for h in os.environ.get(key, "").split(",") if h]
         monkeypatch.setenv(key, ",".join([*have, "127.0.0.1", "localhost"]))
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

@@ -64,14 +64,11 @@ What it does
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import http.server
 import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -90,75 +87,26 @@ from goodput.engine.replica import EngineReplica, Finished, as_role
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
 from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
+from goodput.model.workload import lognormal_mu_sigma
 from goodput.planner.recommend import ROLES, ResolvedSpec, resolve
 from goodput.render.vllm import OWNER_LABEL, ROLE_LABEL, pool_name
+from goodput.sim.cli import load_trace as load_any_trace
+from goodput.sim.trace import BUNDLED_TRACES, Trace
 
 log = logging.getLogger("goodput.emulator")
 
 TP_ANNOTATION = "goodput.dev/tensor-parallel"
-BUNDLED_TRACES = {"azure-conv": "azure-conv.csv", "azure-code": "azure-code.csv"}
 SPEC_REFRESH_S = 5.0
 SUMMARY_EVERY_S = 15.0
 _LOOPBACK = "127.0.0.1"
-_Z99 = 2.3263478740408408
 
 
 # ------------------------------------------------------------------------------------------
 # load: traces, schedules, lengths
 # ------------------------------------------------------------------------------------------
-def trace_path(name_or_path: str) -> Path:
-    if name_or_path in BUNDLED_TRACES:
-        return Path(__file__).resolve().parents[1] / "data" / "traces" / BUNDLED_TRACES[name_or_path]
-    return Path(name_or_path)
-
-
-def _timestamp(text: str) -> float:
-    """Seconds from a TIMESTAMP cell: a number, or ``2023-11-16 18:15:46.6805900`` (any number of
-    fractional digits, taken as UTC)."""
-    s = text.strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?\s*(?:Z|[+-]00:?00)?", s)
-    if not m:
-        raise ValueError(f"unreadable TIMESTAMP {text!r}")
-    base = dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
-    return base.timestamp() + (float("0." + m.group(3)) if m.group(3) else 0.0)
-
-
-@dataclass(frozen=True)
-class Trace:
-    times: np.ndarray  # seconds from the first request, sorted
-    prompts: np.ndarray
-    outputs: np.ndarray
-
-    @property
-    def span_s(self) -> float:
-        return float(self.times[-1]) if self.times.size else 0.0
-
-
 def load_trace(name_or_path: str) -> Trace:
-    path = trace_path(name_or_path)
-    times: list[float] = []
-    prompts: list[int] = []
-    outputs: list[int] = []
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            try:
-                times.append(_timestamp(row["TIMESTAMP"]))
-                prompts.append(max(1, int(float(row["ContextTokens"]))))
-                outputs.append(max(1, int(float(row["GeneratedTokens"]))))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{reader.line_num}: expected TIMESTAMP,ContextTokens,GeneratedTokens "
-                                 f"({exc})") from None
-    if not times:
-        raise ValueError(f"{path} has no requests")
-    t = np.asarray(times, dtype=np.float64)
-    order = np.argsort(t, kind="stable")
-    t = t[order] - t[order][0]
-    return Trace(t, np.asarray(prompts, dtype=np.int64)[order], np.asarray(outputs, dtype=np.int64)[order])
+    """An Azure-format trace (a file, or a bundled one by name), read by the simulator's reader."""
+    return load_any_trace(name_or_path, "azure")
 
 
 @dataclass(frozen=True)
@@ -219,15 +167,6 @@ class FixedLengths:
         return f"fixed {self.prompt}/{self.output} tokens"
 
 
-def _lognormal_params(mean: float, p99: float | None) -> tuple[float, float]:
-    """(mu, sigma) of the lognormal with this mean and p99 (sigma 0: always the mean)."""
-    if p99 is None or p99 <= mean:
-        return math.log(mean), 0.0
-    disc = _Z99**2 - 2.0 * math.log(p99 / mean)
-    sigma = _Z99 - math.sqrt(max(disc, 0.0))
-    return math.log(mean) - sigma**2 / 2.0, sigma
-
-
 @dataclass
 class LognormalLengths:
     """The spec's workload hints as a sampler (the same lognormal `LengthDistribution` describes)."""
@@ -239,8 +178,8 @@ class LognormalLengths:
     output_p99: float | None
 
     def sample(self) -> tuple[int, int]:
-        mu_i, s_i = _lognormal_params(self.input_mean, self.input_p99)
-        mu_o, s_o = _lognormal_params(self.output_mean, self.output_p99)
+        mu_i, s_i = lognormal_mu_sigma(self.input_mean, self.input_p99, strict=False)
+        mu_o, s_o = lognormal_mu_sigma(self.output_mean, self.output_p99, strict=False)
         prompt = math.exp(mu_i + s_i * float(self.rng.standard_normal())) if s_i else self.input_mean
         output = math.exp(mu_o + s_o * float(self.rng.standard_normal())) if s_o else self.output_mean
         return max(1, round(prompt)), max(1, round(output))

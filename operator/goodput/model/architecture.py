@@ -10,7 +10,6 @@ import csv
 import functools
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +20,14 @@ from goodput.model.errors import CatalogError
 
 # MLA (DeepSeek-V2/V3) caches one latent vector per layer: kv_lora_rank 512 + rope 64 elements.
 MLA_LATENT_ELEMENTS = 576
+
+
+def kv_bytes_per_token_16bit(layers: int, kv_heads: int, head_dim: int, mla_latent: int | None = None) -> float:
+    """KV-cache bytes of one token in 16 bit: K and V of every KV head in every layer, or for MLA the
+    one latent vector per layer."""
+    if mla_latent is not None:
+        return float(layers * mla_latent * 2)
+    return float(2 * layers * kv_heads * head_dim * 2)
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,12 @@ def arch_from_hf_config(config: Mapping[str, Any], model_id: str | None = None) 
         q_params = hidden * q_lora + q_lora * heads * (nope + rope) if q_lora else hidden * heads * (nope + rope)
         attn = q_params + hidden * (kv_lora + rope) + kv_lora * heads * (nope + v_dim) + heads * v_dim * hidden
         attention = "MLA"
-        kv_bytes = float(layers * (int(kv_lora) + rope) * 2)
+        kv_bytes = kv_bytes_per_token_16bit(layers, 0, 0, mla_latent=int(kv_lora) + rope)
         head_dim = nope + rope
     else:
         attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
         attention = "MHA" if kv_heads == heads else "GQA"
-        kv_bytes = float(2 * layers * kv_heads * head_dim * 2)
+        kv_bytes = kv_bytes_per_token_16bit(layers, kv_heads, head_dim)
 
     experts = int(_get(config, "num_local_experts", "n_routed_experts", "num_experts", default=0) or 0)
     k = int(_get(config, "num_experts_per_tok", "num_experts_per_token", "moe_topk", default=0) or 0)
@@ -251,12 +258,3 @@ def arch_from_hf_config_file(path: str | Path, model_id: str | None = None) -> M
     if not isinstance(config, dict):
         raise CatalogError(f"{path} must hold a JSON object (a Hugging Face config.json)")
     return arch_from_hf_config(config, model_id=model_id or Path(path).parent.name or None)
-
-
-def kv_bytes_per_token_16bit(layers: int, kv_heads: int, head_dim: int) -> float:
-    """K and V, every layer, 2 bytes per element."""
-    return float(2 * layers * kv_heads * head_dim * 2)
-
-
-def round_up(value: float, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)

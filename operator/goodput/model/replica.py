@@ -216,16 +216,6 @@ class ReplicaModel:
             batch,
         )
 
-    def chunked_prefill_s(self, prompt_len: float, chunk_tokens: float, decode_seqs: float = 0.0,
-                          decode_context_tokens: float = 0.0) -> float:
-        """Time to prefill one prompt in chunks of ``chunk_tokens`` sharing steps with a decode batch."""
-        if prompt_len <= 0:
-            return 0.0
-        chunk = max(chunk_tokens, 1.0)
-        steps = math.ceil(prompt_len / chunk)
-        full = float(self.step_time_s(decode_seqs, decode_context_tokens, chunk, chunk * prompt_len / 2.0, 0.0))
-        return steps * full
-
     def ttft_batch1_s(self, prompt_len: float) -> float:
         return float(self.prefill_s(1.0, prompt_len))
 

@@ -17,6 +17,21 @@ _EDGES = np.array([0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .95, .98, .99, .995, .
 _Z99 = 2.3263478740408408
 
 
+def lognormal_mu_sigma(mean: float, p99: float | None, strict: bool = True) -> tuple[float, float]:
+    """(mu, sigma) of the lognormal with this mean and 99th percentile; sigma 0 when p99 is absent or
+    not above the mean. p99/mean = exp(z99*sigma - sigma^2/2) peaks at exp(z99^2/2) = 14.97: beyond
+    that, `strict` refuses, otherwise sigma stops at z99 (the heaviest tail a lognormal has)."""
+    if p99 is None or p99 <= mean:
+        return math.log(mean), 0.0
+    disc = _Z99**2 - 2.0 * math.log(p99 / mean)
+    if disc < 0 and strict:
+        raise CapacityModelError(
+            f"no lognormal has mean {mean:g} and p99 {p99:g}: p99/mean cannot exceed "
+            f"{math.exp(_Z99**2 / 2):.2f}; give a smaller p99 or an empirical distribution (--lengths-from)")
+    sigma = _Z99 - math.sqrt(max(disc, 0.0))
+    return math.log(mean) - sigma**2 / 2.0, sigma
+
+
 @dataclass(frozen=True)
 class LengthDistribution:
     """A token-length distribution as weighted representative points (quantile bins)."""
@@ -43,15 +58,7 @@ class LengthDistribution:
             raise CapacityModelError(f"need 0 < mean <= p99, got mean={mean}, p99={p99}")
         if p99 == mean:
             return cls.fixed(mean)
-        ratio = math.log(p99 / mean)
-        disc = _Z99**2 - 2.0 * ratio
-        if disc < 0:
-            # p99/mean = exp(z99*sigma - sigma^2/2) peaks at exp(z99^2/2) = 14.97 for sigma = z99.
-            raise CapacityModelError(
-                f"no lognormal has mean {mean:g} and p99 {p99:g}: p99/mean cannot exceed "
-                f"{math.exp(_Z99**2 / 2):.2f}; give a smaller p99 or an empirical distribution (--lengths-from)")
-        sigma = _Z99 - math.sqrt(disc)
-        mu = math.log(mean) - sigma**2 / 2.0
+        mu, sigma = lognormal_mu_sigma(mean, p99)
         mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
         z = np.array([_inverse_normal(float(p)) for p in mids])
         values = np.exp(mu + sigma * z)
@@ -99,9 +106,6 @@ class LengthDistribution:
     def token_weighted_mean(self) -> float:
         """Mean length seen by a token picked at random (long prompts hold more steps)."""
         return self.mean_square / self.mean
-
-    def scaled(self, factor: float) -> LengthDistribution:
-        return LengthDistribution(self.values * factor, self.weights)
 
     def describe(self) -> str:
         if self.values.size == 1:

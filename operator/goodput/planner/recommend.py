@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
-from goodput.model.architecture import ModelArch, get_model
+from goodput.model.architecture import MLA_LATENT_ELEMENTS, ModelArch, get_model, kv_bytes_per_token_16bit
 from goodput.model.efficiency import Efficiency
 from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
@@ -43,7 +43,8 @@ def _arch(spec: InferenceDeploymentSpec) -> ModelArch:
     a = m.architecture
     kv_heads = a.kv_heads or a.attention_heads
     head_dim = a.head_dim or a.hidden_size // a.attention_heads
-    kv_bytes = float(a.layers * 576 * 2) if a.attention == "MLA" else float(2 * a.layers * kv_heads * head_dim * 2)
+    kv_bytes = kv_bytes_per_token_16bit(a.layers, kv_heads, head_dim,
+                                        mla_latent=MLA_LATENT_ELEMENTS if a.attention == "MLA" else None)
     return ModelArch(
         model_id=m.id or (m.hugging_face_name or "custom"),
         hf_name=m.hugging_face_name or "",

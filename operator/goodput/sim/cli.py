@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from goodput.cli import BUNDLED_TRACES, number_arg, trace_path
+from goodput.cli import number_arg
 from goodput.model.errors import CapacityModelError
 from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
@@ -38,7 +38,7 @@ from goodput.sim.simulate import (
     prepare,
     run_policy,
 )
-from goodput.sim.trace import FORMATS, Trace, parse_trace, replicate_rate, scale_rate
+from goodput.sim.trace import BUNDLED_TRACES, FORMATS, Trace, parse_trace, replicate_rate, scale_rate, trace_path
 
 PROGRESS_AFTER_S = 2.0
 

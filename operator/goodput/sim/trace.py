@@ -31,6 +31,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -42,6 +43,17 @@ Format = Literal["azure", "mooncake"]
 FORMATS: tuple[str, ...] = ("auto", "azure", "mooncake")
 MOONCAKE_BLOCK_TOKENS = 512
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+# Public traces shipped in the package (see data/SOURCES.md): usable by name wherever a trace is.
+BUNDLED_TRACES = {"azure-conv": "azure-conv.csv", "azure-code": "azure-code.csv"}
+
+
+def trace_path(name_or_path: str) -> Path:
+    """The file of a bundled trace, or the path as given."""
+    if name_or_path in BUNDLED_TRACES:
+        return Path(__file__).resolve().parents[1] / "data" / "traces" / BUNDLED_TRACES[name_or_path]
+    return Path(name_or_path)
+
 
 _STAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?\s*(?:Z|[+-]00:?00)?")
 
