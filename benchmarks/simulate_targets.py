@@ -1,15 +1,17 @@
 """The targets of issue 5, measured: the operator's planner against the baselines on both Azure traces.
 
-    python benchmarks/simulate_targets.py [--jobs 1] [--replicate] [--skip-speed]
+    python benchmarks/simulate_targets.py [--jobs 1] [--compress] [--skip-speed]
 
 Configurations: Llama-3.1-70B fp8 (KV fp8) on H100 SXM, TTFT p99 <= 2000 ms, ITL <= 60 ms; and
 Llama-3.1-8B bf16 on A100 80GB SXM, TTFT p99 <= 1000 ms, ITL <= 40 ms. For each trace the rate
 scale is the smallest of RATE_SCALES at which the capacity model's plan for the trace's peak (60 s
 window) needs at least 10 replicas (all pools together). Mode: the operator's choice (auto); cold
 start 180 s (the CRD default); every policy, the oracle, and the diagnostic ``goodput-nocal`` (the
-same planner with its step-time calibration withheld). ``--rate-scale`` compresses time (the
-same requests, X times faster); ``--replicate`` also runs the 70B/conversation configuration with
-X times as many requests on the trace's own time axis.
+same planner with its step-time calibration withheld). The rate is scaled by superposing X
+independently shifted copies of the trace on its own time axis (``--rate-scale-mode replicate``:
+the load curve keeps its hour, as X times as many users would send it); ``--compress`` also runs
+every configuration with time compressed X-fold instead (the same requests, X times faster,
+which makes the load change X times faster against the same cold start).
 
 Targets (per configuration): the goodput policy serves >= 99% of requests within both SLOs; it uses
 <= 1.15x the oracle's GPU-hours; it uses fewer GPU-hours than every baseline (hpa, keda-queue,
@@ -44,6 +46,7 @@ from goodput.sim.simulate import (
     make_policy,
     policy_order,
     prepare,
+    run_oracle,
     run_policy,
 )
 from goodput.sim.trace import Trace, replicate_rate, scale_rate
@@ -82,6 +85,8 @@ def pick_scale(cfg: dict[str, Any], base: Trace, replicate: bool) -> tuple[float
 
 
 def _run(setup: Setup, name: str) -> tuple[PolicyRun, dict[str, Any]]:
+    if name == "oracle":
+        return run_oracle(setup, None, time.perf_counter), {}
     policy = make_policy(name, setup)
     run = run_policy(setup, policy, None, time.perf_counter)
     diag: dict[str, Any] = {}
@@ -239,15 +244,15 @@ def markdown(doc: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=1, help="processes for the policies of one configuration")
-    ap.add_argument("--replicate", action="store_true",
-                    help="also run 70B/conversation with replicated (not compressed) requests")
+    ap.add_argument("--compress", action="store_true",
+                    help="also run every configuration with time compressed (not replicated requests)")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     doc: dict[str, Any] = {"machine": f"{platform.machine()} CPython {platform.python_version()}, "
                                       f"{__import__('os').cpu_count()} CPUs", "configs": [], "speed": []}
-    runs = [(trace, cfg, False) for trace in TRACES for cfg in CONFIGS]
-    if args.replicate:
-        runs.append(("azure-conv", CONFIGS[0], True))
+    runs = [(trace, cfg, True) for trace in TRACES for cfg in CONFIGS]
+    if args.compress:
+        runs += [(trace, cfg, False) for trace in TRACES for cfg in CONFIGS]
     for trace_name, cfg, replicate in runs:
         base = load_trace(trace_name)
         x, setup, _ = pick_scale(cfg, base, replicate)

@@ -29,7 +29,7 @@ FORBIDDEN_EXTERNAL = (
     "kopf", "kubernetes", "prometheus_api_client", "prometheus_client", "requests", "urllib3", "httpx",
     "aiohttp", "http", "socket", "urllib.request", "subprocess", "asyncio", "matplotlib",
 )
-IO_PACKAGES = ("metrics", "kube", "handlers", "cli", "plot", "emulator", "simulator", "devcluster")
+IO_PACKAGES = ("metrics", "kube", "handlers", "cli", "plot", "emulator", "simulator", "devcluster", "demo")
 
 
 def _imports(tree: ast.AST) -> list[tuple[int, str]]:

@@ -325,9 +325,20 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _priority_arg(text: str) -> int | str:
+    """`--priority`: an integer, or `random` (each replica draws its own; see cmd_operator)."""
+    if text == "random":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'random', got {text!r}") from None
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     """Run the operator (kopf) against the cluster of $KUBECONFIG, or in-cluster."""
     import os
+    import random
 
     os.environ["GOODPUT_TIMER_SECONDS"] = str(args.timer_seconds)  # read when the handlers register
     if args.prometheus:
@@ -340,10 +351,24 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     import goodput.handlers.operator  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    kopf.run(standalone=args.standalone, clusterwide=not args.namespace, namespaces=args.namespace or (),
-             liveness_endpoint=args.liveness)
+    settings = kopf.OperatorSettings()
+    if args.no_cluster_scan:
+        # Exact namespaces only: kopf neither lists namespaces nor watches CRDs (cluster-scoped reads a
+        # namespace-bound install has no RBAC for); the CRD must exist when the operator starts.
+        settings.scanning.disabled = True
+    peering: dict[str, Any] = {"standalone": True}
+    if args.peering:
+        # kopf peering is not leader election: replicas of equal priority all stay active (with a warning).
+        # `random` gives each replica its own priority, so exactly one (the highest) works and the others
+        # pause until its keep-alives stop. A dev-mode operator above 1000 pauses them all.
+        priority = random.randint(1, 1000) if args.priority == "random" else args.priority
+        peering = {"standalone": False, "peering_name": args.peering, "priority": priority}
+    kopf.run(standalone=peering["standalone"], peering_name=peering.get("peering_name"),
+             priority=peering.get("priority"), settings=settings, clusterwide=not args.namespace,
+             namespaces=args.namespace or (), liveness_endpoint=args.liveness)
     return 0
 
 
@@ -414,8 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator against the current cluster")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
     p.add_argument("--timer-seconds", type=_positive_float, default=30.0, help="reconcile period (default 30)")
-    p.add_argument("--standalone", action="store_true", default=True,
-                   help="no peering between operator replicas (default; the Helm chart enables peering)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--standalone", action="store_true", default=True,
+                      help="no peering between operator replicas (default)")
+    mode.add_argument("--peering", metavar="NAME", help="kopf peering through the (Cluster)KopfPeering NAME, "
+                      "which must exist (the Helm chart makes it when replicaCount > 1 or peering.enabled)")
+    p.add_argument("--priority", type=_priority_arg, default=0, metavar="N|random",
+                   help="peering priority (default 0); `random`: each replica draws 1-1000, so one is active")
+    p.add_argument("--no-cluster-scan", action="store_true",
+                   help="with --namespace: do not list namespaces or watch CRDs (no cluster-scoped RBAC needed)")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO",
+                   type=str.upper, help="default INFO")
     p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--prometheus", metavar="URL", help="default Prometheus for live metrics (spec.prometheus.url "
                    "overrides it); without one, plans follow spec.workload")
@@ -426,9 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_observe_parser(sub)
 
+    from goodput.kube.explain import add_explain_parser
+
+    add_explain_parser(sub)
+
     from goodput.sim.cli import add_simulate_parser
 
     add_simulate_parser(sub)
+
+    from goodput.demo.run import add_demo_parser
+
+    add_demo_parser(sub)
 
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
     p.add_argument("--output", "-o", type=Path, metavar="FILE")

@@ -45,7 +45,6 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,8 +54,20 @@ from typing import Any
 import pytest
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.demo.stack import (
+    EmulatorHandle,
+    Processes,
+    apply_manifest,
+    create_namespace,
+    emulator_argv,
+    install_crd,
+    log_tail,
+    loop_env,
+    operator_argv,
+    set_min_ready,
+    wait_deployment,
+)
 from goodput.devcluster.cluster import LocalCluster
-from goodput.devcluster.processes import kill_with_parent
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, PrometheusCollector
 from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.planner.autoscale import scaled_efficiency
@@ -64,7 +75,6 @@ from goodput.planner.recommend import hinted_workload, recommend, resolve
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "llama-loop"
 LEGACY = "llama-legacy"
 POOL = "aggregated"
@@ -80,7 +90,6 @@ STABILIZATION_S = 60
 # observation's queries and the 1 s resolution of the times in status.
 SLACK_S = 6.0
 CALIBRATION_OK = (0.8, 1.25)  # the emulator runs the capacity model itself: the truth is 1.0
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def spec_of(rate: float) -> dict[str, Any]:
@@ -112,52 +121,13 @@ def _epoch(stamp: str) -> float:
 # processes
 # ------------------------------------------------------------------------------------------
 @dataclass
-class Emulator:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def call(self, path: str, post: bool = False) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method="POST" if post else "GET",
-                                     data=b"" if post else None)
-        with _OPENER.open(req, timeout=5) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
-
-    def state(self) -> dict[str, Any]:
-        return self.call("/state")
-
-    def set_rate(self, scale: float) -> None:
-        self.call(f"/rate?scale={scale:g}", post=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
-    except OSError:
-        return "(no log)\n"
-
-
-@dataclass
 class Loop:
     cluster: LocalCluster
     ns: str
     prom: LocalPrometheus
     operator: subprocess.Popen[bytes]
-    main: Emulator
-    legacy: Emulator
+    main: EmulatorHandle
+    legacy: EmulatorHandle
     log_dir: Path
     t0: float = field(default_factory=time.time)
 
@@ -214,72 +184,40 @@ def loop(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     for key in saved:  # the collector (requests) must not send 127.0.0.1 through a proxy
         os.environ[key] = ",".join([h for h in (saved[key] or "").split(",") if h] + ["127.0.0.1", "localhost"])
     ns = f"loop-{uuid.uuid4().hex[:6]}"
-    cluster.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    applied = cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    assert applied.returncode == 0, applied.stderr
-    assert cluster.kubectl("wait", "--for=condition=Established", "crd/inferencedeployments.goodput.dev",
-                           "--timeout=30s").returncode == 0
+    create_namespace(cluster, ns)
+    install_crd(cluster)
 
     prom = LocalPrometheus(work / "prometheus", scrape_interval_s=1, jobs=("vllm", "vllm-legacy")).start()
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Path] = []
-    env = dict(cluster.env, GOODPUT_WINDOW_SECONDS=str(int(WINDOW_S)),
-               GOODPUT_LONG_WINDOW_SECONDS=str(int(LONG_WINDOW_S)), PYTHONUNBUFFERED="1")
+    procs = Processes(work, loop_env(cluster.env, window_s=WINDOW_S, long_window_s=LONG_WINDOW_S))
 
-    def spawn(argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        path = work / log_name
-        logs.append(path)
-        with path.open("wb") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=kill_with_parent())
-        procs.append(proc)
-        return proc
-
-    def emulator(name: str, job: str, rate: float, *extra: str) -> Emulator:
-        port = free_port()
-        proc = spawn([sys.executable, "-m", "goodput.emulator.process", "--kubeconfig", str(cluster.kubeconfig),
-                      "--namespace", ns, "--name", name, "--rate-schedule", f"0:{rate:g}",
-                      "--lengths", f"fixed:{PROMPT_TOKENS},{OUTPUT_TOKENS}", "--targets-file",
-                      str(prom.targets_path(job)), "--cold-start-s", str(COLD_START_S), "--control-port", str(port),
-                      "--drain-s", "60", "--seed", "7", *extra], f"emulator-{name}.log")
-        return Emulator(name, port, proc, work / f"emulator-{name}.log")
+    def emulator(name: str, job: str, rate: float, *extra: str) -> EmulatorHandle:
+        load = ["--rate-schedule", f"0:{rate:g}", "--lengths", f"fixed:{PROMPT_TOKENS},{OUTPUT_TOKENS}"]
+        argv = emulator_argv(cluster.kubeconfig, ns, name, targets_file=prom.targets_path(job),
+                             control_port=free_port(), cold_start_s=COLD_START_S, load=load, drain_s=60, seed=7,
+                             extra=extra)
+        return EmulatorHandle.start(procs, argv, name)
 
     try:
         for name, rate in ((NAME, BASE_RPS), (LEGACY, 1.0)):
-            manifest = {"apiVersion": "goodput.dev/v1alpha1", "kind": "InferenceDeployment",
-                        "metadata": {"name": name, "namespace": ns}, "spec": spec_of(rate)}
-            out = cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-            assert out.returncode == 0, out.stderr
-        operator = spawn([sys.executable, "-m", "goodput.cli", "operator", "--timer-seconds", f"{TIMER_S:g}",
-                          "--namespace", ns, "--prometheus", prom.url], "operator.log")
+            apply_manifest(cluster, {"apiVersion": "goodput.dev/v1alpha1", "kind": "InferenceDeployment",
+                                     "metadata": {"name": name, "namespace": ns}, "spec": spec_of(rate)})
+        operator = procs.spawn(operator_argv(ns, prom.url, timer_s=TIMER_S), "operator.log")
         main = emulator(NAME, "vllm", BASE_RPS)
         legacy = emulator(LEGACY, "vllm-legacy", 1.0, "--legacy-names")
         state = Loop(cluster, ns, prom, operator, main, legacy, work)
         # Readiness as a real vLLM pod has it (see the module docstring).
         for name in (NAME, LEGACY):
-            deadline = time.monotonic() + 60
-            while state.deployment(name) is None:
-                assert time.monotonic() < deadline, f"the operator made no Deployment for {name}"
-                time.sleep(0.5)
-            patched = cluster.kubectl("patch", "deployment", f"{name}-{POOL}", "-n", ns, "--type=merge",
-                                      "-p", json.dumps({"spec": {"minReadySeconds": COLD_START_S + 2}}))
-            assert patched.returncode == 0, patched.stderr
+            wait_deployment(cluster, ns, f"{name}-{POOL}", timeout=60, alive=[operator])
+            set_min_ready(cluster, ns, f"{name}-{POOL}", COLD_START_S + 2)
         for emu in (main, legacy):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    emu.state()
-                    break
-                except OSError:
-                    assert emu.proc.poll() is None, f"emulator {emu.name} exited:\n{_tail(emu.log_path)}"
-                    assert time.monotonic() < deadline, f"emulator {emu.name} has no control endpoint"
-                    time.sleep(0.2)
+            emu.wait_ready(timeout=30)
         state.t0 = time.time()
         yield state
     finally:
-        codes = {path.name: _stop(proc) for proc, path in zip(reversed(procs), reversed(logs), strict=True)}
+        codes = procs.stop_all()
         prom.stop()
-        for path in logs:
-            sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)}; tail)\n{_tail(path)}")
+        for _, path in procs.started:
+            sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)}; tail)\n{log_tail(path)}")
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
         for key, value in saved.items():
             if value is None:
@@ -623,6 +561,6 @@ def test_closed_loop_scales_with_load_and_holds_on_outage(loop: Loop) -> None:
                                 f"req/s with it")
     state = loop.main.state()
     w.say(f"emulator: {json.dumps({k: v for k, v in state.items() if k != 'replicas'})}")
-    assert loop.main.proc.poll() is None, f"the emulator died:\n{_tail(loop.main.log_path)}"
+    assert loop.main.proc.poll() is None, f"the emulator died:\n{log_tail(loop.main.log_path)}"
     assert loop.operator.poll() is None, "the operator died"
     assert not w.failures, "closed-loop checks failed:\n- " + "\n- ".join(w.failures)

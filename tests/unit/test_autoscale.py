@@ -227,3 +227,41 @@ def test_scale_down_happens_whatever_the_reconcile_period(period_s: float) -> No
         current, _, state, _ = run(s, obs(2, long_rate=2), current, state, t)
         t += dt.timedelta(seconds=period_s)
     assert current < high
+
+
+# --- a running fleet is re-planned for what it runs ----------------------------------------------
+DISAGG = {
+    "model": {"id": "llama-3.1-70b", "maxModelLen": 14336}, "accelerator": {"gpu": "h100-sxm-80gb"},
+    "precision": {"weights": "fp8", "kvCache": "fp8"},
+    "slo": {"ttftMs": 2000, "itlMs": 60}, "mode": "disaggregated",
+    "workload": {"requestRate": 20, "inputTokens": {"mean": 1150, "p99": 4100},
+                 "outputTokens": {"mean": 210, "p99": 600}},
+}
+
+
+def test_pinned_pool_tp_keeps_each_pool_at_its_own_degree() -> None:
+    from goodput.planner.autoscale import RunningShape, recommend_keeping
+    from goodput.planner.recommend import hinted_workload
+
+    s = InferenceDeploymentSpec.model_validate(DISAGG)
+    r = resolve(s, "x")
+    w = hinted_workload(s)
+    for prefill_tp, decode_tp in ((2, 4), (4, 2), (2, 2)):
+        shape = RunningShape("disaggregated", {"prefill": prefill_tp, "decode": decode_tp}, {})
+        rec = recommend_keeping(s, r, w, scaled_efficiency(1.0), shape)
+        assert {p.role: p.tp for p in rec.pools} == {"prefill": prefill_tp, "decode": decode_tp}
+
+
+def test_fit_is_checked_against_max_model_len_not_an_observed_tail() -> None:
+    """An observed length distribution's fitted tail can run past --max-model-len (vLLM rejects such
+    prompts); it must not make the running prefill TP1 'not fit' and flip the plan to TP2."""
+    from goodput.model.workload import LengthDistribution, Workload
+    from goodput.planner.autoscale import RunningShape, recommend_keeping
+
+    s = InferenceDeploymentSpec.model_validate({**DISAGG, "model": {"id": "llama-3.1-70b", "maxModelLen": 8192}})
+    r = resolve(s, "x")
+    observed = Workload(20.0, LengthDistribution.lognormal(1140, 4770), LengthDistribution.lognormal(245, 840))
+    assert observed.max_context > 9500  # beyond the KV cache one H100 keeps beside 70B fp8 weights
+    shape = RunningShape("disaggregated", {"prefill": 1, "decode": 2}, {})
+    rec = recommend_keeping(s, r, observed, scaled_efficiency(1.0), shape)
+    assert {p.role: p.tp for p in rec.pools} == {"prefill": 1, "decode": 2}

@@ -198,7 +198,9 @@ def test_cli_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     for figures in out["policies"].values():
         assert set(figures) == keys
     assert out["policies"]["oracle"]["gpu_hours_vs_oracle"] == 1.0
-    assert out["trace"]["requests"] == 120 and out["trace"]["rate_scale"] == 2.0
+    # The default --rate-scale-mode replicate: twice the users, on the trace's own two minutes.
+    assert out["trace"]["requests"] == 240 and out["trace"]["rate_scale"] == 2.0
+    assert out["trace"]["duration_s"] == pytest.approx(119.0, abs=1.0)
     assert out["config"]["model"] == "llama-3.1-8b"
 
 

@@ -120,6 +120,20 @@ def test_rate_scaling_compress_and_replicate() -> None:
         scale_rate(t, 0.0)
 
 
+def test_replicated_copies_are_independent_users_not_clumps() -> None:
+    """x4 the rate of a Poisson trace stays Poisson-like (index of dispersion of 1 s counts near 1):
+    copies are shifted independently, not placed next to their original (which would give ~4)."""
+    rng = np.random.default_rng(7)
+    times = np.cumsum(rng.exponential(0.5, 4000))
+    base = parse_trace(["TIMESTAMP,ContextTokens,GeneratedTokens"]
+                       + [f"{t:.4f},100,10" for t in times])
+    more = replicate_rate(base, 4.0, seed=3)
+    counts = np.bincount(more.times.astype(int))[:-1]
+    assert len(more) == 4 * len(base)
+    assert 0.8 < counts.var() / counts.mean() < 1.25
+    assert counts.mean() == pytest.approx(8.0, rel=0.03)
+
+
 def test_fleet_prefix_hit_rate_known_answer() -> None:
     t = read_mooncake(MOONCAKE, "m.jsonl")
     # Request 3 (1500 tokens) finds blocks 1, 2 of request 1: 2 x 512 tokens hit.

@@ -9,6 +9,7 @@ meets the SLOs and the budget wins; every other candidate is kept with the reaso
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from goodput.model.architecture import ModelArch
@@ -178,9 +179,20 @@ def _point_latencies(pool: PoolPlan, demand: float, w: Workload, slo: SLO,
 
 def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: str, w: Workload,
                        slo: SLO, mode: str, eff: Efficiency | None,
-                       rejected: list[tuple[str, str]], tp_degrees: tuple[int, ...] = TP_DEGREES) -> list[Candidate]:
+                       rejected: list[tuple[str, str]], tp_degrees: tuple[int, ...] = TP_DEGREES,
+                       pool_tp: Mapping[str, int] | None = None,
+                       context_tokens: int | None = None) -> list[Candidate]:
+    """Every feasible configuration on one GPU type. ``pool_tp`` pins a pool's TP degree (role ->
+    TP): a running fleet is re-planned for the replicas it runs, not for a TP it does not.
+    ``context_tokens``: the context a replica must hold (vLLM's --max-model-len); default: the
+    workload's longest request. An observed workload's fitted tail may run past the deployment's
+    max-model-len, which vLLM would reject, so that tail must not decide whether a replica fits."""
     demand = w.rate_rps
-    context = w.max_context
+
+    def allowed(role: str, tp: int) -> bool:
+        return pool_tp is None or pool_tp.get(role, tp) == tp
+
+    context = context_tokens or w.max_context
     fitting: list[int] = []
     for tp in tp_degrees:
         if not arch.valid_tp(tp):
@@ -195,7 +207,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
                              f"{mem.kv_capacity_tokens} KV tokens < {context}-token context"))
     out: list[Candidate] = []
     if mode in ("auto", "aggregated"):
-        for tp in fitting:
+        for tp in (t for t in fitting if allowed("aggregated", t)):
             cap = _best_aggregated(arch, gpu, precision, kv, tp, w, slo, eff)
             if cap.goodput_rps <= 0:
                 rejected.append((f"{gpu.gpu_id} aggregated TP={tp}", f"cannot meet the SLOs: {cap.binding}"))
@@ -206,7 +218,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
             out.append(Candidate(gpu, "aggregated", (pool,), demand, ttft, itl, True))
     if mode in ("auto", "disaggregated"):
         decodes: list[tuple[ReplicaCapacity, ReplicaModel]] = []
-        for tp in fitting:
+        for tp in (t for t in fitting if allowed("decode", t)):
             r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_seqs=DECODE_MAX_NUM_SEQS)
             cap = decode_capacity(r, w, slo)
             if cap.goodput_rps <= 0:
@@ -214,7 +226,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
                 continue
             decodes.append((cap, r))
         prefill_models: list[tuple[int, ReplicaModel]] = []
-        for tp in fitting:
+        for tp in (t for t in fitting if allowed("prefill", t)):
             pr_model = _prefill_replica(arch, gpu, precision, kv, tp, w, eff)
             if pr_model is None:
                 rejected.append((f"{gpu.gpu_id} prefill TP={tp}",
@@ -282,8 +294,10 @@ def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
 
 def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,
          kv_cache_dtype: str = "auto", mode: str = "auto", budget: Budget | None = None,
-         efficiency: Efficiency | None = None, tp_degrees: tuple[int, ...] = TP_DEGREES) -> Plan:
-    """The cheapest configuration meeting the SLOs within the budget, and why the others lost."""
+         efficiency: Efficiency | None = None, tp_degrees: tuple[int, ...] = TP_DEGREES,
+         pool_tp: Mapping[str, int] | None = None, context_tokens: int | None = None) -> Plan:
+    """The cheapest configuration meeting the SLOs within the budget, and why the others lost.
+    ``pool_tp``, ``context_tokens``: see `candidates_for_gpu`."""
     if mode not in MODES:
         raise CapacityModelError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     if not gpus:
@@ -299,7 +313,8 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
             rejected.append((gpu.gpu_id, str(exc)))
             continue
         candidates += candidates_for_gpu(arch, gpu, prec.name, kv_cache_dtype, workload, slo, mode,
-                                         efficiency, rejected, tp_degrees)
+                                         efficiency, rejected, tp_degrees, pool_tp,
+                                         context_tokens)
     if not candidates:
         reasons = "; ".join(f"{k}: {v}" for k, v in rejected) or "no configuration"
         return Plan(None, [], workload, slo, message=f"no configuration can serve this workload: {reasons}",

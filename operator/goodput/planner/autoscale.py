@@ -134,7 +134,8 @@ def recommend_keeping(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, wor
         return recommend(spec, resolved, workload, eff)
     try:
         pinned_spec = spec.model_copy(update={"mode": shape.mode})
-        pinned = dataclasses.replace(resolved, tp_degrees=tuple(sorted(set(shape.tp.values()))))
+        pinned = dataclasses.replace(resolved, tp_degrees=tuple(sorted(set(shape.tp.values()))),
+                                     pool_tp=tuple(sorted(shape.tp.items())))
         rec = recommend(pinned_spec, pinned, workload, eff)
     except CapacityModelError:
         return recommend(spec, resolved, workload, eff)  # the running shape cannot be planned any more

@@ -33,6 +33,8 @@ class ResolvedSpec:
     hugging_face_name: str
     served_model_name: str
     tp_degrees: tuple[int, ...]
+    # (role, TP) pairs pinned for a running fleet (see autoscale.recommend_keeping); a tuple keeps this hashable
+    pool_tp: tuple[tuple[str, int], ...] | None = None
 
 
 def _arch(spec: InferenceDeploymentSpec) -> ModelArch:
@@ -167,7 +169,9 @@ def recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Wor
     budget = Budget(spec.scaling.max_gpus, spec.scaling.max_cost_per_hour)
     result: Plan = plan(resolved.arch, [resolved.gpu], resolved.precision, demand, resolved.slo,
                         resolved.kv_cache_dtype, spec.mode, budget, efficiency=efficiency,
-                        tp_degrees=resolved.tp_degrees)
+                        tp_degrees=resolved.tp_degrees,
+                        pool_tp=dict(resolved.pool_tp) if resolved.pool_tp is not None else None,
+                        context_tokens=max_model_len(spec))
     chosen: Candidate | None = result.chosen
     if chosen is None:
         raise CapacityModelError(result.message)

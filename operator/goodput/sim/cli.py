@@ -33,10 +33,9 @@ from goodput.sim.simulate import (
     Simulation,
     build_spec,
     details,
-    make_policy,
     policy_order,
     prepare,
-    run_policy,
+    run_named,
 )
 from goodput.sim.trace import BUNDLED_TRACES, FORMATS, Trace, parse_trace, replicate_rate, scale_rate, trace_path
 
@@ -54,9 +53,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="auto", help="trace format (default: from its first line)")
     p.add_argument("--rate-scale", type=number_arg(float, 0.0, False), default=1.0, metavar="X",
                    help="X times the request rate (default 1)")
-    p.add_argument("--rate-scale-mode", choices=("compress", "replicate"), default="compress",
-                   help="compress: the same requests in 1/X of the time (default); replicate: X times as many "
-                        "requests on the trace's own time axis")
+    p.add_argument("--rate-scale-mode", choices=("compress", "replicate"), default="replicate",
+                   help="replicate (default): X independently shifted copies of the trace on its own time axis, "
+                        "as X times as many users; compress: the same requests in 1/X of the time (cheaper, but "
+                        "the load changes X times faster against the same cold start)")
     p.add_argument("--model", required=True, help="catalog model id (see `goodput catalog models`)")
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
@@ -146,7 +146,7 @@ class Progress:
 # running
 # ------------------------------------------------------------------------------------------
 def _run_one(setup: Setup, name: str) -> PolicyRun:
-    return run_policy(setup, make_policy(name, setup), None, time.perf_counter)
+    return run_named(setup, name, None, time.perf_counter)
 
 
 def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Simulation:
@@ -154,7 +154,7 @@ def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Si
     runs: dict[str, PolicyRun] = {}
     if jobs <= 1 or len(order) == 1:
         for name in order:
-            runs[name] = run_policy(setup, make_policy(name, setup), progress, time.perf_counter)
+            runs[name] = run_named(setup, name, progress, time.perf_counter)
     else:
         from concurrent.futures import ProcessPoolExecutor
 

@@ -101,8 +101,9 @@ class GoodputPolicy(Policy):
     def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
         obs = self.observation(t, fleet)
         current = {role: fleet.count(role) for role in fleet.pools}
+        # As in the operator, metric-driven decisions keep what runs: mode, TP per pool, engine args.
         result = autoscale_module.autoscale(self.setup.spec, self.setup.resolved, obs, current, self.state,
-                                            sim_time(t))
+                                            sim_time(t), shape=self.setup.running_shape())
         self.state = result.state
         self.results.append(result)
         targets = {d.role: d.target for d in result.pools if d.role in fleet.pools}
@@ -369,13 +370,21 @@ class StaticPeakPolicy(Policy):
 
 class OraclePolicy(Policy):
     """Knows the arrivals of the next interval; sizes for them with the capacity model; its
-    replicas serve at once and it scales down at once."""
+    replicas serve at once and it scales down at once. ``extra``: replicas added per pool and
+    interval index, found by `simulate.run_oracle` where the capacity model's count missed the
+    SLOs in simulation (so that the oracle is the per-interval minimum that meets them)."""
 
     name = "oracle"
     cold_start = False
 
+    def __init__(self, setup: Setup, extra: dict[str, dict[int, int]] | None = None) -> None:
+        super().__init__(setup)
+        self.extra = extra or {}
+
     def _for(self, t: float) -> dict[str, int]:
-        return self.setup.replicas_for(self.setup.trace.rate_in(t, t + self.interval_s))
+        counts = self.setup.replicas_for(self.setup.trace.rate_in(t, t + self.interval_s))
+        k = round(t / self.interval_s)
+        return {role: n + self.extra.get(role, {}).get(k, 0) for role, n in counts.items()}
 
     def initial(self) -> dict[str, int]:
         return self._for(0.0)

@@ -50,6 +50,7 @@ from goodput.model.errors import CapacityModelError
 from goodput.model.goodput import ReplicaCapacity, aggregated_capacity, decode_capacity, prefill_capacity
 from goodput.model.replica import ReplicaModel
 from goodput.model.workload import Workload
+from goodput.planner.autoscale import RunningShape
 from goodput.planner.recommend import (
     PoolTarget,
     Recommendation,
@@ -60,7 +61,7 @@ from goodput.planner.recommend import (
     resolve,
 )
 from goodput.sim.fleet import DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
-from goodput.sim.policies import DIAGNOSTICS, POLICIES, Policy
+from goodput.sim.policies import DIAGNOSTICS, POLICIES, OraclePolicy, Policy
 from goodput.sim.trace import Trace
 
 POLICY_NAMES = tuple(POLICIES)
@@ -106,6 +107,13 @@ class Setup:
     hpa_targets: dict[str, float] = field(default_factory=dict)
     start_replicas: dict[str, int] = field(default_factory=dict)
     peak_replicas: dict[str, int] = field(default_factory=dict)
+
+    def running_shape(self) -> RunningShape:
+        """What the fleet runs, as the operator reads it back from its status: the mode, each
+        pool's TP and engine arguments (the fleet's engines are built from the same plan)."""
+        return RunningShape(self.plan.mode, {role: p.tp for role, p in self.pools.items()},
+                            {role: (p.model.max_num_batched_tokens, p.model.max_num_seqs)
+                             for role, p in self.pools.items()})
 
     def replicas_for(self, rate: float) -> dict[str, int]:
         """The capacity model's replicas per pool for a request rate: ``max(1, ceil(rate / goodput
@@ -167,7 +175,12 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
     prompts = trace.prompts.astype(np.float64)
     outputs = trace.outputs.astype(np.float64)
     longest = int(np.max(trace.prompts + trace.outputs))
-    first_rate = trace.rate_in(0.0, config.window_s)
+    # The trace starts mid-stream: the service was running before its first request. Every policy
+    # starts from the fleet that serves the trace's opening, the highest 60 s rate within the first
+    # cold start (the load no policy could have reacted to), and the operator's hint says the same.
+    opening_s = float(cold_start_s if cold_start_s is not None else spec.scaling.cold_start_seconds)
+    first_rate = max(trace.rate_in(s, s + config.window_s)
+                     for s in np.arange(0.0, max(opening_s, config.interval_s), config.interval_s))
     hints = {
         "requestRate": round(first_rate, 6),
         "inputTokens": _hint(float(prompts.mean()), float(np.quantile(prompts, 0.99))),
@@ -423,11 +436,68 @@ class Simulation:
         return {"policies": policies, "trace": trace, "config": config}
 
 
+# The oracle is refined in at most this many further simulations (each adds a replica to the
+# pools of the intervals whose requests missed the SLOs).
+ORACLE_ROUNDS = 6
+
+
+def run_oracle(setup: Setup, progress: Progress | None = None, clock: Callable[[], float] | None = None,
+               rounds: int = ORACLE_ROUNDS) -> PolicyRun:
+    """The clairvoyant per-interval minimum that meets the SLOs, found by simulation: start from
+    the capacity model's count for each interval's arrivals; while fewer than the SLO percentile of
+    all requests meet both targets, add one replica, for each interval whose own requests fall short,
+    to the pool that missed (TTFT: prefill or aggregated; ITL: decode or aggregated), and replay."""
+    slo = setup.spec.slo
+    goal = slo.percentile / 100.0
+    started = clock() if clock else None
+    extra: dict[str, dict[int, int]] = {role: {} for role in setup.pools}
+    interval = setup.config.interval_s
+    k_of = np.floor(setup.trace.times / interval).astype(np.int64)
+    single = setup.trace.outputs <= 1
+    first_role = "aggregated" if "aggregated" in setup.pools else "prefill"
+    serving = "aggregated" if "aggregated" in setup.pools else "decode"
+    run = run_policy(setup, OraclePolicy(setup, extra), progress)
+    added = 0
+    for round_k in range(rounds):
+        ok = attainment_mask(run, setup)
+        if not ok.size or np.count_nonzero(ok) >= goal * ok.size:
+            break
+        with np.errstate(invalid="ignore"):
+            miss_ttft = ~((run.status == DONE) & (run.ttft_s * 1000.0 <= slo.ttft_ms))
+            miss_itl = ~single & ~((run.status == DONE) & (run.itl_s * 1000.0 <= slo.itl_ms))
+        n = np.bincount(k_of)
+        bad = np.bincount(k_of, weights=~ok, minlength=n.size)
+        changed = False
+        for k in np.flatnonzero((n > 0) & (bad > (1.0 - goal) * n)).tolist():
+            sel = k_of == k
+            for role, missed in ((first_role, miss_ttft), (serving, miss_itl)):
+                if np.count_nonzero(missed[sel]) > (1.0 - goal) * np.count_nonzero(sel):
+                    extra[role][k] = extra[role].get(k, 0) + 1
+                    added += 1
+                    changed = True
+        if not changed:
+            break
+        run = run_policy(setup, OraclePolicy(setup, extra), None)
+        run.notes.append(f"refined in {round_k + 1} round(s): {added} replica-intervals added to the capacity "
+                         "model's counts where the simulated fleet missed the SLOs")
+    if clock is not None and started is not None:
+        run.wall_s = clock() - started
+    return run
+
+
+def run_named(setup: Setup, name: str, progress: Progress | None = None,
+              clock: Callable[[], float] | None = None) -> PolicyRun:
+    """One policy by name (the oracle with its refinement)."""
+    if name == "oracle":
+        return run_oracle(setup, progress, clock)
+    return run_policy(setup, make_policy(name, setup), progress, clock)
+
+
 def simulate(setup: Setup, names: Sequence[str], progress: Progress | None = None,
              clock: Callable[[], float] | None = None) -> Simulation:
     """Run the named policies (and the oracle, the reference for GPU-hours) on the same trace."""
     order = policy_order(names)
-    runs = {name: run_policy(setup, make_policy(name, setup), progress, clock) for name in order}
+    runs = {name: run_named(setup, name, progress, clock) for name in order}
     return Simulation(setup, runs)
 
 

@@ -19,7 +19,7 @@ as a request generates at least one.
 
 ``scale_rate(trace, x)`` compresses time x-fold: the same requests, x times the request rate, in
 1/x of the time (load changes x times faster too). ``replicate_rate(trace, x)`` keeps the time axis
-and makes x times as many requests instead.
+and superposes x independently shifted copies instead.
 """
 
 from __future__ import annotations
@@ -136,26 +136,45 @@ def scale_rate(trace: Trace, factor: float) -> Trace:
                  trace.rate_scale * factor)
 
 
-def replicate_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
-    """``factor`` times the request rate on the trace's own time axis: each request becomes
-    floor(factor) copies (one more with probability frac(factor)), each arriving at a uniformly
-    random time between the request and the next one. The load curve keeps its shape and its
+# Copies of the trace are shifted by up to this much: arrivals within a minute become
+# independent across copies (as different users' are) while the load curve over the hour keeps
+# its shape (smoothed by at most a minute).
+REPLICATE_SHIFT_S = 60.0
+
+
+def replicate_rate(trace: Trace, factor: float, seed: int = 0, shift_s: float = REPLICATE_SHIFT_S) -> Trace:
+    """``factor`` times the request rate on the trace's own time axis: the superposition of
+    ``factor`` copies of the trace (the last one thinned to the fraction of ``factor``), each shifted
+    by its own uniform random offset in [0, ``shift_s``) and wrapped around the trace's span, as
+    ``factor`` times as many independent users would arrive. The load curve keeps its shape and its
     duration; the requests (and the simulation's cost) are ``factor`` times as many. Copies keep
-    their request's lengths and block hashes (so copies of a request share its prefix)."""
+    their request's lengths and block hashes (so copies of a request share its prefix).
+
+    Not copies placed next to their original: that makes every arrival a clump of ``factor``
+    requests within one inter-arrival gap, ``factor`` times burstier at every time scale than the
+    trace (the index of dispersion of counts in 1 s windows goes from 1.4 to 10 for the conversation
+    trace at x8; superposed copies keep it near 3)."""
     if not (math.isfinite(factor) and factor > 0):
         raise TraceError(f"the rate scale must be a positive number, got {factor}")
     n = len(trace)
     rng = np.random.default_rng(seed)
-    whole = math.floor(factor)
-    copies = np.full(n, whole, dtype=np.int64) + (rng.random(n) < factor - whole)
-    gaps = np.diff(trace.times, append=trace.times[-1] + (trace.span_s / max(n - 1, 1)))
-    idx = np.repeat(np.arange(n), copies)
-    times = trace.times[idx] + rng.random(idx.size) * gaps[idx]
-    order = np.argsort(times, kind="stable")
-    idx = idx[order]
-    hashes = tuple(trace.hash_ids[i] for i in idx.tolist()) if trace.hash_ids is not None else None
-    return Trace(times[order] - float(times[order][0]) if idx.size else times, trace.prompts[idx],
-                 trace.outputs[idx], hashes, trace.name, trace.format, trace.rate_scale * factor)
+    span = max(trace.span_s, 1e-9)
+    times: list[npt.NDArray[np.float64]] = []
+    idx: list[npt.NDArray[np.int64]] = []
+    remaining = factor
+    while remaining > 1e-12:
+        keep = np.arange(n) if remaining >= 1.0 else np.flatnonzero(rng.random(n) < remaining)
+        offset = float(rng.uniform(0.0, min(shift_s, span)))
+        times.append(np.mod(trace.times[keep] + offset, span))
+        idx.append(keep)
+        remaining -= 1.0
+    all_times = np.concatenate(times)
+    all_idx = np.concatenate(idx)
+    order = np.argsort(all_times, kind="stable")
+    all_idx = all_idx[order]
+    hashes = tuple(trace.hash_ids[i] for i in all_idx.tolist()) if trace.hash_ids is not None else None
+    return Trace(all_times[order], trace.prompts[all_idx], trace.outputs[all_idx], hashes, trace.name,
+                 trace.format, trace.rate_scale * factor)
 
 
 def fleet_prefix_hit_rate(trace: Trace) -> float:
