@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from goodput.devcluster.cluster import LocalCluster, free_ports
-from goodput.devcluster.helm import HelmUnavailable, ensure_helm, run_helm
+from goodput.devcluster.helm import run_helm
 
 pytestmark = pytest.mark.integration
 wait_for = partial(polling.wait_for, timeout=60.0, interval=0.5)
@@ -36,13 +36,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import render_manifests  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    try:
-        return ensure_helm()
-    except HelmUnavailable as exc:
-        pytest.fail(f"these tests need a real helm v3 and never skip: {exc}", pytrace=False)
+# `helm`: the session fixture of tests/conftest.py
 
 
 def template(helm: Path, release: str, namespace: str, *sets: str) -> str:

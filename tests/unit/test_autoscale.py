@@ -31,8 +31,9 @@ def obs(rate: float, long_rate: float | None = None, at: dt.datetime = T0, **ext
     base = {"request_rate_rps": rate, "input_len_mean": 1000.0, "input_len_p99": 4000.0, "output_len_mean": 200.0,
             "output_len_p99": 800.0, "running": 10.0, "waiting": 0.0, "queue_growth_rps": 0.0,
             "kv_cache_usage": 0.3, "preemptions_rps": 0.0}
-    short = PoolMetrics("aggregated", pods_reporting=2, **{**base, **extra})
-    long = PoolMetrics("aggregated", pods_reporting=2, **{**base, "request_rate_rps": long_rate or rate})
+    pods = int(extra.pop("pods_reporting", 2))
+    short = PoolMetrics("aggregated", pods_reporting=pods, **{**base, **extra})
+    long = PoolMetrics("aggregated", pods_reporting=pods, **{**base, "request_rate_rps": long_rate or rate})
     return Observation(at, 60.0, 600.0, {"aggregated": short}, {"aggregated": long})
 
 
@@ -98,9 +99,31 @@ def test_small_changes_within_tolerance_are_ignored() -> None:
 ])
 def test_pressure_triggers_an_emergency_scale_up(signal: dict[str, float]) -> None:
     need = replicas_for(20)
-    target, reason, _, message = run(spec(), obs(20, **signal), need, AutoscalerState(metrics_seen=True), T0)
+    target, reason, _, message = run(spec(), obs(20, pods_reporting=need, **signal), need,
+                                     AutoscalerState(metrics_seen=True), T0)
     assert (target, reason) == (need + 1, "Emergency")
     assert "now:" in message
+
+
+@pytest.mark.parametrize("noise", [
+    {"queue_growth_rps": 0.1, "waiting": 3.0},  # 0.1 req/s of 20: 0.5% of the arrivals
+    {"queue_growth_rps": 2.0, "waiting": 1.0},  # growing fast, but less than one waiting per replica
+])
+def test_queue_noise_is_not_an_emergency(noise: dict[str, float]) -> None:
+    need = replicas_for(20)
+    _, reason, _, message = run(spec(), obs(20, pods_reporting=need, **noise), need,
+                                AutoscalerState(metrics_seen=True), T0)
+    assert reason != "Emergency", message
+
+
+def test_no_emergency_replica_while_earlier_ones_are_still_starting() -> None:
+    """During a cold start the queue keeps growing; each decision adding one more replica would pile
+    up a replica per reconcile until the first one serves."""
+    need = replicas_for(20)
+    target, reason, _, message = run(spec(), obs(20, pods_reporting=need - 1, kv_cache_usage=0.97), need,
+                                     AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need, "Hold")
+    assert "still starting" in message and "KV cache 97% full" in message
 
 
 def test_outage_holds_replicas_and_never_scales_down() -> None:
@@ -206,7 +229,7 @@ def test_calibration_does_not_run_away_when_the_model_is_right() -> None:
 def test_an_emergency_scale_up_is_not_undone_by_the_next_decision() -> None:
     need = replicas_for(20)
     state = AutoscalerState(metrics_seen=True)
-    target, reason, state, _ = run(spec(), obs(20, kv_cache_usage=0.97), need, state, T0)
+    target, reason, state, _ = run(spec(), obs(20, pods_reporting=need, kv_cache_usage=0.97), need, state, T0)
     assert reason == "Emergency"
     calm, _, _, message = run(spec(), obs(20), target, state, T0 + dt.timedelta(seconds=30))
     assert calm == target, message

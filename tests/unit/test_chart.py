@@ -82,14 +82,7 @@ FORBIDDEN_RESOURCES = {"*", "secrets", "serviceaccounts/token", "roles", "rolebi
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    from goodput.devcluster.helm import HelmUnavailable, ensure_helm
-
-    try:
-        return ensure_helm()
-    except HelmUnavailable as exc:
-        pytest.fail(f"these tests render the chart with a real helm v3 and never skip: {exc}", pytrace=False)
+# `helm`: the session fixture of tests/conftest.py
 
 
 def render(helm: Path, *sets: str, chart: Path = CHART, namespace: str = NAMESPACE) -> list[dict[str, Any]]:

@@ -194,6 +194,7 @@ class Summary:
     price_per_gpu_hour: float | None
     peak_gpus: int
     load_s: float  # seconds of load, for the peak-sized comparison
+    held_s: float = 0.0  # seconds the GPU-hours cover (from the apply)
     decisions: list[DecisionLine] = field(default_factory=list)
     replicas_path: list[int] = field(default_factory=list)
 
@@ -224,7 +225,7 @@ class Summary:
             f"ITL ≤ {self.itl_slo_ms:g} ms for {pct(self.itl_ok, self.itl_exact)} of output tokens "
             "(vLLM's histograms in Prometheus; ≈: interpolated inside a bucket)",
             f"scaling       replicas {path}; {len(self.scaling_actions)} scaling actions ({ups} up, {downs} down)",
-            f"GPU-hours     {self.gpu_hours:.3f} GPU-h, {cost}{price}{peak}",
+            f"GPU-hours     {self.gpu_hours:.3f} GPU-h in {self.held_s:.0f} s, {cost}{price}{peak}",
             f"summary: SLO attainment {pct(self.ttft_ok, self.ttft_exact)} (TTFT) / "
             f"{pct(self.itl_ok, self.itl_exact)} (ITL), {self.gpu_hours:.3f} GPU-hours, cost {cost}, "
             f"{len(self.scaling_actions)} scaling actions",
@@ -303,7 +304,8 @@ def plot_demo(path: Path, title: str, samples: Sequence[Sample], decisions: Sequ
     axes[1].legend(loc="upper left", fontsize=8)
 
     for ax, series, slo, name in ((axes[2], ttft_p99, ttft_slo_ms, "TTFT"), (axes[3], itl_p99, itl_slo_ms, "ITL")):
-        ax.plot(series.t, series.v, color="tab:blue", label=f"p99 {name} (20 s window)")
+        bounds = "; vLLM's buckets: 0.5, 0.75, 1, 2.5 s" if name == "TTFT" else "; vLLM's buckets: 25, 50, 75 ms"
+        ax.plot(series.t, series.v, color="tab:blue", label=f"p99 {name} (20 s window{bounds})")
         ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"{name} SLO {slo:g} ms")
         ax.set_ylabel(f"p99 {name} (ms)")
         if series.v and max(series.v) > 5 * slo:

@@ -32,6 +32,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -76,9 +77,9 @@ from goodput.devcluster.build import (
     ensure_binaries,
     expected_binaries,
 )
-from goodput.devcluster.cluster import LocalCluster
+from goodput.devcluster.cluster import LocalCluster, LocalClusterError
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, LocalPrometheusError, free_port
 from goodput.render.vllm import OWNER_LABEL
 from goodput.sim.trace import BUNDLED_TRACES
 
@@ -188,9 +189,12 @@ class Demo:
             code = 128 + (self.signum or signal.SIGINT)
             say(f"\n==> interrupted ({signal.Signals(self.signum or signal.SIGINT).name}): stopping everything "
                 "(send it again to force)")
-        except Exception as exc:
+        except (DemoError, StackError, LocalClusterError, LocalPrometheusError, RuntimeError, OSError) as exc:
             code, failed = 1, True
             print(f"goodput demo: error: {exc}", file=sys.stderr, flush=True)
+        except Exception:  # a bug: say where
+            code, failed = 1, True
+            traceback.print_exc()
         finally:
             self.cleaning = True
             try:
@@ -454,7 +458,7 @@ class Demo:
             dropped=int(c.get("dropped", 0)), rejected=int(c.get("rejected", 0)), in_flight=int(c.get("inFlight", 0)),
             ttft_slo_ms=spec.slo.ttft_ms, itl_slo_ms=spec.slo.itl_ms, ttft_ok=ttft_ok, ttft_exact=ttft_exact,
             itl_ok=itl_ok, itl_exact=itl_exact, gpu_hours=gpu_hours(self.samples, t_end), price_per_gpu_hour=price,
-            peak_gpus=max((s.gpus for s in load_samples), default=0), load_s=t_end - self.load_t,
+            peak_gpus=max((s.gpus for s in load_samples), default=0), load_s=t_end - self.load_t, held_s=t_end,
             decisions=[d for d in self.decisions if d.t >= self.load_t - 1], replicas_path=replicas_path(self.samples))
         say(f"==> summary: {t_end - self.load_t:.0f} s of load (t=+{self.load_t:.0f}s to +{t_end:.0f}s), "
             f"{time.monotonic() - self.started_at:.0f} s since the control plane started")

@@ -20,6 +20,7 @@ import math
 import sys
 from typing import Any
 
+from goodput.cli import number_arg
 from goodput.metrics.prometheus import DEFAULT_TIMEOUT_S, PrometheusCollector
 from goodput.metrics.promql import Matcher, parse_selector
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
@@ -32,14 +33,7 @@ def _selector(text: str) -> tuple[Matcher, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+_positive = number_arg(float, 0.0, inclusive=False)
 
 
 def _quantile(text: str) -> float:

@@ -19,8 +19,10 @@ Pure. Every number comes with its reason. The semantics, in order:
    window; scaling up goes to the *lowest* recommendation of the scale-up window, scaling down to
    the *highest* of the scale-down window. A change within `tolerance` of the current replicas is
    ignored. Rate limits: per minute at most +max(1, up% of current) and -max(1, down% of current).
-5. **Emergency.** KV cache above 90%, preemptions, or a growing queue in a pool scale it up by at
-   least one replica at once, past the scale-up window and the tolerance (never past max bounds).
+5. **Emergency.** KV cache above 90%, preemptions, or a queue growing by over 5% of the arrivals (with
+   more than one request waiting per replica) in a pool scale it up by at
+   least one replica at once, past the scale-up window and the tolerance (never past max bounds),
+   unless replicas of that pool are still starting (capacity already on its way).
 6. **Shape.** Metric-driven decisions change replicas only: the running mode, TP degrees and vLLM
    engine arguments are kept (changing them restarts every pod); they are re-chosen when a person
    edits the spec, or when the running shape can no longer be planned at all.
@@ -52,6 +54,9 @@ from goodput.planner.recommend import PoolTarget, Recommendation, ResolvedSpec, 
 CALIBRATION_BOUNDS = (0.5, 2.0)
 CALIBRATION_SMOOTHING = 0.3
 KV_PRESSURE = 0.90
+# Queue growth that counts as an emergency: 5% of the pool's arrival rate, and at least 0.2 req/s.
+QUEUE_GROWTH_SHARE = 0.05
+QUEUE_GROWTH_MIN_RPS = 0.2
 RATE_LIMIT_PERIOD_S = 60.0
 
 
@@ -270,8 +275,13 @@ def _emergency(pool: PoolMetrics | None) -> str:
         return f"KV cache {pool.kv_cache_usage:.0%} full"
     if pool.preemptions_rps is not None and pool.preemptions_rps > 0:
         return f"{pool.preemptions_rps:.2f} preemptions/s"
-    if (pool.queue_growth_rps or 0) > 0 and (pool.waiting or 0) > max(pool.running or 0, 1) * 0.5:
-        return f"queue growing {pool.queue_growth_rps:.2f} req/s ({pool.waiting:.0f} waiting)"
+    # A queue is an emergency when the pool falls behind by a material share of its arrivals and more
+    # than one request waits per replica. A prefill pool runs a handful of prompts at a time, so a few
+    # waiting requests and a queue that grows by 0.1 req/s at 50 req/s are noise, not a shortfall.
+    growth = pool.queue_growth_rps or 0.0
+    material = max(QUEUE_GROWTH_SHARE * (pool.request_rate_rps or 0.0), QUEUE_GROWTH_MIN_RPS)
+    if growth > material and (pool.waiting or 0) > max(pool.pods_reporting or 1, 1):
+        return f"queue growing {growth:.2f} req/s ({pool.waiting:.0f} waiting)"
     return ""
 
 
@@ -371,7 +381,13 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
                 message = (f"{role} stays at {cur}: the model asks {p.replicas}, but recommendations since "
                            f"{_iso(history_start)} do not cover the {spec.scaling.scale_down_stabilization_seconds} s "
                            "scale-down window yet")
-        if emergency and target <= cur:
+        # Replicas asked for earlier and still loading (no metrics yet) are capacity on its way: an
+        # emergency adds one more only when none is, or every decision of a cold start would add one.
+        starting = cur - pool_metrics.pods_reporting if pool_metrics and pool_metrics.pods_reporting else 0
+        if emergency and target <= cur and starting > 0:
+            target, reason = cur, "Hold"
+            message = f"{role} stays at {cur}: {emergency}, and {starting} replica(s) are still starting"
+        elif emergency and target <= cur:
             target = cur + 1
             reason, message = "Emergency", f"{role} {cur}→{cur + 1} now: {emergency}"
         if not reason and target != cur and abs(target - cur) / cur <= spec.scaling.tolerance:
