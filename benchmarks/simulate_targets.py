@@ -131,6 +131,21 @@ def judge(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def cold_start_rise(trace: Trace, window_s: float = 60.0) -> dict[str, float]:
+    """The largest rise of the load within one cold start: the next minute's rate against the
+    rate of the cold start before it (minutes with a base under 1 req/s are skipped)."""
+    best = {"ratio": 0.0, "at_s": 0.0, "before_rps": 0.0, "after_rps": 0.0}
+    t = COLD_START_S
+    while t + window_s <= trace.span_s:
+        before = trace.rate_in(t - COLD_START_S, t)
+        after = trace.rate_in(t, t + window_s)
+        if before >= 1.0 and after / before > best["ratio"]:
+            best = {"ratio": round(after / before, 2), "at_s": t, "before_rps": round(before, 2),
+                    "after_rps": round(after, 2)}
+        t += 30.0
+    return best
+
+
 def explain(entry: dict[str, Any]) -> list[str]:
     """Why a target is missed, from the figures of this configuration."""
     p = entry["report"]["policies"]
@@ -160,6 +175,14 @@ def explain(entry: dict[str, Any]) -> list[str]:
             f"minutes play in {t['duration_s'] / 60:.1f}, so its load changes {x:g}x faster while "
             f"replicas still take {COLD_START_S:.0f} s to start; reactive policies (goodput, hpa, keda-queue, "
             "dynamo) fall behind every rise.")
+    rise = entry.get("cold_start_rise")
+    if g["attainment"] < 0.99 and rise and rise["ratio"] > 1.5:
+        out.append(
+            f"The load outruns the cold start: at t = {rise['at_s']:.0f} s the next minute brings "
+            f"{rise['ratio']:.1f}x the rate of the {COLD_START_S:.0f} s before it ({rise['before_rps']:.1f} -> "
+            f"{rise['after_rps']:.1f} req/s). A replica asked for when the rise shows serves {COLD_START_S:.0f} s "
+            "later; only capacity already running can absorb it (static-peak reaches "
+            f"{p['static-peak']['attainment']:.2%}; the oracle, which has no cold start, {o['attainment']:.2%}).")
     reasons = d["goodput"].get("reasons", {})
     if reasons.get("Emergency"):
         out.append(
@@ -264,6 +287,7 @@ def main() -> int:
         entry = {"trace": trace_name, "label": cfg["label"], "rate_scale": x, "rate_scale_mode": mode,
                  "wall_s": round(time.perf_counter() - started, 1), "report": report, "diagnostics": diags,
                  "targets": judge(report["policies"])}
+        entry["cold_start_rise"] = cold_start_rise(setup.trace)
         entry["why"] = explain(entry)
         doc["configs"].append(entry)
     if not args.skip_speed:

@@ -92,26 +92,31 @@ def test_small_changes_within_tolerance_are_ignored() -> None:
     assert target == need and reason in ("WithinTolerance", "Hold")
 
 
+# 25 req/s needs 2 replicas, and so does 25 + 1.5 req/s of queue growth: any step up is the emergency's.
+PRESSURE_RPS = 25.0
+
+
 @pytest.mark.parametrize("signal", [
     {"kv_cache_usage": 0.97},
     {"preemptions_rps": 0.5},
-    {"queue_growth_rps": 2.0, "waiting": 40.0},
+    {"queue_growth_rps": 1.5, "waiting": 40.0},
 ])
 def test_pressure_triggers_an_emergency_scale_up(signal: dict[str, float]) -> None:
-    need = replicas_for(20)
-    target, reason, _, message = run(spec(), obs(20, pods_reporting=need, **signal), need,
+    need = replicas_for(PRESSURE_RPS)
+    assert need == replicas_for(PRESSURE_RPS + 1.5) >= 2
+    target, reason, _, message = run(spec(), obs(PRESSURE_RPS, pods_reporting=need, **signal), need,
                                      AutoscalerState(metrics_seen=True), T0)
     assert (target, reason) == (need + 1, "Emergency")
     assert "now:" in message
 
 
 @pytest.mark.parametrize("noise", [
-    {"queue_growth_rps": 0.1, "waiting": 3.0},  # 0.1 req/s of 20: 0.5% of the arrivals
+    {"queue_growth_rps": 0.1, "waiting": 3.0},  # 0.1 req/s of 25: 0.4% of the arrivals
     {"queue_growth_rps": 2.0, "waiting": 1.0},  # growing fast, but less than one waiting per replica
 ])
 def test_queue_noise_is_not_an_emergency(noise: dict[str, float]) -> None:
-    need = replicas_for(20)
-    _, reason, _, message = run(spec(), obs(20, pods_reporting=need, **noise), need,
+    need = replicas_for(PRESSURE_RPS)
+    _, reason, _, message = run(spec(), obs(PRESSURE_RPS, pods_reporting=need, **noise), need,
                                 AutoscalerState(metrics_seen=True), T0)
     assert reason != "Emergency", message
 
@@ -119,8 +124,8 @@ def test_queue_noise_is_not_an_emergency(noise: dict[str, float]) -> None:
 def test_no_emergency_replica_while_earlier_ones_are_still_starting() -> None:
     """During a cold start the queue keeps growing; each decision adding one more replica would pile
     up a replica per reconcile until the first one serves."""
-    need = replicas_for(20)
-    target, reason, _, message = run(spec(), obs(20, pods_reporting=need - 1, kv_cache_usage=0.97), need,
+    need = replicas_for(PRESSURE_RPS)
+    target, reason, _, message = run(spec(), obs(PRESSURE_RPS, pods_reporting=need - 1, kv_cache_usage=0.97), need,
                                      AutoscalerState(metrics_seen=True), T0)
     assert (target, reason) == (need, "Hold")
     assert "still starting" in message and "KV cache 97% full" in message
@@ -288,3 +293,27 @@ def test_fit_is_checked_against_max_model_len_not_an_observed_tail() -> None:
     shape = RunningShape("disaggregated", {"prefill": 1, "decode": 2}, {})
     rec = recommend_keeping(s, r, observed, scaled_efficiency(1.0), shape)
     assert {p.role: p.tp for p in rec.pools} == {"prefill": 1, "decode": 2}
+
+
+def test_p99_read_from_coarse_buckets_is_read_back() -> None:
+    """histogram_quantile interpolates linearly inside vLLM's 1-2-5 buckets: a lognormal's p99 of
+    4,142 tokens reads ~4,800 (and more in wider buckets). The planner reads it back under the
+    lognormal with the exact mean, so a coarse bucket does not halve the prefill pool's capacity."""
+    import numpy as np
+
+    from goodput.engine.vllm_metrics import build_1_2_5_buckets
+    from goodput.model.workload import lognormal_mu_sigma, p99_behind_bucketed_quantile
+    from goodput.sim.metrics import histogram_quantile
+
+    rng = np.random.default_rng(0)
+    bounds = [float(b) for b in build_1_2_5_buckets(14336)]
+    for mean, p99 in ((1000.0, 4142.0), (2000.0, 7400.0), (200.0, 600.0)):
+        mu, sigma = lognormal_mu_sigma(mean, p99)
+        x = rng.lognormal(mu, sigma, 200_000)
+        counts = np.histogram(x, bins=[0.0, *bounds, np.inf])[0]
+        reads = histogram_quantile(0.99, bounds, counts, 14336)
+        assert reads is not None and reads > 1.15 * p99
+        assert p99_behind_bucketed_quantile(float(x.mean()), reads, bounds) == pytest.approx(p99, rel=0.03)
+    # Not invertible: in the +Inf bucket, or not above the mean: unchanged.
+    assert p99_behind_bucketed_quantile(1000.0, 20000.0, bounds) == 20000.0
+    assert p99_behind_bucketed_quantile(1000.0, 900.0, bounds) == 900.0

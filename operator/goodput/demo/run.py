@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.cli import number_arg
 from goodput.demo.report import (
     DecisionLine,
     LoadProfile,
@@ -521,14 +522,7 @@ def spec_scaling(manifest: dict[str, Any]) -> dict[str, Any]:
 # command line
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+_positive = number_arg(float, 0.0, inclusive=False)
 
 
 def add_demo_parser(sub: Any) -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ _positive = number_arg(float, 0.0, inclusive=False)
 
 
 def _quantile(text: str) -> float:
-    value = _positive(text)
+    value = float(_positive(text))
     if value >= 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (0.99 for p99)")
     return value

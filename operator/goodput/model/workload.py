@@ -32,6 +32,45 @@ def lognormal_mu_sigma(mean: float, p99: float | None, strict: bool = True) -> t
     return math.log(mean) - sigma**2 / 2.0, sigma
 
 
+def p99_behind_bucketed_quantile(mean: float, observed: float, bounds: list[float] | tuple[float, ...],
+                                 q: float = 0.99) -> float:
+    """The p99 of the lognormal with this (exact) mean whose ``histogram_quantile(q)`` over these
+    bucket bounds reads ``observed``. Prometheus interpolates linearly inside a bucket, as if the
+    density were flat there; in a length tail it falls steeply, so a wide bucket (vLLM's 1-2-5 token
+    buckets are 2-2.5x wide) reads the p99 far too high: a true p99 of 4,100 tokens reads about 7,000
+    in the 5,000-10,000 bucket. Inverting the interpolation under the lognormal recovers it. Returns
+    ``observed`` unchanged when it cannot be inverted (below the first bound, in the +Inf bucket, no
+    lognormal with this mean reads it)."""
+    finite = sorted(float(b) for b in bounds)
+    if not (mean > 0 and observed > mean) or not finite or observed >= finite[-1]:
+        return observed
+    hi_i = next(i for i, b in enumerate(finite) if b >= observed)
+    lo, hi = (finite[hi_i - 1] if hi_i > 0 else 0.0), finite[hi_i]
+
+    def cdf(x: float, mu: float, sigma: float) -> float:
+        return 0.0 if x <= 0 else 0.5 * (1.0 + math.erf((math.log(x) - mu) / (sigma * math.sqrt(2.0))))
+
+    def reads(sigma: float) -> float:
+        mu = math.log(mean) - sigma**2 / 2.0
+        f_lo, f_hi = cdf(lo, mu, sigma), cdf(hi, mu, sigma)
+        if f_hi - f_lo < 1e-12:
+            return lo if q <= f_lo else hi
+        return lo + (hi - lo) * (q - f_lo) / (f_hi - f_lo)
+
+    # The reading rises with sigma (a heavier tail at the same mean); bisect on it.
+    a, b = 1e-3, _Z99
+    if not reads(a) <= observed <= reads(b):
+        return observed
+    for _ in range(60):
+        mid = (a + b) / 2.0
+        if reads(mid) < observed:
+            a = mid
+        else:
+            b = mid
+    sigma = (a + b) / 2.0
+    return float(math.exp(math.log(mean) - sigma**2 / 2.0 + sigma * _Z99))
+
+
 @dataclass(frozen=True)
 class LengthDistribution:
     """A token-length distribution as weighted representative points (quantile bins)."""

@@ -42,14 +42,22 @@ from typing import Any
 import numpy as np
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
 from goodput.model.goodput import evaluate_aggregated, evaluate_decode, mean_step_at_batch
 from goodput.model.replica import DEFAULT_MAX_NUM_SEQS, ReplicaModel
 from goodput.model.sizing import DECODE_MAX_NUM_SEQS
-from goodput.model.workload import LengthDistribution, Workload
+from goodput.model.workload import LengthDistribution, Workload, p99_behind_bucketed_quantile
 from goodput.planner.observation import Observation, PoolMetrics
-from goodput.planner.recommend import PoolTarget, Recommendation, ResolvedSpec, hinted_workload, recommend
+from goodput.planner.recommend import (
+    PoolTarget,
+    Recommendation,
+    ResolvedSpec,
+    hinted_workload,
+    max_model_len,
+    recommend,
+)
 
 CALIBRATION_BOUNDS = (0.5, 2.0)
 CALIBRATION_SMOOTHING = 0.3
@@ -215,11 +223,16 @@ def observed_workload(spec: InferenceDeploymentSpec, obs: Observation | None, ra
     if pool is None:
         return hints.with_rate(rate)
 
+    # vLLM's token-length histograms have 1-2-5 buckets up to --max-model-len; the p99 read from
+    # them is interpolated inside a bucket 2-2.5x wide and must be read back under a lognormal.
+    bounds = [float(b) for b in build_1_2_5_buckets(max_model_len(spec))]
+
     def lengths(mean: float | None, p99: float | None, fallback: LengthDistribution) -> LengthDistribution:
         if mean is None or not mean > 0:
             return fallback
         if p99 is None or p99 <= mean * 1.01:
             return LengthDistribution.fixed(mean)
+        p99 = max(p99_behind_bucketed_quantile(mean, p99, bounds), mean * 1.01)
         return LengthDistribution.lognormal(mean, min(p99, mean * 14.9))
 
     hit = pool.prefix_cache_hit_rate if pool.prefix_cache_hit_rate is not None else hints.prefix_cache_hit_rate
@@ -383,7 +396,8 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
                            "scale-down window yet")
         # Replicas asked for earlier and still loading (no metrics yet) are capacity on its way: an
         # emergency adds one more only when none is, or every decision of a cold start would add one.
-        starting = cur - pool_metrics.pods_reporting if pool_metrics and pool_metrics.pods_reporting else 0
+        reporting = pool_metrics.pods_reporting if pool_metrics is not None else None
+        starting = cur - reporting if reporting is not None else 0
         if emergency and target <= cur and starting > 0:
             target, reason = cur, "Hold"
             message = f"{role} stays at {cur}: {emergency}, and {starting} replica(s) are still starting"
