@@ -317,3 +317,18 @@ def test_p99_read_from_coarse_buckets_is_read_back() -> None:
     # Not invertible: in the +Inf bucket, or not above the mean: unchanged.
     assert p99_behind_bucketed_quantile(1000.0, 20000.0, bounds) == 20000.0
     assert p99_behind_bucketed_quantile(1000.0, 900.0, bounds) == 900.0
+
+
+def test_a_rate_limit_slows_a_move_but_never_turns_it_around() -> None:
+    """The per-minute budget counts from the replicas a minute ago; right after a move 1→6 a further
+    scale-up must not come out as 6→2."""
+    need = replicas_for(300)
+    assert need > 6
+    state = AutoscalerState(metrics_seen=True, scale_events=[
+        {"time": "2026-11-23T11:59:30Z", "replicas": {"aggregated": 6}, "before": {"aggregated": 1}}])
+    target, reason, _, message = run(spec(), obs(300, pods_reporting=6), 6, state, T0)
+    assert target >= 6, message
+    low = AutoscalerState(metrics_seen=True, scale_events=[
+        {"time": "2026-11-23T11:59:30Z", "replicas": {"aggregated": 2}, "before": {"aggregated": 9}}])
+    target, reason, _, message = run(spec(), obs(1, pods_reporting=2), 2, low, T0)
+    assert target <= 2, message

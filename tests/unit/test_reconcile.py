@@ -4,6 +4,7 @@ import copy
 import datetime as dt
 import json
 
+from goodput.planner.observation import Observation, PoolMetrics
 from goodput.render.reconcile import PoolObservation, reconcile
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -201,3 +202,169 @@ def test_metric_driven_reconciles_keep_mode_tp_and_engine_args() -> None:
         assert [a for a in args if not a.isdigit()] == [a for a in args_before if not a.isdigit()]
         assert args == args_before, "the pod template is unchanged: no rollout"
         obj["status"] = out.status
+
+
+# --- faults: drift, capacity, metrics gaps ------------------------------------------------------
+UNSCHEDULABLE = "0/5 nodes are available: 5 Insufficient nvidia.com/gpu. preemption: not helpful"
+
+
+def test_deleted_deployment_is_recreated_with_an_event() -> None:
+    obj, _ = settled(OBJ, NOW)
+    planned = obj["status"]["plan"]["decodeReplicas"]
+    out = reconcile(obj, {}, NOW + dt.timedelta(minutes=1))
+    assert [(e.reason, e.type) for e in out.events] == [("DeploymentRestored", "Normal")]
+    assert "llm-aggregated" in out.events[0].message and f"{planned} replicas" in out.events[0].message
+    dep = next(o for o in out.apply if o["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == planned
+    assert out.status["decisions"] == obj["status"]["decisions"], "drift put back is not a new decision"
+
+
+def test_paused_puts_back_nothing() -> None:
+    obj, _ = settled(OBJ, NOW)
+    obj["spec"]["paused"] = True
+    edited(obj)
+    planned = obj["status"]["plan"]["decodeReplicas"]
+    for observed in ({}, {"aggregated": PoolObservation(planned + 2, planned + 2)}):
+        out = reconcile(obj, observed, NOW)
+        assert out.apply == [] and out.delete_pools == []
+        assert "DeploymentRestored" not in [e.reason for e in out.events]
+        assert "ReplicasRestored" not in [e.reason for e in out.events]
+
+
+def _pending(replicas: int, pending: int) -> dict[str, PoolObservation]:
+    return {"aggregated": PoolObservation(replicas, replicas - pending, pending_replicas=pending,
+                                          pending_message=UNSCHEDULABLE)}
+
+
+def test_unschedulable_pods_stop_further_scale_up() -> None:
+    obj, _ = settled(OBJ, NOW)
+    before = obj["status"]["plan"]["decodeReplicas"]
+    obj["spec"]["workload"]["requestRate"] = 200
+    edited(obj)
+    out = reconcile(obj, _pending(before, 1), NOW + dt.timedelta(minutes=1))
+    dep = next(o for o in out.apply if o["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == before, "no more pods while some cannot be scheduled"
+    assert out.status["plan"]["decodeReplicas"] == before
+    assert out.status["decisions"] == obj["status"]["decisions"]
+    limited = next(c for c in out.status["conditions"] if c["type"] == "ScalingLimited")
+    assert (limited["status"], limited["reason"]) == ("True", "InsufficientCapacity")
+    assert f"aggregated: 1 of {before} pods cannot be scheduled" in limited["message"]
+    assert UNSCHEDULABLE in limited["message"] and f"kept at {before} replicas" in limited["message"]
+    assert [(e.reason, e.type) for e in out.events] == [("InsufficientCapacity", "Warning")]
+    # Still stuck: the condition stays, the Warning is not repeated.
+    obj["status"] = out.status
+    again = reconcile(obj, _pending(before, 1), NOW + dt.timedelta(minutes=2))
+    assert again.events == [] and conds(again.status)["ScalingLimited"] == ("True", "InsufficientCapacity")
+    # Scheduled at last: the scale-up the demand asks for goes ahead, with its reason.
+    obj["status"] = again.status
+    free = reconcile(obj, {"aggregated": PoolObservation(before, before)}, NOW + dt.timedelta(minutes=3))
+    assert free.status["plan"]["decodeReplicas"] > before
+    assert [e.reason for e in free.events] in (["ScaleUp"], ["RateLimited"])  # no longer the spec edit's turn
+    assert conds(free.status)["ScalingLimited"][1] != "InsufficientCapacity"
+
+
+def test_unschedulable_pods_do_not_block_scaling_down() -> None:
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["workload"]["requestRate"] = 80
+    obj, _ = settled(obj, NOW)
+    before = obj["status"]["plan"]["decodeReplicas"]
+    obj["spec"]["workload"]["requestRate"] = 5
+    edited(obj)
+    out = reconcile(obj, _pending(before, 2), NOW + dt.timedelta(minutes=1))
+    assert out.status["plan"]["decodeReplicas"] < before
+    assert "SpecChanged" in [e.reason for e in out.events]
+
+
+def test_metrics_gaps_hold_replicas_and_say_what_is_missing() -> None:
+    from goodput.planner.observation import Observation, PoolMetrics
+
+    obj, observed = settled(OBJ, NOW)
+    obj["status"]["autoscaler"]["metricsSeen"] = True
+    before = obj["status"]["plan"]["decodeReplicas"]
+    nan = ("request_rate_rps: vllm:request_success_total is NaN for the aggregated pool of serving/llm (60 s "
+           "window); nothing observed in the window, taken as unknown")
+    stale = "no vLLM series for serving/llm in the last 60 s (only in the 600 s window)"
+    for missing, pools in (((nan,), {"aggregated": PoolMetrics("aggregated")}), ((stale,), {})):
+        obs = Observation(NOW + dt.timedelta(minutes=1), 60.0, 600.0, pools, {}, missing=missing)
+        out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1), obs)
+        metrics = next(c for c in out.status["conditions"] if c["type"] == "MetricsAvailable")
+        assert (metrics["status"], metrics["reason"]) == ("False", "MetricsUnavailable")
+        assert metrics["message"].startswith("metrics unavailable, holding replicas: Prometheus answered, but ")
+        assert missing[0] in metrics["message"] and "scraped" in metrics["message"]
+        assert out.status["plan"]["decodeReplicas"] == before and out.events == []
+    down = Observation.unavailable(NOW, "Prometheus at http://p:9090 is unreachable: Connection refused")
+    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1), down)
+    metrics = next(c for c in out.status["conditions"] if c["type"] == "MetricsAvailable")
+    assert metrics["message"] == ("metrics unavailable, holding replicas: Prometheus at http://p:9090 is "
+                                  "unreachable: Connection refused")
+
+
+def test_a_rate_limit_never_turns_a_scale_up_into_a_scale_down() -> None:
+    """Right after spec edits moved a pool 1→4→6, the planner's per-minute budget counted from the
+    1 replica a minute ago: a further scale-up came out as "RateLimited 6→2". A person's edits are
+    not steps of that budget, and a limit only ever slows a move: the pool goes up."""
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["workload"].update(requestRate=3, inputTokens={"mean": 2000}, outputTokens={"mean": 1000})
+    obj, observed = settled(obj, NOW)
+    sizes = [obj["status"]["plan"]["decodeReplicas"]]
+    for seconds, rate in ((10, 15), (20, 25)):
+        obj["spec"]["workload"]["requestRate"] = rate
+        edited(obj)
+        out = reconcile(obj, observed, NOW + dt.timedelta(seconds=seconds))
+        obj["status"] = out.status
+        sizes.append(out.status["plan"]["decodeReplicas"])
+        observed = {"aggregated": PoolObservation(sizes[-1], sizes[-1])}
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    obj["spec"]["workload"]["requestRate"] = 40  # more demand, as live metrics would show it (no spec edit)
+    out = reconcile(obj, observed, NOW + dt.timedelta(seconds=30))
+    assert out.status["plan"]["decodeReplicas"] > sizes[-1]
+    assert [e.reason for e in out.events] == ["ScaleUp"]
+    assert out.apply[0]["spec"]["replicas"] == out.status["plan"]["decodeReplicas"]
+
+
+def _metrics_obj(rate: float) -> tuple[dict, dict]:
+    """Settled at the plan for `rate`, with metrics seen; the hint then says 1 req/s (as if the
+    plan had come from live metrics)."""
+    obj = copy.deepcopy(OBJ)
+    obj["spec"]["workload"]["requestRate"] = rate
+    obj["spec"]["scaling"] = {"scaleDownStabilizationSeconds": 0}
+    obj, observed = settled(obj, NOW)
+    obj["spec"]["workload"]["requestRate"] = 1
+    obj["status"]["autoscaler"]["metricsSeen"] = True
+    return obj, observed
+
+
+def _live(now: dt.datetime, rate: float) -> Observation:
+
+    pm = PoolMetrics("aggregated", pods_reporting=1, request_rate_rps=rate, queue_growth_rps=0.0, running=1.0,
+                     waiting=0.0, kv_cache_usage=0.1)
+    return Observation(now, 60.0, 600.0, {"aggregated": pm}, {"aggregated": pm})
+
+
+def test_an_outage_keeps_the_held_replicas_in_the_scale_down_window() -> None:
+    """The planner plans from the spec's hints during an outage; the window remembers what is held."""
+    from goodput.planner.observation import Observation
+
+    obj, observed = _metrics_obj(60)
+    held = obj["status"]["plan"]["decodeReplicas"]
+    assert held > 1
+    down = Observation.unavailable(NOW + dt.timedelta(minutes=1), "Prometheus at http://p is unreachable")
+    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1), down)
+    assert out.status["plan"]["decodeReplicas"] == held and out.events == []
+    assert out.status["autoscaler"]["recommendations"][-1]["replicas"] == {"aggregated": held}
+
+
+def test_no_scale_down_while_metrics_settle_after_an_outage() -> None:
+    obj, observed = _metrics_obj(60)
+    held = obj["status"]["plan"]["decodeReplicas"]
+    metrics = next(c for c in obj["status"]["conditions"] if c["type"] == "MetricsAvailable")
+    metrics.update(status="False", reason="MetricsUnavailable")
+    back = NOW + dt.timedelta(minutes=1)
+    out = reconcile(obj, observed, back, _live(back, 1.0))  # the first reading reads low
+    assert out.status["plan"]["decodeReplicas"] == held and out.events == []
+    assert "came back less than 60 s ago" in out.status["plan"]["reason"]
+    obj["status"] = out.status
+    later = back + dt.timedelta(seconds=61)  # the short window now lies after the gap
+    out = reconcile(obj, observed, later, _live(later, 1.0))
+    assert out.status["plan"]["decodeReplicas"] < held
+    assert [e.reason for e in out.events] in (["ScaleDown"], ["RateLimited"])

@@ -5,6 +5,11 @@ GOODPUT_TIMER_SECONDS (reconcile period, default 30), GOODPUT_PROMETHEUS_URL (de
 source; spec.prometheus.url overrides it per resource; unset and no override: plan from the spec's
 workload hints), GOODPUT_WINDOW_SECONDS / GOODPUT_LONG_WINDOW_SECONDS (60 / 600),
 GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own /metrics; 0 = off).
+
+Faults: each reconcile reads the object fresh (kopf's body may predate our own last status
+write, and deciding from it would repeat a decision), and commits its status only if nobody
+wrote in between (409 otherwise: recompute from a fresh read). An apiserver that is down makes
+the handler fail with a TemporaryError and kopf retries it after one timer period.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -23,14 +29,17 @@ from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.handlers import exporter
 from goodput.kube.actions import Kube, load_config
 from goodput.planner.observation import Observation
-from goodput.render.reconcile import reconcile
+from goodput.render.reconcile import Event, Outcome, reconcile
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TIMER_SECONDS = float(os.environ.get("GOODPUT_TIMER_SECONDS", "30"))
 WINDOW_SECONDS = float(os.environ.get("GOODPUT_WINDOW_SECONDS", "60"))
 LONG_WINDOW_SECONDS = float(os.environ.get("GOODPUT_LONG_WINDOW_SECONDS", "600"))
 PROMETHEUS_TIMEOUT_SECONDS = float(os.environ.get("GOODPUT_PROMETHEUS_TIMEOUT_SECONDS", "5"))
-_collectors: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+RETRY_DELAY_SECONDS = min(10.0, TIMER_SECONDS)  # after a failed API call
+CONFLICT_ATTEMPTS = 5  # reads-decide-write rounds when others keep writing the object meanwhile
+EVENT_ATTEMPTS = 3  # an Event is named by its content: posting it again cannot duplicate it
+_collectors: dict[tuple[str, tuple[tuple[str, str], ...], int], Any] = {}
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
@@ -68,7 +77,9 @@ def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -
     from goodput.metrics.prometheus import PrometheusCollector  # only when metrics are used
 
     matchers = tuple(sorted((prom.get("labelMatchers") or {}).items()))
-    key = (url, matchers)
+    # One collector per worker thread: kopf runs handlers of different objects at once, and a
+    # collector is not thread-safe.
+    key = (url, matchers, threading.get_ident())
     if key not in _collectors:
         _collectors[key] = PrometheusCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
                                                extra_matchers=dict(matchers))
@@ -80,31 +91,66 @@ def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -
 
 def reconcile_object(body: kopf.Body, logger: Logger) -> None:
     assert _kube is not None, "startup handler did not run"
-    obj: dict[str, Any] = {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}
     name, namespace = body.metadata.name, body.metadata.namespace or "default"
     uid = body.metadata.uid or f"{namespace}/{name}"
     now = dt.datetime.now(dt.UTC)
     with _lock(uid):
-        observation = observe(obj["spec"], namespace, name, now)  # never raises: gaps are in the Observation
         try:
-            observed = _kube.observe_pools(namespace, name)
-            outcome = reconcile(obj, observed, now, observation)
-            for desired in outcome.apply:
-                _kube.apply(desired)
-            for role in outcome.delete_pools:
-                _kube.delete_pool(namespace, name, role)
-            _kube.patch_status(namespace, name, outcome.status)
+            done = _decide_and_commit(_kube, namespace, name, now, logger)
         except (ApiException, HTTPError, OSError) as exc:
             # Nothing is recorded as done: the next attempt recomputes the same outcome.
             exporter.RECONCILE_ERRORS.labels(namespace=namespace, name=name).inc()
-            raise kopf.TemporaryError(f"Kubernetes API call failed, retrying: {exc}", delay=10) from exc
+            raise kopf.TemporaryError(f"Kubernetes API call failed, retrying in {RETRY_DELAY_SECONDS:g} s: {exc}",
+                                      delay=RETRY_DELAY_SECONDS) from exc
+        if done is None:
+            return  # deleted meanwhile
+        obj, outcome = done
         exporter.record(namespace, name, outcome.status, [e.reason for e in outcome.events])
-        for event in outcome.events:
+        _post_events(_kube, obj, outcome.events, now, logger)
+
+
+def _decide_and_commit(kube: Kube, namespace: str, name: str, now: dt.datetime,
+                       logger: Logger) -> tuple[dict[str, Any], Outcome] | None:
+    """Read, decide, apply, write status. A 409 (someone wrote the object, or created a
+    Deployment, in between) starts over from a fresh read, so no write is lost and no decision
+    is made twice. Metrics are read once: they do not depend on who wrote what."""
+    observation: Observation | None = None
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        obj = kube.read(namespace, name)
+        if obj is None:
+            return None
+        if attempt == 1:
+            observation = observe(obj.get("spec") or {}, namespace, name, now)  # never raises
+        outcome = reconcile(obj, kube.observe_pools(namespace, name), now, observation)
+        try:
+            for desired in outcome.apply:
+                kube.apply(desired)
+            for role in outcome.delete_pools:
+                kube.delete_pool(namespace, name, role)
+            kube.patch_status(namespace, name, outcome.status, obj["metadata"]["resourceVersion"])
+            return obj, outcome
+        except ApiException as exc:
+            if exc.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                raise
+            logger.info("conflict (409) writing %s/%s, attempt %d: changed meanwhile; deciding again from a fresh "
+                        "read", namespace, name, attempt)
+    raise AssertionError("unreachable")
+
+
+def _post_events(kube: Kube, obj: dict[str, Any], events: list[Event], now: dt.datetime, logger: Logger) -> None:
+    """After the status that records them is written. A few retries ride out a short apiserver
+    blip; an Event still not posted is logged (the decision itself is in status)."""
+    for event in events:
+        for attempt in range(1, EVENT_ATTEMPTS + 1):
             try:
-                _kube.post_event(obj, event, now)
+                kube.post_event(obj, event, now)
+                break
             except (ApiException, HTTPError, OSError) as exc:
-                logger.warning("could not post event %s: %s", event.reason, exc)
-            logger.info("%s: %s", event.reason, event.message)
+                if attempt == EVENT_ATTEMPTS:
+                    logger.warning("could not post event %s: %s", event.reason, exc)
+                else:
+                    time.sleep(attempt)
+        logger.info("%s: %s", event.reason, event.message)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -3,11 +3,18 @@
 Server-side apply under the field manager ``goodput-operator`` with force: the operator owns
 the fields it sets (replicas among them) and nothing else, so a GitOps tool that owns other
 fields (annotations, extra labels) does not fight it.
+
+Every call has a timeout (a hung apiserver must not hold a reconcile, and its lock, forever).
+The status patch carries the resourceVersion the reconcile read: a concurrent writer makes it
+fail with 409 instead of being overwritten, and the handler recomputes from a fresh read. Events
+have names derived from their content, so posting one twice (a retry after a lost answer)
+creates it once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from typing import Any
 
@@ -20,6 +27,7 @@ from goodput.render.vllm import FIELD_MANAGER, OWNER_LABEL, ROLE_LABEL, pool_nam
 
 log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
+REQUEST_TIMEOUT_S = (5.0, 20.0)  # connect, read
 
 
 def load_config() -> None:
@@ -37,15 +45,38 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
 
     # --- reads -------------------------------------------------------------------------------
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The InferenceDeployment as the apiserver has it now (None: gone). A list by name, not a
+        get: the operator's RBAC grants list and watch on the resource, which kopf needs anyway."""
+        custom = client.CustomObjectsApi(self.api)
+        listed: Any = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                           field_selector=f"metadata.name={name}",
+                                                           _request_timeout=REQUEST_TIMEOUT_S)
+        items = listed.get("items") or []
+        return dict(items[0]) if items else None
+
     def observe_pools(self, namespace: str, name: str) -> dict[str, PoolObservation]:
-        """The owned Deployments' replicas and ready replicas, by pool role."""
-        deployments = self.apps.list_namespaced_deployment(namespace, label_selector=f"{OWNER_LABEL}={name}")
+        """The owned Deployments' replicas and ready replicas, and their pods the scheduler could
+        not place, by pool role."""
+        selector = f"{OWNER_LABEL}={name}"
+        deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector,
+                                                           _request_timeout=REQUEST_TIMEOUT_S)
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector, field_selector="status.phase=Pending",
+                                             _request_timeout=REQUEST_TIMEOUT_S)
+        pending: dict[str, list[str]] = {}
+        for pod in pods.items:
+            role = ((pod.metadata.labels if pod.metadata else None) or {}).get(ROLE_LABEL)
+            why = unschedulable(pod)
+            if role and why is not None and not (pod.metadata and pod.metadata.deletion_timestamp):
+                pending.setdefault(role, []).append(why)
         out = {}
         for d in deployments.items:
             role = ((d.metadata.labels if d.metadata else None) or {}).get(ROLE_LABEL)
             if role:
+                stuck = pending.get(role, [])
                 out[role] = PoolObservation(replicas=d.spec.replicas or 0,
-                                            ready_replicas=(d.status.ready_replicas or 0) if d.status else 0)
+                                            ready_replicas=(d.status.ready_replicas or 0) if d.status else 0,
+                                            pending_replicas=len(stuck), pending_message=stuck[0] if stuck else "")
         return out
 
     # --- writes ------------------------------------------------------------------------------
@@ -53,25 +84,28 @@ class Kube:
         kind, meta = obj["kind"], obj["metadata"]
         if kind == "Deployment":
             self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
-                                                  force=True, _content_type=APPLY)
+                                                  force=True, _content_type=APPLY, _request_timeout=REQUEST_TIMEOUT_S)
         elif kind == "Service":
             self.core.patch_namespaced_service(meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
-                                               force=True, _content_type=APPLY)
+                                               force=True, _content_type=APPLY, _request_timeout=REQUEST_TIMEOUT_S)
         else:
             raise ValueError(f"the operator does not apply {kind}")
 
     def delete_pool(self, namespace: str, name: str, role: str) -> None:
         for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
             try:
-                delete(pool_name(name, role), namespace, propagation_policy="Background")
+                delete(pool_name(name, role), namespace, propagation_policy="Background",
+                       _request_timeout=REQUEST_TIMEOUT_S)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
 
     def post_event(self, body: dict[str, Any], event: Event, now: dt.datetime) -> None:
+        """Create the Event; one that already exists (posted before an answer was lost) is done."""
         meta = body["metadata"]
         ev = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid") or "", event, now),
+                                         namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND,
                                                      name=meta["name"], namespace=meta["namespace"],
                                                      uid=meta.get("uid")),
@@ -86,8 +120,35 @@ class Kube:
             count=1,
             action="Reconcile",
         )
-        self.core.create_namespaced_event(meta["namespace"], ev)
+        try:
+            self.core.create_namespaced_event(meta["namespace"], ev, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as exc:
+            if exc.status != 409:  # 409 AlreadyExists: this very Event was posted already
+                raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> None:
+        """Replace status; with `resource_version`, only if the object is still at it (else 409 Conflict)."""
         custom = client.CustomObjectsApi(self.api)
-        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,
+                                                     _request_timeout=REQUEST_TIMEOUT_S)
+
+
+def unschedulable(pod: Any) -> str | None:
+    """The scheduler's message for a Pending pod it could not place (PodScheduled=False,
+    Unschedulable), or None for any other pod."""
+    if not pod.status or pod.status.phase != "Pending":
+        return None
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return str(c.message or "Unschedulable")
+    return None
+
+
+def event_name(name: str, uid: str, event: Event, now: dt.datetime) -> str:
+    """A name from the Event's content and time: the same Event posted twice is one object."""
+    digest = hashlib.sha256(f"{uid}\n{now.isoformat()}\n{event.reason}\n{event.message}".encode()).hexdigest()
+    return f"{name[:200]}.{digest[:16]}"

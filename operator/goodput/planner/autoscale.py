@@ -412,7 +412,14 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
         base = _base_for_rate_limit(state, now, role, cur)
         up_limit = base + max(1, math.ceil(base * spec.scaling.scale_up_max_percent_per_minute / 100))
         down_limit = base - max(1, math.floor(base * spec.scaling.scale_down_max_percent_per_minute / 100))
-        limited = min(max(target, down_limit), up_limit) if target != cur else target
+        # A limit only slows a move down, never turns it around: counted from the replicas a minute
+        # ago, it could otherwise make a scale-up 6→2 right after a person moved the pool 1→6.
+        if target > cur:
+            limited = max(cur, min(target, up_limit))
+        elif target < cur:
+            limited = min(cur, max(target, down_limit))
+        else:
+            limited = target
         if limited != target:
             target, reason = limited, "RateLimited"
             message = (f"{role} {cur}→{limited}: {_why(role, rec, demand)}; the model asks {p.replicas}, "
@@ -441,7 +448,9 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
         if d.reason == "Emergency":
             recorded[d.role] = max(recorded.get(d.role, 0), d.target)
     # New pools (current 0) start at their plan: they are not a step the rate limit counts.
-    changed = {d.role: d.target for d in decisions if d.target != d.current and d.current > 0}
+    # A person's spec edit is not a step of the autoscaler's per-minute budget.
+    changed = {d.role: d.target for d in decisions
+               if d.target != d.current and d.current > 0 and d.reason != "SpecChanged"}
     if changed:
         state.scale_events.append({"time": _iso(now), "replicas": changed,
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})

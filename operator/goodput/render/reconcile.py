@@ -8,12 +8,21 @@ Invariants:
 - an invalid spec changes nothing that runs: no apply, no delete, only conditions and an event;
 - `paused` changes nothing; `dryRun` plans and reports but applies nothing;
 - every change of replicas, mode or TP produces a Decision in status and an Event with its reason;
-- an unchanged object reconciled again produces no Decision and no Event.
+- an unchanged object reconciled again produces no Decision and no Event;
+- a Deployment deleted or scaled by hand is put back, with an Event saying so (unless paused);
+- a pool with pods the scheduler cannot place is not raised above its current replicas (more
+  Pending pods would add nothing), and ScalingLimited says which pool, how many and why;
+- missing metrics never lower replicas, and MetricsAvailable=False says what is missing; during
+  an outage the held replicas, not the spec's hints, are what the stabilization window remembers,
+  and for one short window after metrics come back (rate() over a window that starts in the gap
+  reads low) nothing is scaled down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +30,10 @@ from pydantic import ValidationError
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.errors import CapacityModelError
-from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, RunningShape, autoscale
+from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PoolDecision, RunningShape, autoscale
 from goodput.planner.observation import Observation
 from goodput.planner.recommend import Recommendation, resolve
-from goodput.render.vllm import desired_objects, obsolete_pools
+from goodput.render.vllm import desired_objects, obsolete_pools, pool_name
 
 MAX_DECISIONS = 20
 
@@ -42,6 +51,9 @@ class PoolObservation:
 
     replicas: int
     ready_replicas: int = 0
+    # Pods the scheduler could not place (Pending, PodScheduled=False/Unschedulable), and its message.
+    pending_replicas: int = 0
+    pending_message: str = ""
 
 
 @dataclass
@@ -227,9 +239,12 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
     elif result.metrics_available:
         cond("MetricsAvailable", "True", "MetricsAvailable", result.metrics_message)
     else:
-        cond("MetricsAvailable", "False", "MetricsUnavailable", result.metrics_message)
+        cond("MetricsAvailable", "False", "MetricsUnavailable",
+             metrics_unavailable_message(observation, result.state.metrics_seen, spec.workload.request_rate))
     status["observed"] = _observed_summary(result, observation)
-    status["autoscaler"] = result.state.to_status()
+    autoscaler = result.state.to_status()
+    holding = observation is not None and not result.metrics_available and result.state.metrics_seen
+    status["autoscaler"] = held_history(autoscaler, current, now) if holding else autoscaler
 
     # 2. paused: report, change nothing.
     if spec.paused:
@@ -243,26 +258,46 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         return Outcome(status, events=events)
 
     structural = _structural_changes(previous_plan, rec)
+    pool_decisions = list(result.pools)
+    if metrics_settling(previous, observation, now):
+        pool_decisions = [settling_hold(d, observation.window_s if observation else 0.0) for d in pool_decisions]
+    # A pool whose pods cannot be scheduled is not raised further: more Pending pods add nothing.
+    caps = {} if structural else capacity_caps(pool_decisions, observed)
+    if caps:
+        pool_decisions = [dataclasses.replace(d, target=caps[d.role], reason="CapacityLimited",
+                                              message=f"{d.role} stays at {caps[d.role]}: the plan asks {d.target}, "
+                                                      "but pods of this pool cannot be scheduled")
+                          if d.role in caps else d for d in pool_decisions]
+    if pool_decisions != list(result.pools):
+        rec = with_replicas(rec, {d.role: d.target for d in pool_decisions})
     for code, pool, frm, to, message in structural:
         decide(code, message, pool, frm, to)
     if not structural:
-        for d in result.pools:
+        for d in pool_decisions:
             if d.target != d.current:
                 decide(d.reason, d.message, d.role, d.current, d.target)
-    changed = bool(structural) or any(d.target != d.current for d in result.pools)
+    changed = bool(structural) or any(d.target != d.current for d in pool_decisions)
     if changed:
         status["lastScaleTime"] = timestamp(now)
     elif previous.get("lastScaleTime"):
         status["lastScaleTime"] = previous["lastScaleTime"]
     plan_status = _plan_status(rec)
-    plan_status["reason"] = "; ".join(d.message for d in result.pools)
+    plan_status["reason"] = "; ".join(d.message for d in pool_decisions)
 
     if spec.dry_run:
         cond("ScalingActive", "False", "DryRun", "spec.dryRun is true: the plan is reported, not applied")
     else:
         cond("ScalingActive", "True", "Planned", rec.summary)
-    held_back = [d for d in result.pools if d.reason in ("RateLimited", "Stabilizing")]
-    if rec.limited or any(p.clamped for p in rec.pools) or held_back:
+    held_back = [d for d in pool_decisions if d.reason in ("RateLimited", "Stabilizing")]
+    unschedulable = {p.role: observed[p.role] for p in rec.pools
+                     if p.role in observed and observed[p.role].pending_replicas > 0}
+    if unschedulable and not spec.dry_run:
+        message = capacity_message(unschedulable, caps, {d.role: d.recommended for d in pool_decisions},
+                                   spec.accelerator.resource_name)
+        if (_condition(previous, "ScalingLimited") or {}).get("reason") != "InsufficientCapacity":
+            events.append(Event("Warning", "InsufficientCapacity", message))
+        cond("ScalingLimited", "True", "InsufficientCapacity", message)
+    elif rec.limited or any(p.clamped for p in rec.pools) or held_back:
         why = rec.limited or "; ".join([f"{p.role} {p.clamped}" for p in rec.pools if p.clamped]
                                        + [d.message for d in held_back])
         cond("ScalingLimited", "True", "BudgetOrBounds" if rec.limited else "RateOrBounds", why)
@@ -288,12 +323,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
     if not spec.dry_run:
         apply = desired_objects(name, namespace, uid, spec, resolved, rec)
         delete = [role for role in obsolete_pools(rec) if role in observed]
-        # Replicas someone changed by hand are put back (and said so).
-        for p in rec.pools:
-            seen = observed.get(p.role)
-            if seen is not None and seen.replicas != p.replicas and current.get(p.role) == p.replicas:
-                events.append(Event("Normal", "ReplicasRestored",
-                                    f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
+        events += restore_events(name, rec, observed, current)
     ready = not spec.dry_run and all(
         (o := observed.get(p.role)) is not None and o.replicas == p.replicas and o.ready_replicas >= p.replicas
         for p in rec.pools)
@@ -307,6 +337,104 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         cond("Ready", "False", "ReplicasNotReady", f"waiting for ready replicas: {waiting}")
     status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:], plan=plan_status)
     return Outcome(status, apply, delete, events)
+
+
+def restore_events(name: str, rec: Recommendation, observed: Mapping[str, PoolObservation],
+                   current: Mapping[str, int]) -> list[Event]:
+    """Drift that the apply puts back, said out loud: a Deployment deleted, or its replicas edited
+    by hand, while the plan for that pool did not move (a plan that moves has its own Decision)."""
+    out = []
+    for p in rec.pools:
+        if current.get(p.role) != p.replicas:
+            continue
+        seen = observed.get(p.role)
+        if seen is None:
+            out.append(Event("Normal", "DeploymentRestored",
+                             f"{p.role} Deployment {pool_name(name, p.role)} was missing (deleted?); re-created "
+                             f"with the planned {p.replicas} replicas"))
+        elif seen.replicas != p.replicas:
+            out.append(Event("Normal", "ReplicasRestored",
+                             f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
+    return out
+
+
+def held_history(autoscaler: dict[str, Any], current: Mapping[str, int], now: dt.datetime) -> dict[str, Any]:
+    """While replicas are held for want of metrics, remember the held replicas as this moment's
+    recommendation. The planner records its plan from the spec's hints, and a scale-down window
+    full of those would let the first reading after the outage scale down at once."""
+    recs = list(autoscaler.get("recommendations", []))
+    if recs and recs[-1].get("time") == timestamp(now):
+        planned = dict(recs[-1].get("replicas", {}))
+        recs[-1] = {**recs[-1], "replicas": {role: current.get(role, n) for role, n in planned.items()}}
+    return {**autoscaler, "recommendations": recs}
+
+
+def metrics_settling(previous: dict[str, Any], observation: Observation | None, now: dt.datetime) -> bool:
+    """Metrics are back, or new, since less than one short window: rate() over a window that
+    starts before the series did (a Prometheus restart, a restarted exporter) reads low."""
+    if observation is None or not observation.available:
+        return False
+    cond = _condition(previous, "MetricsAvailable")
+    if cond is None or cond.get("status") != "True":
+        return True
+    try:
+        since = dt.datetime.strptime(cond["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (now - since).total_seconds() < observation.window_s
+
+
+def settling_hold(d: PoolDecision, window_s: float) -> PoolDecision:
+    """No metric-driven scale-down while metrics settle (a person's spec edit still applies)."""
+    if d.target < d.current and d.reason in ("ScaleDown", "RateLimited"):
+        return dataclasses.replace(d, target=d.current, reason="Hold",
+                                   message=f"{d.role} stays at {d.current}: the model asks {d.recommended}, but "
+                                           f"metrics came back less than {window_s:g} s ago and the window still "
+                                           "spans the gap")
+    return d
+
+
+def capacity_caps(decisions: Sequence[PoolDecision], observed: Mapping[str, PoolObservation]) -> dict[str, int]:
+    """Pools that would be raised while some of their pods cannot be scheduled: role -> the
+    replicas they keep. Scaling down, and pools without unschedulable pods, are left alone."""
+    return {d.role: d.current for d in decisions
+            if d.target > d.current > 0 and (seen := observed.get(d.role)) is not None and seen.pending_replicas > 0}
+
+
+def capacity_message(unschedulable: Mapping[str, PoolObservation], caps: Mapping[str, int],
+                     asked: Mapping[str, int], resource: str) -> str:
+    """ScalingLimited=InsufficientCapacity: which pool, how many pods, the scheduler's words, what to do."""
+    parts = []
+    for role, seen in unschedulable.items():
+        why = f": {seen.pending_message.rstrip('. ')}" if seen.pending_message else ""
+        part = f"{role}: {seen.pending_replicas} of {seen.replicas} pods cannot be scheduled{why}"
+        if role in caps:
+            part += f"; kept at {caps[role]} replicas (the plan asks {asked.get(role, caps[role])}) until they are"
+        parts.append(part)
+    return "; ".join(parts) + f". Add nodes with free {resource}, or lower the demand or maxReplicas"
+
+
+def with_replicas(rec: Recommendation, targets: Mapping[str, int]) -> Recommendation:
+    """`rec` with some pools' replicas replaced, its GPUs, cost and served rate recomputed."""
+    pools = tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas)) for p in rec.pools)
+    gpus = sum(p.tp * p.replicas for p in pools)
+    price = rec.usd_per_hour / rec.gpus if rec.gpus else 0.0
+    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
+    return dataclasses.replace(rec, pools=pools, gpus=gpus, usd_per_hour=gpus * price, served_rps=served)
+
+
+def metrics_unavailable_message(observation: Observation, metrics_seen: bool, hinted_rps: float) -> str:
+    """MetricsAvailable=False: what is done about it and why. When Prometheus answered (no error)
+    the cause is in the notes: no series (pods gone or not scraped), or NaN values."""
+    action = ("holding replicas" if metrics_seen
+              else f"planning for spec.workload hints ({hinted_rps:g} req/s)")
+    if observation.error:
+        return f"metrics unavailable, {action}: {observation.error}"
+    notes = list(observation.missing)
+    key = [n for n in notes if n.startswith(("no vLLM series", "request_rate_rps"))] or notes
+    cause = "; ".join(key[:2]) if key else "no request rate for the serving pool"
+    return (f"metrics unavailable, {action}: Prometheus answered, but {cause}. Check that the vLLM pods are "
+            "running and scraped (Prometheus target health) and export vllm:request_success_total")
 
 
 def _error_text(exc: Exception) -> str:
