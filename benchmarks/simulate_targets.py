@@ -1,6 +1,6 @@
 """The targets of issue 5, measured: the operator's planner against the baselines on both Azure traces.
 
-    python benchmarks/simulate_targets.py [--jobs 1] [--compress] [--skip-speed]
+    python benchmarks/simulate_targets.py [--jobs 1] [--compress] [--skip-speed | --speed-only]
 
 Configurations: Llama-3.1-70B fp8 (KV fp8) on H100 SXM, TTFT p99 <= 2000 ms, ITL <= 60 ms; and
 Llama-3.1-8B bf16 on A100 80GB SXM, TTFT p99 <= 1000 ms, ITL <= 40 ms. For each trace the rate
@@ -270,7 +270,14 @@ def main() -> int:
     ap.add_argument("--compress", action="store_true",
                     help="also run every configuration with time compressed (not replicated requests)")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="re-measure only the simulator's speed (on an idle machine) into the existing results")
     args = ap.parse_args()
+    if args.speed_only:
+        doc = json.loads((RESULTS / "simulate_targets.json").read_text(encoding="utf-8"))
+        doc["speed"] = [speed(jobs) for jobs in (1, 2)]
+        write(doc)
+        return 0
     doc: dict[str, Any] = {"machine": f"{platform.machine()} CPython {platform.python_version()}, "
                                       f"{__import__('os').cpu_count()} CPUs", "configs": [], "speed": []}
     runs = [(trace, cfg, True) for trace in TRACES for cfg in CONFIGS]
@@ -295,12 +302,16 @@ def main() -> int:
             log(f"speed: all policies over azure-conv, {jobs} process(es)")
             doc["speed"].append(speed(jobs))
             log(f"    {doc['speed'][-1]['wall_s']} s")
+    write(doc)
+    return 0
+
+
+def write(doc: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "simulate_targets.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n",
                                                    encoding="utf-8")
     (RESULTS / "simulate_targets.md").write_text(markdown(doc), encoding="utf-8")
     log(f"wrote {RESULTS / 'simulate_targets.json'} and .md")
-    return 0
 
 
 if __name__ == "__main__":
