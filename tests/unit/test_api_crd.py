@@ -1,5 +1,6 @@
 """The CRD is generated from the pydantic models, and the committed file matches them."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,43 @@ def test_committed_field_reference_matches_the_models() -> None:
 
     assert (ROOT / "docs" / "crd-reference.md").read_text(encoding="utf-8") == reference_markdown(), (
         "docs/crd-reference.md drifted: run `goodput crd --reference -o docs/crd-reference.md`")
+
+
+# Inline architectures the capacity model cannot compute with. tests/integration/test_fuzz_specs.py
+# found the first two crashing it (division by zero; the root of a negative step time); admission
+# rejects them now (CEL), and the models reject them too, for objects admitted before the rules.
+MOE = {"paramsTotalB": 47, "paramsActiveB": 13, "layers": 32, "hiddenSize": 4096, "attentionHeads": 32,
+       "kvHeads": 8, "ffnSize": 14336, "vocabSize": 32000, "experts": 8, "expertsPerToken": 2}
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"expertsPerToken": 8}, "expertsPerToken must be less than experts"),
+    ({"paramsTotalB": 0.5, "paramsActiveB": 0.1, "hiddenSize": 2048}, "must exceed the embedding parameters"),
+    ({"paramsTotalB": 0.5, "paramsActiveB": None, "experts": None, "expertsPerToken": None, "vocabSize": 196544,
+      "hiddenSize": 8192}, "must exceed the embedding parameters"),
+    ({"kvHeads": 64}, "kvHeads must not exceed attentionHeads"),
+    ({"hiddenSize": 16, "vocabSize": 100}, "hiddenSize must be at least attentionHeads"),
+])
+def test_inconsistent_inline_architectures_are_rejected(change: dict, fragment: str) -> None:
+    arch = {k: v for k, v in {**MOE, **change}.items() if v is not None}
+    spec = {**BASE, "model": {"architecture": arch, "huggingFaceName": "acme/x"}}
+    with pytest.raises(ValidationError) as exc:
+        InferenceDeploymentSpec.model_validate(spec)
+    assert fragment in str(exc.value)
+    assert fragment in json.dumps(crd(), ensure_ascii=False), "the same rule is checked at admission (CEL)"
+
+
+def test_consistent_inline_architectures_pass() -> None:
+    InferenceDeploymentSpec.model_validate({**BASE, "model": {"architecture": MOE, "huggingFaceName": "acme/x"}})
+    tied = {**MOE, "tiedEmbeddings": True, "paramsActiveB": 0.27, "paramsTotalB": 0.3, "experts": None,
+            "expertsPerToken": None, "hiddenSize": 4096, "vocabSize": 32000}  # 0.131 B embeddings, tied
+    arch = {k: v for k, v in tied.items() if v is not None}
+    InferenceDeploymentSpec.model_validate({**BASE, "model": {"architecture": arch, "huggingFaceName": "acme/x"}})
+
+
+def test_new_cel_rules_present() -> None:
+    text = json.dumps(crd(), ensure_ascii=False)
+    for message in ("expertsPerToken must be less than experts", "must exceed the embedding parameters",
+                    "kvHeads must not exceed attentionHeads", "hiddenSize must be at least attentionHeads",
+                    "a custom accelerator needs pricePerGpuHour"):
+        assert message in text

@@ -326,9 +326,9 @@ def test_a_rate_limit_slows_a_move_but_never_turns_it_around() -> None:
     assert need > 6
     state = AutoscalerState(metrics_seen=True, scale_events=[
         {"time": "2026-11-23T11:59:30Z", "replicas": {"aggregated": 6}, "before": {"aggregated": 1}}])
-    target, reason, _, message = run(spec(), obs(300, pods_reporting=6), 6, state, T0)
+    target, _, _, message = run(spec(), obs(300, pods_reporting=6), 6, state, T0)
     assert target >= 6, message
     low = AutoscalerState(metrics_seen=True, scale_events=[
         {"time": "2026-11-23T11:59:30Z", "replicas": {"aggregated": 2}, "before": {"aggregated": 9}}])
-    target, reason, _, message = run(spec(), obs(1, pods_reporting=2), 2, low, T0)
+    target, _, _, message = run(spec(), obs(1, pods_reporting=2), 2, low, T0)
     assert target <= 2, message

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "goodput.dev"
@@ -37,6 +37,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+# Parameters outside the embeddings must exist: the active ones (all, for a dense model) exceed the
+# input embedding plus, unless tied, the LM head.
+EMBEDDINGS_RULE = ("(has(self.paramsActiveB) ? self.paramsActiveB : self.paramsTotalB) * 1e9 > "
+                   "double(self.vocabSize) * double(self.hiddenSize) * "
+                   "(has(self.tiedEmbeddings) && self.tiedEmbeddings ? 1.0 : 2.0)")
+EMBEDDINGS_MESSAGE = ("paramsActiveB (default paramsTotalB) must exceed the embedding parameters, "
+                      "vocabSize × hiddenSize × 2 (× 1 with tiedEmbeddings)")
+
+
 class Architecture(_Model):
     """An architecture the catalog does not know (figures from its config.json)."""
 
@@ -60,9 +69,31 @@ class Architecture(_Model):
              "paramsActiveB must not exceed paramsTotalB"),
         rule("has(self.experts) == has(self.expertsPerToken)",
              "experts and expertsPerToken go together (MoE)"),
-        rule("!has(self.experts) || self.expertsPerToken <= self.experts",
-             "expertsPerToken must not exceed experts"),
+        rule("!has(self.experts) || self.expertsPerToken < self.experts",
+             "expertsPerToken must be less than experts (a MoE routes each token to some of its experts)"),
+        rule(EMBEDDINGS_RULE, EMBEDDINGS_MESSAGE),
+        rule("!has(self.kvHeads) || self.kvHeads <= self.attentionHeads", "kvHeads must not exceed attentionHeads"),
+        rule("has(self.headDim) || self.hiddenSize >= self.attentionHeads",
+             "hiddenSize must be at least attentionHeads (or set headDim)"),
     ]})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Architecture:
+        # The same rules as the CEL above, for objects admitted before they existed: without them
+        # the capacity model divides by zero (k = E) or takes roots of negative times (parameters
+        # smaller than the embeddings). Found by tests/integration/test_fuzz_specs.py.
+        if self.experts is not None and self.experts_per_token is not None \
+                and self.experts_per_token >= self.experts:
+            raise ValueError("expertsPerToken must be less than experts (a MoE routes each token to some of its "
+                             "experts)")
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
+        if (self.params_active_b or self.params_total_b) * 1e9 <= embeddings:
+            raise ValueError(EMBEDDINGS_MESSAGE)
+        if self.kv_heads is not None and self.kv_heads > self.attention_heads:
+            raise ValueError("kvHeads must not exceed attentionHeads")
+        if self.head_dim is None and self.hidden_size < self.attention_heads:
+            raise ValueError("hiddenSize must be at least attentionHeads (or set headDim)")
+        return self
 
 
 class ModelSpec(_Model):
@@ -109,6 +140,11 @@ class AcceleratorSpec(_Model):
                                              description="USD per GPU-hour; default: the catalog's on-demand price.")
     resource_name: str = Field("nvidia.com/gpu", min_length=1, max_length=253,
                                description="Extended resource requested per GPU.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        rule("!has(self.custom) || has(self.pricePerGpuHour)",
+             "a custom accelerator needs pricePerGpuHour (the catalog has no price for it)"),
+    ]})
 
 
 class SLOSpec(_Model):

@@ -3,11 +3,21 @@
 Pure: no I/O, no clock. `resolve` turns the spec into capacity-model objects (raising
 CapacityModelError with a message a person can act on); `recommend` sizes the pools for a
 demand, applies the per-pool min/max and the budget, and says why.
+
+`recommend` is memoized (RECOMMEND_CACHE, bounded LRU): every timer tick of a resource whose spec
+and demand did not change asks the same question again, and the plan search is nearly all of a
+reconcile's CPU time. The key covers every input (the spec's JSON, the resolved spec, the demand's
+distributions, the efficiency factors), and a Recommendation is immutable, so a hit returns what a
+fresh computation would. benchmarks/scale.py measures the difference.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
@@ -164,8 +174,92 @@ def _clamp(replicas: int, bounds: PoolScaling) -> tuple[int, str]:
     return replicas, ""
 
 
+DEFAULT_CACHE_SIZE = 4096  # recommendations (~1 KiB each): a few per resource for thousands of resources
+
+
+class RecommendationCache:
+    """A bounded, thread-safe LRU memo for `recommend` (kopf runs sync handlers in threads)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[bytes, Recommendation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: bytes) -> Recommendation | None:
+        with self._lock:
+            rec = self._data.get(key)
+            if rec is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return rec
+
+    def put(self, key: bytes, rec: Recommendation) -> None:
+        with self._lock:
+            if self.maxsize <= 0:
+                return
+            self._data[key] = rec
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def resize(self, maxsize: int) -> None:
+        """0 switches the cache off (every call computes)."""
+        with self._lock:
+            self.maxsize = maxsize
+            while len(self._data) > max(maxsize, 0):
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+
+RECOMMEND_CACHE = RecommendationCache(DEFAULT_CACHE_SIZE)
+
+
+def _cache_key(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload,
+               efficiency: Efficiency | None) -> bytes:
+    """A digest of everything `recommend` reads. Frozen dataclasses' reprs list every field (floats
+    round-trip exactly); the length distributions go in as their raw arrays. The digest (20 bytes)
+    keeps the cache small whatever the specs hold."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(spec.model_dump_json().encode())
+    # The names vLLM is told are not read: resources differing only by name share an entry.
+    h.update(repr(dataclasses.replace(resolved, hugging_face_name="", served_model_name="")).encode())
+    h.update(repr(efficiency).encode())
+    h.update(repr((demand.rate_rps, demand.prefix_cache_hit_rate)).encode())
+    for dist in (demand.input_len, demand.output_len):
+        h.update(dist.values.tobytes())
+        h.update(b"|")
+        h.update(dist.weights.tobytes())
+        h.update(b"|")
+    return h.digest()
+
+
 def recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload,
               efficiency: Efficiency | None = None) -> Recommendation:
+    """The cheapest configuration for `demand` within the spec's bounds (memoized; see above)."""
+    if RECOMMEND_CACHE.maxsize <= 0:
+        return _recommend(spec, resolved, demand, efficiency)
+    key = _cache_key(spec, resolved, demand, efficiency)
+    cached = RECOMMEND_CACHE.get(key)
+    if cached is not None:
+        return cached
+    rec = _recommend(spec, resolved, demand, efficiency)  # raises for no plan: errors are not cached
+    RECOMMEND_CACHE.put(key, rec)
+    return rec
+
+
+def _recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Workload,
+               efficiency: Efficiency | None) -> Recommendation:
     budget = Budget(spec.scaling.max_gpus, spec.scaling.max_cost_per_hour)
     result: Plan = plan(resolved.arch, [resolved.gpu], resolved.precision, demand, resolved.slo,
                         resolved.kv_cache_dtype, spec.mode, budget, efficiency=efficiency,
