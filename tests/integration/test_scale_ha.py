@@ -265,7 +265,9 @@ def test_memoized_recommendation_changes_nothing_and_stays_bounded() -> None:
         for i in (0, 1, 2, 5):
             obj: dict[str, Any] = {"metadata": {"name": f"m{i}", "namespace": "x", "uid": "u", "generation": 1},
                                    "spec": spec_for(i)}
-            for tick in range(4):
+            # Ticks 0 and 2 plan afresh (a new resource, then a spec edit); 1 and 3 re-plan the running
+            # shape; 4 asks 3's question again: an unchanged resource on its timer.
+            for tick in range(5):
                 if tick == 2:  # a person changes the demand
                     obj["spec"] = spec_for(i, rate_scale=3.0)
                     obj["metadata"]["generation"] = 2
