@@ -22,6 +22,7 @@ import polling
 import pytest
 import yaml
 
+from goodput.demo.stack import stop_process
 from goodput.devcluster.cluster import LocalCluster, free_ports
 from goodput.devcluster.helm import run_helm
 
@@ -332,12 +333,7 @@ def test_operator_reconciles_with_only_the_charts_rbac(cluster: LocalCluster, ch
         time.sleep(4)  # one timer reconcile more
         assert proc.poll() is None, "the operator exited"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         cluster.kubectl("delete", "infd", "llama-8b-chat", "-n", ns, "--wait=false")
         # Shown by pytest when the test fails.
         sys.stderr.write("--- operator log (tail)\n" + "".join(log_path.read_text().splitlines(True)[-60:]))

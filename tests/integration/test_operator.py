@@ -17,6 +17,8 @@ import polling
 import pytest
 import yaml
 
+from goodput.demo.stack import stop_process
+
 pytestmark = pytest.mark.integration
 wait_for = partial(polling.wait_for, timeout=60.0, interval=0.5)
 
@@ -53,13 +55,7 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         state["log"] = log
 
     def stop() -> None:
-        proc: subprocess.Popen[bytes] = state["proc"]
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(state["proc"])
         state["log"].close()
 
     def restart() -> None:

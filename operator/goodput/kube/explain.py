@@ -17,20 +17,14 @@ import sys
 from typing import Any
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from goodput.cli import number_arg
 from goodput.render.explain import explain_data, explain_text
 from goodput.render.reconcile import PoolObservation
 
 REQUEST_TIMEOUT_S = (5.0, 15.0)  # connect, read
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
+_non_negative_int = number_arg(int, 0, inclusive=True)
 
 
 def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
