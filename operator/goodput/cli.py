@@ -19,7 +19,7 @@ from typing import Any
 from goodput.model.architecture import ModelArch, arch_from_hf_config_file, get_model, model_catalog
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import Accelerator, accelerator_catalog, get_accelerator
-from goodput.model.measurements import evaluate, summarize
+from goodput.model.measurements import MEASUREMENT_COLUMNS, evaluate, summarize
 from goodput.model.precision import WEIGHT_PRECISIONS
 from goodput.model.replica import ReplicaModel, smallest_tp
 from goodput.model.report import plan_report, predict_report
@@ -31,8 +31,10 @@ from goodput.sim.trace import BUNDLED_TRACES, trace_path
 # ------------------------------------------------------------------------------------------
 # argument helpers
 # ------------------------------------------------------------------------------------------
-def number_arg(kind: type[int] | type[float], minimum: float, inclusive: bool) -> Any:
-    """An argparse type: a finite number of `kind` above (or at) `minimum`, with a clear message."""
+def number_arg(kind: type[int] | type[float], minimum: float, inclusive: bool,
+               maximum: float | None = None) -> Any:
+    """An argparse type: a finite number of `kind` above (or at) `minimum` and at most `maximum`
+    (the CRD's bound where the CRD has one), with a message naming what is wrong."""
     bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
 
     def parse(text: str) -> int | float:
@@ -40,16 +42,72 @@ def number_arg(kind: type[int] | type[float], minimum: float, inclusive: bool) -
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not (value >= minimum if inclusive else value > minimum):
             raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum:g}")
         return value
 
     return parse
 
 
+def fraction_arg(text: str) -> float:
+    """An argparse type: a fraction in [0, 1)."""
+    value = float(number_arg(float, 0.0, inclusive=True)(text))
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 1")
+    return value
+
+
+def percentile_arg(text: str) -> float:
+    """An argparse type: a percentile in [50, 100), as the CRD's slo.percentile."""
+    value = float(number_arg(float, 50.0, inclusive=True)(text))
+    if value >= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 100 (the CRD's slo.percentile bound)")
+    return value
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file, or one line naming why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CapacityModelError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CapacityModelError(f"cannot read {what} {path}: not UTF-8 text ({exc.reason})") from None
+
+
+def check_plot_target(path: Path | None) -> None:
+    """Before any work: fail now, not after a long run, when a plot asked for cannot be drawn."""
+    if path is None:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CapacityModelError("--plot needs matplotlib: pip install 'goodput-operator[plot]'") from None
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CapacityModelError(f"--plot {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        raise CapacityModelError(f"--plot {path} is a folder; give a file name such as {path / 'plot.png'}")
+
+
+# Bounds shared with the CRD (api/v1alpha1.py), so the CLI refuses what admission would.
+MAX_REQUEST_RATE_RPS = 1_000_000.0
+MAX_TOKENS = 10_000_000.0
+MAX_TTFT_MS = 3_600_000.0
+MAX_ITL_MS = 600_000.0
+MAX_GPUS = 100_000
+MAX_COST_PER_HOUR = 10_000_000.0
+MAX_PRICE_PER_GPU_HOUR = 10_000.0
+
+
 _positive_float = number_arg(float, 0.0, inclusive=False)
 _non_negative_float = number_arg(float, 0.0, inclusive=True)
 _positive_int = number_arg(int, 1, inclusive=True)
+_token_count = number_arg(float, 0.0, inclusive=False, maximum=MAX_TOKENS)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -75,17 +133,35 @@ def _prices(args: argparse.Namespace) -> dict[str, float]:
         gpu, sep, usd = item.partition("=")
         if not sep:
             raise CapacityModelError(f"--price takes GPU=USD, got {item!r}")
+        gpu_id = get_accelerator(gpu.strip()).gpu_id  # an unknown GPU says so, with the known ones
         try:
-            prices[get_accelerator(gpu).gpu_id] = float(usd)
+            value = float(usd)
         except ValueError:
             raise CapacityModelError(f"--price {item!r}: {usd!r} is not a number") from None
+        if not (math.isfinite(value) and 0 < value <= MAX_PRICE_PER_GPU_HOUR):
+            raise CapacityModelError(f"--price {item!r}: USD per GPU-hour must be above 0 and at most "
+                                     f"{MAX_PRICE_PER_GPU_HOUR:g}")
+        prices[gpu_id] = value
     return prices
 
 
-def _gpus(spec: str, prices: dict[str, float]) -> list[Accelerator]:
-    out = []
-    for gpu_id in [g for g in spec.split(",") if g.strip()]:
+def gpu_ids(values: Sequence[str] | str) -> list[str]:
+    """`--gpu` values, repeatable and comma-separated, in order, each once."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        for gpu_id in (g.strip() for g in item.split(",")):
+            if gpu_id and gpu_id not in out:
+                out.append(gpu_id)
+    return out
+
+
+def _gpus(spec: Sequence[str] | str, prices: dict[str, float]) -> list[Accelerator]:
+    out: list[Accelerator] = []
+    for gpu_id in gpu_ids(spec):
         gpu = get_accelerator(gpu_id)
+        if any(g.gpu_id == gpu.gpu_id for g in out):
+            continue  # an alias of one already given
         if gpu.gpu_id in prices:
             gpu = gpu.with_price(prices[gpu.gpu_id])
         out.append(gpu)
@@ -98,25 +174,15 @@ def _lengths(mean: float, p99: float | None) -> LengthDistribution:
     return LengthDistribution.fixed(mean) if p99 is None else LengthDistribution.lognormal(mean, p99)
 
 
-def _trace_lengths(path: Path) -> tuple[LengthDistribution, LengthDistribution]:
-    """Empirical prompt/output length distributions from an Azure-format trace CSV."""
-    inputs, outputs = [], []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                try:
-                    inputs.append(float(row["ContextTokens"]))
-                    outputs.append(float(row["GeneratedTokens"]))
-                except (KeyError, TypeError, ValueError):
-                    # line_num counts physical lines, blank ones included (the reader skips those).
-                    raise CapacityModelError(
-                        f"{path}:{reader.line_num}: expected ContextTokens and GeneratedTokens numbers") from None
-    except OSError as exc:
-        raise CapacityModelError(f"cannot read {path}: {exc.strerror}") from exc
-    if not inputs:
-        raise CapacityModelError(f"{path} has no requests")
-    return LengthDistribution.empirical(inputs), LengthDistribution.empirical(outputs)
+def _trace_lengths(name_or_path: str) -> tuple[LengthDistribution, LengthDistribution]:
+    """Empirical prompt/output length distributions from a trace (Azure CSV or Mooncake JSONL), read
+    by the simulator's reader, which rejects bad rows with their line number."""
+    from goodput.sim.trace import parse_trace
+
+    path = trace_path(name_or_path)
+    trace = parse_trace(read_text_file(path, "trace").splitlines(), "auto", str(path))
+    return (LengthDistribution.empirical(trace.prompts.astype(float)),
+            LengthDistribution.empirical(trace.outputs.astype(float)))
 
 
 def _emit(data: Any) -> None:
@@ -129,7 +195,11 @@ def _emit(data: Any) -> None:
 # ------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     arch = _model(args)
-    gpu = _gpus(args.gpu, _prices(args))[0]
+    gpus = _gpus(args.gpu, _prices(args))
+    if len(gpus) > 1:
+        raise CapacityModelError(f"predict takes one --gpu, got {', '.join(g.gpu_id for g in gpus)} "
+                                 "(`goodput plan` compares several)")
+    gpu = gpus[0]
     tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype)
     r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype)
     report = predict_report(r, args.batch, args.input_len, args.output_len)
@@ -159,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 def _workload(args: argparse.Namespace) -> Workload:
     if args.lengths_from is not None:
-        inputs, outputs = _trace_lengths(trace_path(args.lengths_from))
+        inputs, outputs = _trace_lengths(args.lengths_from)
     else:
         if args.input_len is None or args.output_len is None:
             raise CapacityModelError("give --input-len and --output-len, or --lengths-from TRACE.csv")
@@ -174,6 +244,7 @@ def _fmt_money(x: float | None) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    check_plot_target(args.plot)
     arch = _model(args)
     gpus = _gpus(args.gpu, _prices(args))
     workload = _workload(args)
@@ -243,12 +314,26 @@ def _plan_text(report: dict[str, Any], slo: SLO) -> str:
 # ------------------------------------------------------------------------------------------
 # validate
 # ------------------------------------------------------------------------------------------
+def _measurement_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a measurements CSV; a file that is not one (another CSV, a trace, empty, a header
+    alone) is refused with what it lacks, since validating nothing would pass silently."""
+    reader = csv.DictReader(read_text_file(path, "measurements").splitlines())
+    header = [c.strip().lstrip("\ufeff") for c in (reader.fieldnames or [])]
+    if not header:
+        raise CapacityModelError(f"{path} is empty: not a measurements CSV (its header names "
+                                 f"{', '.join(MEASUREMENT_COLUMNS)})")
+    missing = [c for c in MEASUREMENT_COLUMNS if c not in header]
+    if missing:
+        raise CapacityModelError(f"{path} is not a measurements CSV: its header lacks {', '.join(missing)}")
+    reader.fieldnames = header
+    rows = list(reader)
+    if not rows:
+        raise CapacityModelError(f"{path} has a header but no measurements")
+    return rows
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    try:
-        with args.measurements.open(encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise CapacityModelError(f"cannot read {args.measurements}: {exc.strerror}") from exc
+    rows = _measurement_rows(args.measurements)
     results = evaluate(rows)
     summary = summarize(results)
     if args.json:
@@ -266,9 +351,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{'measured':>11}{'predicted':>11}{'APE':>8}")
         for r in results:
             row = r.row
-            prefix = (f"{row.get('model_id', ''):<15}{row.get('gpu_id', ''):<15}{row.get('precision_id', ''):<5}"
-                      f"{row.get('tp', ''):>3}{row.get('input_len', ''):>7}{row.get('output_len', ''):>6}"
-                      f"{row.get('load', ''):>6}  {r.metric:<24}")
+            cell = {k: str(row.get(k) or "") for k in MEASUREMENT_COLUMNS}  # a short line has None cells
+            prefix = (f"{cell['model_id']:<15}{cell['gpu_id']:<15}{cell['precision_id']:<5}"
+                      f"{cell['tp']:>3}{cell['input_len']:>7}{cell['output_len']:>6}"
+                      f"{cell['load']:>6}  {r.metric:<24}")
             if r.error:
                 print(prefix + f"ERROR: {r.error}")
             else:
@@ -349,6 +435,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     import kopf
 
+    from goodput.kube.actions import KubeConfigError, load_config
+
+    try:
+        load_config()  # fail fast, in one line: kopf would retry a missing kubeconfig every 60 s, with tracebacks
+    except KubeConfigError as exc:
+        raise CapacityModelError(str(exc)) from None
     import goodput.handlers.operator  # noqa: F401  (registers the handlers)
 
     logging.basicConfig(level=getattr(logging, args.log_level),
@@ -392,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="per-replica figures for one configuration")
     _add_model_args(p)
-    p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
+    p.add_argument("--gpu", required=True, action="append", help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--tp", type=_positive_int, help="tensor-parallel degree (default: the smallest that fits)")
     p.add_argument("--batch", type=_positive_int, default=1)
     p.add_argument("--input-len", type=_positive_int, required=True)
@@ -402,24 +494,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="the cheapest configuration meeting the SLOs")
     _add_model_args(p)
-    p.add_argument("--gpu", required=True, help="GPU id, or several separated by commas")
-    p.add_argument("--rate", type=_non_negative_float, required=True, help="demand, requests per second")
-    p.add_argument("--input-len", type=_positive_float, help="mean prompt tokens")
-    p.add_argument("--input-len-p99", type=_positive_float, help="p99 prompt tokens (lognormal); default: all alike")
-    p.add_argument("--output-len", type=_positive_float, help="mean output tokens")
-    p.add_argument("--output-len-p99", type=_positive_float, help="p99 output tokens (lognormal)")
+    p.add_argument("--gpu", required=True, action="append",
+                   help="GPU id; several separated by commas, or --gpu repeated")
+    p.add_argument("--rate", type=number_arg(float, 0.0, True, maximum=MAX_REQUEST_RATE_RPS), required=True,
+                   help=f"demand, requests per second (at most {MAX_REQUEST_RATE_RPS:g}, as the CRD)")
+    p.add_argument("--input-len", type=_token_count, help="mean prompt tokens")
+    p.add_argument("--input-len-p99", type=_token_count, help="p99 prompt tokens (lognormal); default: all alike")
+    p.add_argument("--output-len", type=_token_count, help="mean output tokens")
+    p.add_argument("--output-len-p99", type=_token_count, help="p99 output tokens (lognormal)")
     p.add_argument("--lengths-from", metavar="TRACE.csv",
                    help="take the length distributions from an Azure-format trace CSV, or a bundled one: "
                    + ", ".join(BUNDLED_TRACES))
-    p.add_argument("--prefix-hit-rate", type=_non_negative_float, default=0.0,
+    p.add_argument("--prefix-hit-rate", type=fraction_arg, default=0.0,
                    help="fraction of prompt tokens served from the prefix cache")
-    p.add_argument("--ttft-p99-ms", type=_positive_float, required=True)
-    p.add_argument("--itl-p99-ms", type=_positive_float, required=True)
-    p.add_argument("--slo-percentile", type=_positive_float, default=99.0,
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True)
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True)
+    p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
                    help="the percentile the SLOs apply to (default 99)")
     p.add_argument("--mode", choices=MODES, default="auto")
-    p.add_argument("--max-gpus", type=_positive_int)
-    p.add_argument("--max-cost-per-hour", type=_positive_float, metavar="USD")
+    p.add_argument("--max-gpus", type=number_arg(int, 1, True, maximum=MAX_GPUS))
+    p.add_argument("--max-cost-per-hour", type=number_arg(float, 0.0, False, maximum=MAX_COST_PER_HOUR),
+                   metavar="USD")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a roofline picture of this workload")
     p.set_defaults(func=cmd_plan)

@@ -388,8 +388,11 @@ def test_grafana_dashboard_configmap(helm: Path, tmp_path: Path) -> None:
 def test_operator_command_passes_peering_to_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
+    import goodput.kube.actions
+
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(kopf, "run", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(goodput.kube.actions, "load_config", lambda: None)  # no cluster here; kopf.run is faked
     for var in ("GOODPUT_TIMER_SECONDS", "GOODPUT_PROMETHEUS_URL", "GOODPUT_METRICS_PORT"):
         monkeypatch.delenv(var, raising=False)
     parser = build_parser()

@@ -178,10 +178,12 @@ def test_plan_without_lengths_is_an_error(capsys):
 
 
 def test_plan_prefix_hit_rate_of_one_is_an_error(capsys):
-    err = run_error(capsys, ["plan", "--model", "llama-3.1-8b", "--precision", "fp8", "--gpu", "h100-sxm-80gb",
-                             "--rate", "1", "--input-len", "100", "--output-len", "100", "--prefix-hit-rate", "1",
-                             "--ttft-p99-ms", "500", "--itl-p99-ms", "50"])
-    assert "prefix-cache hit rate" in err
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--model", "llama-3.1-8b", "--precision", "fp8", "--gpu", "h100-sxm-80gb",
+              "--rate", "1", "--input-len", "100", "--output-len", "100", "--prefix-hit-rate", "1",
+              "--ttft-p99-ms", "500", "--itl-p99-ms", "50"])
+    assert info.value.code == 2
+    assert "--prefix-hit-rate: '1' must be below 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -393,25 +395,28 @@ def test_lengths_from_bundled_trace(capsys):
 
 
 @pytest.mark.parametrize(
-    ("rows", "line"),
+    ("rows", "line", "message"),
     [
-        ([("t0", "100", "10"), ("t1", "abc", "10")], 3),
-        ([("t0", "100", "10"), ("t1", "200", "20"), ("t2", "300", "")], 4),
-        ([("t0", "100", "10"), ("t1", "200", "20"), ("t2", "300", "30"), ("t3", "400")], 5),
+        ([("0", "100", "10"), ("1", "abc", "10")], 3, "ContextTokens 'abc' is not a number"),
+        ([("0", "100", "10"), ("1", "200", "20"), ("2", "300", "")], 4, "GeneratedTokens '' is not a number"),
+        ([("0", "100", "10"), ("1", "200", "20"), ("2", "300", "30"), ("3", "400")], 5, "expected 3 columns"),
+        ([("0", "-5", "10")], 2, "ContextTokens '-5' must be at least 1"),
+        ([("0", "nan", "10")], 2, "ContextTokens 'nan' is not a whole number"),
+        ([("0", "1e30", "10")], 2, "ContextTokens '1e30' is more than 10,000,000 tokens"),
     ],
 )
-def test_lengths_from_malformed_line(tmp_path, capsys, rows, line):
+def test_lengths_from_malformed_line(tmp_path, capsys, rows, line, message):
+    """--lengths-from reads with the simulator's trace reader: bad rows are named by line, never averaged in."""
     trace = write_trace(tmp_path / "trace.csv", rows)
     err = run_error(capsys, [*TRACE_ARGS, "--lengths-from", str(trace)])
-    assert f"{trace}:{line}:" in err
-    assert "ContextTokens and GeneratedTokens" in err
+    assert f"{trace}:{line}: {message}" in err
 
 
 def test_lengths_from_wrong_columns(tmp_path, capsys):
     trace = tmp_path / "trace.csv"
     trace.write_text("time,prompt,completion\n1,100,10\n", encoding="utf-8")
     err = run_error(capsys, [*TRACE_ARGS, "--lengths-from", str(trace)])
-    assert f"{trace}:2:" in err
+    assert f"{trace}: cannot tell the trace format" in err
 
 
 def test_lengths_from_empty_or_missing(tmp_path, capsys):
@@ -422,7 +427,7 @@ def test_lengths_from_empty_or_missing(tmp_path, capsys):
 
 def test_lengths_from_malformed_line_after_blank_line(tmp_path, capsys):
     trace = tmp_path / "trace.csv"
-    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nt0,100,10\n\nt1,abc,20\n", encoding="utf-8")
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10\n\n1,abc,20\n", encoding="utf-8")
     err = run_error(capsys, [*TRACE_ARGS, "--lengths-from", str(trace)])
     assert f"{trace}:4:" in err
 

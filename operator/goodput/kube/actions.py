@@ -30,12 +30,33 @@ APPLY = "application/apply-patch+yaml"
 REQUEST_TIMEOUT_S = (5.0, 20.0)  # connect, read
 
 
+class KubeConfigError(Exception):
+    """No usable Kubernetes configuration: the message says which file and what is wrong with it."""
+
+
 def load_config() -> None:
-    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config. Raises
+    KubeConfigError with one line a person can act on (no file, not YAML, no current context)."""
+    import os
+
+    import yaml
+
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return
     except config.ConfigException:
+        pass
+    where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
         config.load_kube_config()  # type: ignore[no-untyped-call]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeConfigError(f"the kubeconfig {where} is not valid YAML{at}") from None
+    except (config.ConfigException, OSError, TypeError, AttributeError, KeyError, ValueError) as exc:
+        # The client's own messages name what is missing ("Invalid kube-config file. No configuration found.").
+        raise KubeConfigError(f"no usable Kubernetes configuration in {where} (set KUBECONFIG, or run in a "
+                              f"pod): {str(exc).strip() or type(exc).__name__}") from None
 
 
 class Kube:

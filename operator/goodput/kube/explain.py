@@ -50,16 +50,16 @@ def _fail(message: str, code: int) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     # The Kubernetes client is imported here: `goodput` commands that do not talk to a cluster stay fast.
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    from goodput.kube.actions import load_config
+    from goodput.kube.actions import KubeConfigError, load_config
 
     try:
         load_config()
-    except (config.ConfigException, OSError) as exc:
-        return _fail(f"no Kubernetes configuration (set KUBECONFIG or ~/.kube/config): {exc}", 2)
+    except KubeConfigError as exc:
+        return _fail(str(exc), 2)
     api = client.ApiClient()
     server = api.configuration.host
     name, namespace = args.name, args.namespace

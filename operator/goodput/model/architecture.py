@@ -170,6 +170,21 @@ def _get(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
     return default
 
 
+def _required_int(config: Mapping[str, Any], *keys: str) -> int:
+    """A positive integer field of config.json; the error names the field (and its aliases) to add."""
+    value = _get(config, *keys)
+    names = keys[0] + (f" (or {', '.join(keys[1:])})" if keys[1:] else "")
+    if value is None:
+        raise CatalogError(f"config.json lacks {names}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise CatalogError(f"config.json field {keys[0]}={value!r} is not an integer") from None
+    if isinstance(value, bool) or number != value or number < 1:
+        raise CatalogError(f"config.json field {keys[0]}={value!r} must be a positive integer")
+    return number
+
+
 def arch_from_hf_config(config: Mapping[str, Any], model_id: str | None = None) -> ModelArch:
     """Derive the architecture and parameter counts from a Hugging Face ``config.json`` mapping.
 
@@ -177,15 +192,10 @@ def arch_from_hf_config(config: Mapping[str, Any], model_id: str | None = None) 
     """
     if "text_config" in config and "num_hidden_layers" not in config:
         config = config["text_config"]  # multimodal wrappers keep the language model here
-    try:
-        layers = int(_get(config, "num_hidden_layers", "n_layer", "num_layers"))
-        hidden = int(_get(config, "hidden_size", "n_embd", "d_model"))
-        heads = int(_get(config, "num_attention_heads", "n_head"))
-        vocab = int(_get(config, "vocab_size"))
-    except (TypeError, ValueError) as exc:
-        raise CatalogError(
-            "config.json lacks num_hidden_layers, hidden_size, num_attention_heads or vocab_size"
-        ) from exc
+    layers = _required_int(config, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _required_int(config, "hidden_size", "n_embd", "d_model")
+    heads = _required_int(config, "num_attention_heads", "n_head")
+    vocab = _required_int(config, "vocab_size")
     kv_heads = int(_get(config, "num_key_value_heads", "multi_query_group_num", default=heads))
     head_dim = int(_get(config, "head_dim", default=hidden // heads))
     ffn = int(_get(config, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * hidden))
@@ -255,6 +265,11 @@ def arch_from_hf_config_file(path: str | Path, model_id: str | None = None) -> M
         raise CatalogError(f"cannot read model config {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise CatalogError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"cannot read model config {path}: not UTF-8 text ({exc.reason})") from None
     if not isinstance(config, dict):
         raise CatalogError(f"{path} must hold a JSON object (a Hugging Face config.json)")
-    return arch_from_hf_config(config, model_id=model_id or Path(path).parent.name or None)
+    try:
+        return arch_from_hf_config(config, model_id=model_id or Path(path).parent.name or None)
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from None

@@ -43,6 +43,9 @@ METRICS = (
     "e2e_mean_ms",
 )
 LOAD_MODES = ("static_batch", "closed_loop_concurrency", "offline_max")
+# The columns parse_row needs; a file without them is not a measurements CSV (see ../shared/data/measurements).
+MEASUREMENT_COLUMNS = ("model_id", "precision_id", "gpu_id", "num_gpus", "tp", "input_len", "output_len",
+                       "load_mode", "load", "metric", "value")
 
 STEP_TOKEN_BUDGET = 8192
 # Batch cap of an engine left to choose its own batch (trtllm-bench, vLLM offline benchmarks).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -97,12 +98,17 @@ class LengthDistribution:
             raise CapacityModelError(f"need 0 < mean <= p99, got mean={mean}, p99={p99}")
         if p99 == mean:
             return cls.fixed(mean)
-        mu, sigma = lognormal_mu_sigma(mean, p99)
-        mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
-        z = np.array([_inverse_normal(float(p)) for p in mids])
-        values = np.exp(mu + sigma * z)
+        _, sigma = lognormal_mu_sigma(mean, p99)
+        # The continuous lognormal's p99 is not the binned one's (the bins' points re-scaled to the mean
+        # read about 1.5% high): solve sigma so that the distribution used keeps the given p99 exactly.
+        sigma = _binned_sigma(p99 / mean, sigma)
+        return cls._binned_lognormal(mean, sigma)
+
+    @classmethod
+    def _binned_lognormal(cls, mean: float, sigma: float) -> LengthDistribution:
+        """The lognormal of this sigma on the quantile bins, re-scaled to have exactly this mean."""
+        values = np.exp(sigma * _bin_z())
         weights = np.diff(_EDGES)
-        # Re-scale so the discretized mean is exactly the requested mean.
         values *= mean / float(np.sum(values * weights))
         return cls(values, weights)
 
@@ -150,6 +156,35 @@ class LengthDistribution:
         if self.values.size == 1:
             return f"{self.mean:.0f}"
         return f"mean {self.mean:.0f}, p99 {self.quantile(0.99):.0f}"
+
+
+@functools.cache
+def _bin_z() -> FloatArray:
+    """The standard normal quantiles of the bins' middle probabilities."""
+    mids = (_EDGES[:-1] + _EDGES[1:]) / 2.0
+    return np.array([_inverse_normal(float(p)) for p in mids])
+
+
+def _binned_ratio(sigma: float) -> float:
+    """p99/mean of the binned lognormal with this sigma (independent of mu)."""
+    d = LengthDistribution._binned_lognormal(1.0, sigma)
+    return d.quantile(0.99) / d.mean
+
+
+def _binned_sigma(ratio: float, start: float) -> float:
+    """The sigma whose binned lognormal has p99/mean = ratio, by bisection around the continuous
+    sigma ``start`` (the ratio rises with sigma up to the tail's peak, past ``start`` here); the
+    closest sigma when the bins cannot reach the ratio exactly."""
+    lo, hi = 1e-6, min(max(start * 1.5, 0.05), _Z99)
+    if _binned_ratio(hi) < ratio:
+        return hi
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if _binned_ratio(mid) < ratio:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
 
 
 def _inverse_normal(p: float) -> float:

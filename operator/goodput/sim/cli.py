@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from goodput.cli import number_arg
+from goodput.cli import MAX_ITL_MS, MAX_TTFT_MS, check_plot_target, number_arg, percentile_arg, read_text_file
 from goodput.model.errors import CapacityModelError
 from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
@@ -40,6 +40,8 @@ from goodput.sim.simulate import (
 from goodput.sim.trace import BUNDLED_TRACES, FORMATS, Trace, parse_trace, replicate_rate, scale_rate, trace_path
 
 PROGRESS_AFTER_S = 2.0
+# A compressed trace at this scale already serves a day's Azure trace in under a second.
+MAX_RATE_SCALE = 100_000.0
 
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
@@ -51,8 +53,8 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--trace", required=True, metavar="FILE",
                    help="an Azure CSV or Mooncake JSONL trace, or a bundled one: " + ", ".join(BUNDLED_TRACES))
     p.add_argument("--format", choices=FORMATS, default="auto", help="trace format (default: from its first line)")
-    p.add_argument("--rate-scale", type=number_arg(float, 0.0, False), default=1.0, metavar="X",
-                   help="X times the request rate (default 1)")
+    p.add_argument("--rate-scale", type=number_arg(float, 0.0, False, maximum=MAX_RATE_SCALE), default=1.0,
+                   metavar="X", help=f"X times the request rate (default 1, at most {MAX_RATE_SCALE:g})")
     p.add_argument("--rate-scale-mode", choices=("compress", "replicate"), default="replicate",
                    help="replicate (default): X independently shifted copies of the trace on its own time axis, "
                         "as X times as many users; compress: the same requests in 1/X of the time (cheaper, but "
@@ -61,9 +63,9 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
     p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
-    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False), required=True)
-    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False), required=True)
-    p.add_argument("--slo-percentile", type=number_arg(float, 50.0, True), default=99.0,
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True)
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True)
+    p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
                    help="the percentile the SLOs apply to (default 99)")
     p.add_argument("--mode", choices=MODES, default="auto")
     p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
@@ -92,12 +94,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------
 def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
     path = trace_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CapacityModelError(f"cannot read trace {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise CapacityModelError(f"cannot read trace {path}: not UTF-8 text ({exc.reason})") from None
+    text = read_text_file(path, "trace")
     name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
     return parse_trace(text.splitlines(), fmt, name)
 
@@ -173,6 +170,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not names:
         raise CapacityModelError("--policy needs at least one policy name")
     order = policy_order(names)  # validates the names before any work
+    check_plot_target(args.plot)
     trace = load_trace(args.trace, args.format)
     if args.rate_scale != 1.0:
         trace = scale_rate(trace, args.rate_scale) if args.rate_scale_mode == "compress" \

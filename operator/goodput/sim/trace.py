@@ -42,6 +42,9 @@ from goodput.model.errors import CapacityModelError
 Format = Literal["azure", "mooncake"]
 FORMATS: tuple[str, ...] = ("auto", "azure", "mooncake")
 MOONCAKE_BLOCK_TOKENS = 512
+# The most tokens one request may have: the CRD's bound on a length (workload.*Length.p99), far above
+# any model's context; a larger count is a broken file, and would overflow the int64 arrays.
+MAX_REQUEST_TOKENS = 10_000_000
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 # Public traces shipped in the package (see data/SOURCES.md): usable by name wherever a trace is.
@@ -136,6 +139,10 @@ def scale_rate(trace: Trace, factor: float) -> Trace:
                  trace.rate_scale * factor)
 
 
+# The most requests a replicated trace may hold: about 10 GB of simulator state and hours of run time.
+# Beyond it, compress the trace instead (--rate-scale-mode compress keeps the request count).
+MAX_REPLICATED_REQUESTS = 20_000_000
+
 # Copies of the trace are shifted by up to this much: arrivals within a minute become
 # independent across copies (as different users' are) while the load curve over the hour keeps
 # its shape (smoothed by at most a minute).
@@ -157,6 +164,10 @@ def replicate_rate(trace: Trace, factor: float, seed: int = 0, shift_s: float = 
     if not (math.isfinite(factor) and factor > 0):
         raise TraceError(f"the rate scale must be a positive number, got {factor}")
     n = len(trace)
+    if n * factor > MAX_REPLICATED_REQUESTS:
+        raise TraceError(f"a rate scale of {factor:g} replicates {n:,} requests into {n * factor:,.0f}, more than the "
+                         f"simulator's {MAX_REPLICATED_REQUESTS:,}; lower --rate-scale, use a shorter trace, or "
+                         "--rate-scale-mode compress")
     rng = np.random.default_rng(seed)
     span = max(trace.span_s, 1e-9)
     times: list[npt.NDArray[np.float64]] = []
@@ -265,6 +276,8 @@ def _count(value: object, what: str, minimum: int) -> int:
         raise ValueError(f"{what} {value!r} is not a whole number")
     if number < minimum:
         raise ValueError(f"{what} {value!r} must be at least {minimum}")
+    if number > MAX_REQUEST_TOKENS:
+        raise ValueError(f"{what} {value!r} is more than {MAX_REQUEST_TOKENS:,} tokens")
     return int(number)
 
 
