@@ -115,8 +115,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="catalog model id or Hugging Face name (see `goodput catalog models`)")
     src.add_argument("--model-config", type=Path, metavar="FILE",
                      help="a Hugging Face config.json on disk (read locally, never downloaded)")
-    p.add_argument("--precision", required=True, help=f"weight precision: {', '.join(WEIGHT_PRECISIONS)}")
-    p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
+    p.add_argument("--precision", default="bf16", help=f"weight precision: {', '.join(WEIGHT_PRECISIONS)}")
+    p.add_argument("--kv-dtype", "--kv-cache-dtype", default="auto",
+                   help="KV-cache dtype: auto (model dtype) or fp8")
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the price per GPU-hour of a GPU (repeatable)")
 
@@ -128,8 +129,13 @@ def _model(args: argparse.Namespace) -> ModelArch:
 
 
 def _prices(args: argparse.Namespace) -> dict[str, float]:
+    return parse_prices(args.price)
+
+
+def parse_prices(items: Sequence[str]) -> dict[str, float]:
+    """`--price GPU=USD` values (repeatable): USD per GPU-hour by catalog GPU id."""
     prices: dict[str, float] = {}
-    for item in args.price:
+    for item in items:
         gpu, sep, usd = item.partition("=")
         if not sep:
             raise CapacityModelError(f"--price takes GPU=USD, got {item!r}")
@@ -185,8 +191,30 @@ def _trace_lengths(name_or_path: str) -> tuple[LengthDistribution, LengthDistrib
             LengthDistribution.empirical(trace.outputs.astype(float)))
 
 
-def _emit(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, allow_nan=False)
+OUTPUT_FORMATS = ("table", "wide", "json", "yaml")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """kubectl's `-o json|yaml|wide|table`; `--json` stays as an alias of `-o json`."""
+    p.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="table",
+                   help="table (default), wide (every column), json or yaml")
+    p.add_argument("--json", dest="output", action="store_const", const="json", help="the same as -o json")
+
+
+def structured(args: argparse.Namespace) -> bool:
+    """Whether the command prints data (json/yaml) rather than text (table/wide)."""
+    return getattr(args, "output", "table") in ("json", "yaml")
+
+
+def emit(data: Any, fmt: str = "json") -> None:
+    """Print data as JSON (strict: no NaN) or YAML (block style, keys in the order given)."""
+    if fmt == "yaml":
+        import yaml
+
+        json.dumps(data, allow_nan=False, default=str)  # the same refusal of NaN as JSON
+        sys.stdout.write(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False))
+        return
+    json.dump(data, sys.stdout, indent=2, allow_nan=False, default=str)
     sys.stdout.write("\n")
 
 
@@ -203,8 +231,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype)
     r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype)
     report = predict_report(r, args.batch, args.input_len, args.output_len)
-    if args.json:
-        _emit(report)
+    if structured(args):
+        emit(report, args.output)
         return 0
     fits = "yes" if report["fits"] else "NO: weights leave no room for one sequence"
     lines = [
@@ -262,8 +290,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from goodput.plot import plot_plan  # matplotlib only when asked for
 
         plot_plan(result, arch, args.precision, args.kv_dtype, args.plot)
-    if args.json:
-        _emit(report)
+    if structured(args):
+        emit(report, args.output)
         return 0 if result.chosen is not None else 1
     print(_plan_text(report, slo))
     if plotted:
@@ -336,7 +364,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rows = _measurement_rows(args.measurements)
     results = evaluate(rows)
     summary = summarize(results)
-    if args.json:
+    if structured(args):
         out_rows = []
         for r in results:
             item: dict[str, Any] = dict(r.row)
@@ -345,7 +373,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if r.error:
                 item["error"] = r.error
             out_rows.append(item)
-        _emit({"rows": out_rows, "summary": summary})
+        emit({"rows": out_rows, "summary": summary}, args.output)
     else:
         print(f"{'model':<15}{'gpu':<15}{'prec':<5}{'tp':>3}{'in':>7}{'out':>6}{'load':>6}  {'metric':<24}"
               f"{'measured':>11}{'predicted':>11}{'APE':>8}")
@@ -384,30 +412,55 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 # catalog
 # ------------------------------------------------------------------------------------------
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A headed table, kubectl style: upper-case headers, columns padded to their widest cell."""
+    cells = [[str(h).upper() for h in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+_CATALOG_DTYPES = ("bf16", "fp8", "fp4", "int8")
+
+
+def _gpu_rows(wide: bool) -> tuple[list[str], list[list[object]]]:
+    header = ["gpu", "name", "memory GiB", "HBM TB/s", *(f"{d} TFLOPS" for d in _CATALOG_DTYPES), "$/GPU-h"]
+    rows: list[list[object]] = []
+    for g in accelerator_catalog().values():
+        flops = [f"{g.dense_flops[d] / 1e12:,.0f}" if d in g.dense_flops else "-" for d in _CATALOG_DTYPES]
+        row: list[object] = [g.gpu_id, g.name, f"{g.memory_gib:.0f}", f"{g.hbm_bandwidth_bytes_s / 1e12:.2f}",
+                             *flops, f"{g.usd_per_gpu_hour:.2f}"]
+        rows.append(row + ([g.price_source] if wide else []))
+    return header + (["price source"] if wide else []), rows
+
+
+def _model_rows(wide: bool) -> tuple[list[str], list[list[object]]]:
+    header = ["model", "params B", "active B", "attention", "KV B/token (16-bit)"]
+    rows: list[list[object]] = []
+    for m in model_catalog().values():
+        row: list[object] = [m.model_id, f"{m.params_total / 1e9:.1f}",
+                             f"{m.params_active / 1e9:.1f}" if m.is_moe else "-", m.attention,
+                             f"{m.kv_bytes_per_token_16bit:,.0f}"]
+        rows.append(row + ([m.hf_name] if wide else []))
+    return header + (["hugging face name"] if wide else []), rows
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
-    if args.what == "gpus":
-        rows: list[dict[str, Any]] = [{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
-                 "hbm_tb_s": g.hbm_bandwidth_bytes_s / 1e12,
-                 "tflops": {k: v / 1e12 for k, v in g.dense_flops.items()},
-                 "usd_per_gpu_hour": g.usd_per_gpu_hour, "price_source": g.price_source}
-                for g in accelerator_catalog().values()]
-        if args.json:
-            _emit(rows)
+    if structured(args):
+        if args.what == "gpus":
+            emit([{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
+                   "hbm_tb_s": g.hbm_bandwidth_bytes_s / 1e12,
+                   "tflops": {k: v / 1e12 for k, v in g.dense_flops.items()},
+                   "usd_per_gpu_hour": g.usd_per_gpu_hour, "price_source": g.price_source}
+                  for g in accelerator_catalog().values()], args.output)
         else:
-            for r in rows:
-                dtypes = ",".join(k for k in r["tflops"] if k != "fp16")
-                print(f"{r['gpu_id']:<16}{r['name']:<24}{r['memory_gib']:>5.0f} GiB {r['hbm_tb_s']:>6.2f} TB/s  "
-                      f"${r['usd_per_gpu_hour']:>5.2f}/h  {dtypes}")
-    else:
-        models = list(model_catalog().values())
-        if args.json:
-            _emit([{"model_id": m.model_id, "hf_name": m.hf_name, "params_total_b": m.params_total / 1e9,
-                    "params_active_b": m.params_active / 1e9, "attention": m.attention,
-                    "kv_bytes_per_token_16bit": m.kv_bytes_per_token_16bit} for m in models])
-        else:
-            for m in models:
-                moe = f" (MoE {m.params_active / 1e9:.1f}B active)" if m.is_moe else ""
-                print(f"{m.model_id:<16}{m.hf_name:<38}{m.params_total / 1e9:>7.1f}B{moe} {m.attention}")
+            emit([{"model_id": m.model_id, "hf_name": m.hf_name, "params_total_b": m.params_total / 1e9,
+                   "params_active_b": m.params_active / 1e9, "attention": m.attention,
+                   "kv_bytes_per_token_16bit": m.kv_bytes_per_token_16bit} for m in model_catalog().values()],
+                 args.output)
+        return 0
+    wide = args.output == "wide"
+    print_table(*(_gpu_rows(wide) if args.what == "gpus" else _model_rows(wide)))
     return 0
 
 
@@ -467,29 +520,70 @@ def cmd_operator(args: argparse.Namespace) -> int:
 def cmd_crd(args: argparse.Namespace) -> int:
     from goodput.api.crd import crd_yaml, reference_markdown
 
-    text = reference_markdown() if args.reference else crd_yaml()
-    if args.output is None:
-        sys.stdout.write(text)
+    if args.reference:
+        text = reference_markdown()
+    elif args.output == "json":
+        import yaml
+
+        text = json.dumps(yaml.safe_load(crd_yaml()), indent=2) + "\n"
     else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}", file=sys.stderr)
+        text = crd_yaml()
+    if args.output_file is None:
+        sys.stdout.write(text)
+        return 0
+    if not (args.output_file.parent.is_dir() or not str(args.output_file.parent)):
+        raise CapacityModelError(f"--output-file {args.output_file}: the folder {args.output_file.parent} "
+                                 "does not exist")
+    args.output_file.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output_file}", file=sys.stderr)
     return 0
 
 
 # ------------------------------------------------------------------------------------------
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS, [], ()) \
+                or action.option_strings == []:
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {shown})"
+
+
+class GoodputParser(argparse.ArgumentParser):
+    """`goodput`'s parsers: defaults in the help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("goodput-operator")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="goodput", description="Size LLM inference fleets from first principles.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = GoodputParser(prog="goodput", description="Size LLM inference fleets from first principles.")
+    parser.add_argument("--version", action="version", version=f"goodput {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=GoodputParser)
 
     p = sub.add_parser("predict", help="per-replica figures for one configuration")
     _add_model_args(p)
     p.add_argument("--gpu", required=True, action="append", help="GPU id (see `goodput catalog gpus`)")
-    p.add_argument("--tp", type=_positive_int, help="tensor-parallel degree (default: the smallest that fits)")
-    p.add_argument("--batch", type=_positive_int, default=1)
-    p.add_argument("--input-len", type=_positive_int, required=True)
-    p.add_argument("--output-len", type=_positive_int, required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tp", "--tensor-parallel-size", type=_positive_int,
+                   help="tensor-parallel degree (default: the smallest that fits)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
+    p.add_argument("--input-len", type=_positive_int, required=True, help="prompt tokens per sequence")
+    p.add_argument("--output-len", type=_positive_int, required=True, help="output tokens per sequence")
+    add_output_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plan", help="the cheapest configuration meeting the SLOs")
@@ -507,33 +601,38 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(BUNDLED_TRACES))
     p.add_argument("--prefix-hit-rate", type=fraction_arg, default=0.0,
                    help="fraction of prompt tokens served from the prefix cache")
-    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True)
-    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True)
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True,
+                   help="time-to-first-token target at --slo-percentile, ms")
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True,
+                   help="inter-token latency target at --slo-percentile, ms")
     p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
-                   help="the percentile the SLOs apply to (default 99)")
-    p.add_argument("--mode", choices=MODES, default="auto")
-    p.add_argument("--max-gpus", type=number_arg(int, 1, True, maximum=MAX_GPUS))
+                   help="the percentile the SLOs apply to, in [50, 100)")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
+    p.add_argument("--max-gpus", type=number_arg(int, 1, True, maximum=MAX_GPUS), help="budget: at most N GPUs")
     p.add_argument("--max-cost-per-hour", type=number_arg(float, 0.0, False, maximum=MAX_COST_PER_HOUR),
-                   metavar="USD")
-    p.add_argument("--json", action="store_true")
+                   metavar="USD", help="budget: at most USD per hour")
+    add_output_args(p)
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a roofline picture of this workload")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("validate", help="predict published measurements and report the errors")
-    p.add_argument("--measurements", type=Path, required=True, metavar="FILE.csv")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--measurements", type=Path, required=True, metavar="FILE.csv",
+                   help="a measurements CSV (the format of ../shared/data/measurements/README.md)")
+    add_output_args(p)
     p.add_argument("--strict", action="store_true", help="exit 1 if any row cannot be predicted")
     p.add_argument("--max-median-ape", type=_positive_float, help="exit 1 above this median error (0.2 = 20%%)")
     p.add_argument("--max-p90-ape", type=_positive_float, help="exit 1 above this p90 error")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("catalog", help="list the GPUs or models the model knows")
-    p.add_argument("what", choices=("gpus", "models"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument("what", choices=("gpus", "models"), help="which catalog")
+    add_output_args(p)
     p.set_defaults(func=cmd_catalog)
     p = sub.add_parser("operator", help="run the operator against the current cluster")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
-    p.add_argument("--timer-seconds", type=_positive_float, default=30.0, help="reconcile period (default 30)")
+    p.add_argument("--timer-s", "--timer-seconds", dest="timer_seconds", type=_positive_float, default=30.0,
+                   metavar="S", help="reconcile period, seconds")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--standalone", action="store_true", default=True,
                       help="no peering between operator replicas (default)")
@@ -544,11 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cluster-scan", action="store_true",
                    help="with --namespace: do not list namespaces or watch CRDs (no cluster-scoped RBAC needed)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO",
-                   type=str.upper, help="default INFO")
-    p.add_argument("--liveness", default=None, metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+                   type=str.upper, help="log verbosity")
+    p.add_argument("--liveness", default=None, metavar="URL",
+                   help="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz (default: none)")
     p.add_argument("--prometheus", metavar="URL", help="default Prometheus for live metrics (spec.prometheus.url "
                    "overrides it); without one, plans follow spec.workload")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the operator's own /metrics here")
+    p.add_argument("--metrics-port", type=number_arg(int, 1, True, maximum=65535), metavar="PORT",
+                   help="serve the operator's own /metrics here (default: not served)")
     p.set_defaults(func=cmd_operator)
 
     from goodput.metrics.cli_observe import add_observe_parser
@@ -568,7 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
 
     p = sub.add_parser("crd", help="print (or write) the InferenceDeployment CRD generated from the API models")
-    p.add_argument("--output", "-o", type=Path, metavar="FILE")
+    p.add_argument("--output-file", type=Path, metavar="FILE", help="write here instead of to stdout")
+    p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="the CRD's format")
     p.add_argument("--reference", action="store_true", help="the field reference in Markdown instead")
     p.set_defaults(func=cmd_crd)
     return parser

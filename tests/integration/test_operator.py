@@ -119,8 +119,12 @@ def test_aggregated_example_runs_on_fake_gpu_nodes(cluster: Any, operator: Any) 
         c["type"] == "Ready" and c["status"] == "True" for c in infd(cluster, "llama-8b-chat")["status"]["conditions"]))
     assert any(e["reason"] == "Initial" for e in events_for(cluster, "llama-8b-chat"))
     columns = cluster.kubectl("get", "infd", "llama-8b-chat", "-n", NS).stdout
-    for header in ("MODE", "PREFILL", "DECODE", "GPUS", "$/H", "TTFT P99", "ITL P99", "READY", "AGE"):
+    for header in ("MODEL", "GPU", "MODE", "PREFILL", "DECODE", "GPUS", "READY", "AGE"):
         assert header in columns
+    assert "llama-3.1-8b" in columns and "$/H" not in columns  # cost and latencies wait for -o wide
+    wide = cluster.kubectl("get", "infd", "llama-8b-chat", "-n", NS, "-o", "wide").stdout
+    for header in ("$/H", "TTFT MS (SLO PCT)", "ITL MS (SLO PCT)"):
+        assert header in wide
 
 
 def test_more_demand_scales_up_with_an_event(cluster: Any, operator: Any) -> None:

@@ -16,7 +16,7 @@ CRD_FILE = ROOT / "crds" / "inferencedeployments.goodput.dev.yaml"
 
 def test_committed_crd_matches_the_models() -> None:
     assert CRD_FILE.read_text(encoding="utf-8") == crd_yaml(), (
-        "crds/ drifted from goodput.api: run `goodput crd -o crds/inferencedeployments.goodput.dev.yaml`")
+        "crds/ drifted from goodput.api: run `goodput crd --output-file crds/inferencedeployments.goodput.dev.yaml`")
 
 
 def _walk(node: object, path: str = "") -> list[tuple[str, dict]]:
@@ -52,7 +52,19 @@ def test_names_scope_and_columns() -> None:
     version = c["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     assert [col["name"] for col in PRINTER_COLUMNS] == [
-        "Mode", "Prefill", "Decode", "GPUs", "$/h", "TTFT p99", "ITL p99", "Ready", "Age"]
+        "Model", "GPU", "Mode", "Prefill", "Decode", "GPUs", "Ready", "$/h", "TTFT ms (SLO pct)",
+        "ITL ms (SLO pct)", "Age"]
+    assert [col["name"] for col in PRINTER_COLUMNS if col.get("priority") == 1] == [
+        "$/h", "TTFT ms (SLO pct)", "ITL ms (SLO pct)"]  # -o wide
+
+
+def test_conditions_are_a_map_keyed_by_type_with_rfc3339_times() -> None:
+    status = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+    assert conditions["items"]["properties"]["lastTransitionTime"]["format"] == "date-time"
 
 
 def test_cel_rules_present() -> None:

@@ -132,7 +132,7 @@ def test_chart_crd_is_the_generated_one() -> None:
     copy = CHART / "crds" / "inferencedeployments.goodput.dev.yaml"
     assert copy.read_text(encoding="utf-8") == crd_yaml(), (
         "the chart's CRD drifted from goodput.api: run "
-        "`goodput crd -o helm/goodput-operator/crds/inferencedeployments.goodput.dev.yaml`")
+        "`goodput crd --output-file helm/goodput-operator/crds/inferencedeployments.goodput.dev.yaml`")
 
 
 def test_kopf_peering_crds() -> None:

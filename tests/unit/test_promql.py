@@ -531,10 +531,14 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_observe_arguments() -> None:
     a = _args("--prometheus", "http://p", "--name", "llama")
-    assert (a.namespace, a.window_seconds, a.selector, a.json) == ("default", 60.0, None, False)
+    assert (a.namespace, a.window_seconds, a.selector, a.output, a.quantile) == ("default", 60.0, None, "table", 0.99)
     a = _args("--prometheus", "http://p", "--selector", "app=vllm,tier=~'a|b'", "--window-seconds", "30", "--json")
     assert [m.render() for m in a.selector] == ['app="vllm"', 'tier=~"a|b"'] and a.window_seconds == 30.0
-    for bad in (["--name", "x", "--selector", "a=b"], [], ["--selector", "a b"], ["--name", "x", "--quantile", "99"]):
+    assert a.output == "json"
+    a = _args("--prometheus", "http://p", "--name", "x", "--window-s", "45", "--percentile", "95", "-o", "yaml")
+    assert (a.window_seconds, a.quantile, a.output) == (45.0, 0.95, "yaml")
+    for bad in (["--name", "x", "--selector", "a=b"], [], ["--selector", "a b"], ["--name", "x", "--quantile", "99"],
+                ["--name", "x", "--percentile", "0.99"], ["--name", "x", "--percentile", "99", "--quantile", ".9"]):
         with pytest.raises(SystemExit) as exc:
             _args("--prometheus", "http://p", *bad)
         assert exc.value.code == 2

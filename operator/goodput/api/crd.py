@@ -30,18 +30,23 @@ _KEEP = {
     "minLength", "maxLength", "pattern", "description", "default", "maxItems", "minItems", "format",
 }
 
+# `kubectl get infd` shows what runs and whether it is Ready; `-o wide` (priority 1) adds cost and the
+# predicted latencies. The latency headers say "SLO pct": they are at spec.slo.percentile, not always p99.
 PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.id",
+     "description": "Catalog model id (empty for an inline architecture)"},
+    {"name": "GPU", "type": "string", "jsonPath": ".spec.accelerator.gpu"},
     {"name": "Mode", "type": "string", "jsonPath": ".status.plan.mode"},
     {"name": "Prefill", "type": "integer", "jsonPath": ".status.plan.prefillReplicas"},
     {"name": "Decode", "type": "integer", "jsonPath": ".status.plan.decodeReplicas",
      "description": "Decoding replicas: the decode pool, or the aggregated pool"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus"},
-    {"name": "$/h", "type": "number", "jsonPath": ".status.plan.costPerHour"},
-    {"name": "TTFT p99", "type": "number", "jsonPath": ".status.plan.predictedTtftMs",
-     "description": "Predicted TTFT at the SLO percentile, ms"},
-    {"name": "ITL p99", "type": "number", "jsonPath": ".status.plan.predictedItlMs",
-     "description": "Predicted inter-token latency at the SLO percentile, ms"},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "$/h", "type": "number", "jsonPath": ".status.plan.costPerHour", "priority": 1},
+    {"name": "TTFT ms (SLO pct)", "type": "number", "jsonPath": ".status.plan.predictedTtftMs", "priority": 1,
+     "description": "Predicted TTFT at spec.slo.percentile, ms"},
+    {"name": "ITL ms (SLO pct)", "type": "number", "jsonPath": ".status.plan.predictedItlMs", "priority": 1,
+     "description": "Predicted inter-token latency at spec.slo.percentile, ms"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -257,7 +257,7 @@ class Condition(_Model):
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""
-    last_transition_time: str
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
     observed_generation: int | None = None
 
 
@@ -293,7 +293,9 @@ class InferenceDeploymentStatus(_Model):
     model_config = ConfigDict(extra="allow")  # kopf keeps its own bookkeeping fields here
 
     observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    # A map keyed by type, as Kubernetes conditions are: a server-side apply merges one condition at a time.
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     plan: PlanStatus | None = None
     observed: dict[str, Any] | None = Field(None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     autoscaler: dict[str, Any] | None = Field(

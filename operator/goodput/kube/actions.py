@@ -48,7 +48,8 @@ def load_config() -> None:
         pass
     where = os.environ.get("KUBECONFIG") or "~/.kube/config"
     try:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        # Named explicitly: the client reads $KUBECONFIG once, when it is imported.
+        config.load_kube_config(config_file=where)  # type: ignore[no-untyped-call]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

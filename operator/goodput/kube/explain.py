@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from typing import Any
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from goodput.cli import number_arg
+from goodput.cli import add_output_args, emit, number_arg, structured
 from goodput.render.explain import explain_data, explain_text
 from goodput.render.reconcile import PoolObservation
 
@@ -38,7 +37,7 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--namespace", "-n", default="default", help="its namespace (default: default)")
     p.add_argument("--events", type=_non_negative_int, default=10, metavar="N",
                    help="how many of its newest Events to show (default 10; 0: none)")
-    p.add_argument("--json", action="store_true", help="the report as JSON")
+    add_output_args(p)
     p.set_defaults(func=cmd_explain)
     return p
 
@@ -79,11 +78,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     events = _events(api, obj, args.events, notes) if args.events else []
     deployments = _deployments(api, namespace, name, notes) if not (obj.get("spec") or {}).get("dryRun") else None
     now = dt.datetime.now(dt.UTC)
-    if args.json:
+    if structured(args):
         data = explain_data(obj, events, now, deployments=deployments, max_events=args.events)
         data["notes"] += notes
-        json.dump(data, sys.stdout, indent=2, allow_nan=False, default=str)
-        sys.stdout.write("\n")
+        emit(data, args.output)
     else:
         sys.stdout.write(explain_text(obj, events, now, deployments=deployments, max_events=args.events))
         for note in notes:

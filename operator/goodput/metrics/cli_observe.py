@@ -1,8 +1,8 @@
 """`goodput observe`: print the Observation the planner would get from Prometheus, as it gets it.
 
     goodput observe --prometheus URL (--name NAME [-n NAMESPACE] | --selector LABELS)
-                    [--window-seconds 60] [--long-window-seconds 600] [--quantile 0.99]
-                    [--timeout-seconds 5] [--json]
+                    [--window-s 60] [--long-window-s 600] [--percentile 99]
+                    [--timeout-s 5] [-o table|wide|json|yaml]
 
 ``--json`` prints the dataclass as a dict (times in ISO 8601, None as null). The text form is one
 table per pool, a row per PoolMetrics field and a column per window, then the `missing` notes.
@@ -20,7 +20,7 @@ import math
 import sys
 from typing import Any
 
-from goodput.cli import number_arg
+from goodput.cli import add_output_args, emit, number_arg, structured
 from goodput.metrics.prometheus import DEFAULT_TIMEOUT_S, PrometheusCollector
 from goodput.metrics.promql import Matcher, parse_selector
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
@@ -43,6 +43,13 @@ def _quantile(text: str) -> float:
     return value
 
 
+def _percentile(text: str) -> float:
+    value = float(_positive(text))
+    if not 50 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [50, 100) (99 for p99)")
+    return value / 100.0
+
+
 def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``observe`` to the subparsers of `goodput` (``sub`` from ``add_subparsers``)."""
     p: argparse.ArgumentParser = sub.add_parser(
@@ -57,12 +64,17 @@ def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
                             "(=, !=, =~, !~; quote values with commas); series without goodput_dev_role count "
                             "as the aggregated pool")
     p.add_argument("--namespace", "-n", default="default", help="with --name (default: default)")
-    p.add_argument("--window-seconds", type=_positive, default=60.0, help="the short window (default 60)")
-    p.add_argument("--long-window-seconds", type=_positive, default=600.0, help="the trend window (default 600)")
-    p.add_argument("--quantile", type=_quantile, default=0.99, help="latency percentile, 0..1 (default 0.99)")
-    p.add_argument("--timeout-seconds", type=_positive, default=DEFAULT_TIMEOUT_S,
-                   help=f"per-query timeout (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--json", action="store_true", help="the Observation as JSON")
+    p.add_argument("--window-s", "--window-seconds", dest="window_seconds", type=_positive, default=60.0,
+                   metavar="S", help="the short window, seconds")
+    p.add_argument("--long-window-s", "--long-window-seconds", dest="long_window_seconds", type=_positive,
+                   default=600.0, metavar="S", help="the trend window, seconds")
+    which_q = p.add_mutually_exclusive_group()
+    which_q.add_argument("--percentile", dest="quantile", type=_percentile, default=0.99, metavar="P",
+                         help="latency percentile, as the CRD's slo.percentile (default: 99)")
+    which_q.add_argument("--quantile", dest="quantile", type=_quantile, help="the same as a fraction, 0..1")
+    p.add_argument("--timeout-s", "--timeout-seconds", dest="timeout_seconds", type=_positive,
+                   default=DEFAULT_TIMEOUT_S, metavar="S", help="per-query timeout, seconds")
+    add_output_args(p)
     p.set_defaults(func=cmd_observe)
     return p
 
@@ -78,8 +90,8 @@ def cmd_observe(args: argparse.Namespace) -> int:
         obs = collector.observe(args.namespace, args.name, now, args.window_seconds, args.long_window_seconds,
                                 args.quantile)
         target = f"{args.namespace}/{args.name}"
-    if args.json:
-        print(observation_json(obs))
+    if structured(args):
+        emit(observation_dict(obs), args.output)
     else:
         print(observation_text(obs, target, args.prometheus, args.quantile))
     return 1 if obs.error is not None else 0

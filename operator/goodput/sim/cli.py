@@ -4,8 +4,8 @@
         [--rate-scale X [--rate-scale-mode compress|replicate]] --model M --gpu G --precision P
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
         [--policy goodput|hpa|keda-queue|dynamo|static-peak|oracle|all[,...]] [--cold-start-s S]
-        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price USD] [--seed N]
-        [--jobs N] [--json] [--plot FILE.png] [--quiet]
+        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price GPU=USD] [--seed N]
+        [--jobs N] [-o table|json|yaml] [--plot FILE.png] [--quiet]
 
 The only module of `goodput.sim` with I/O: it reads the trace file, prints the table (or the
 ``--json`` object), draws the ``--plot`` (matplotlib, imported only then) and writes a progress
@@ -17,14 +17,25 @@ Exit status 0; 2 for bad input (one line on stderr, as every `goodput` command).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from goodput.cli import MAX_ITL_MS, MAX_TTFT_MS, check_plot_target, number_arg, percentile_arg, read_text_file
+from goodput.cli import (
+    MAX_ITL_MS,
+    MAX_TTFT_MS,
+    add_output_args,
+    check_plot_target,
+    emit,
+    number_arg,
+    parse_prices,
+    percentile_arg,
+    read_text_file,
+    structured,
+)
 from goodput.model.errors import CapacityModelError
+from goodput.model.hardware import get_accelerator
 from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
     PolicyRun,
@@ -63,11 +74,14 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
     p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
-    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True)
-    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True)
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True,
+                   help="time-to-first-token target at --slo-percentile, ms")
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True,
+                   help="inter-token latency target at --slo-percentile, ms")
     p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
                    help="the percentile the SLOs apply to (default 99)")
-    p.add_argument("--mode", choices=MODES, default="auto")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
     p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
                    help="goodput, hpa, keda-queue, dynamo, static-peak, oracle, or all (default); comma-separated")
     p.add_argument("--cold-start-s", type=number_arg(float, 0.0, True), default=180.0, metavar="S",
@@ -78,11 +92,11 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
                    help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
     p.add_argument("--hpa-target", type=number_arg(float, 0.0, False), metavar="X",
                    help="the hpa policy's target per pod (default: the capacity model's value at goodput)")
-    p.add_argument("--price", type=number_arg(float, 0.0, False), metavar="USD",
-                   help="USD per GPU-hour (default: catalog)")
-    p.add_argument("--seed", type=number_arg(int, 0, True), default=0)
+    p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
+                   help="override the price per GPU-hour of the GPU, as in `goodput plan` (default: catalog)")
+    p.add_argument("--seed", type=number_arg(int, 0, True), default=0, help="seed of the random draws")
     p.add_argument("--jobs", type=number_arg(int, 1, True), default=1, help="run policies in N processes (default 1)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    add_output_args(p)
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw load, replicas and latency over time")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=cmd_simulate)
@@ -164,6 +178,16 @@ def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Si
     return Simulation(setup, {name: runs[name] for name in order})
 
 
+def _price(args: argparse.Namespace) -> float | None:
+    """The --price GPU=USD given for the simulated GPU; a price for another GPU is a mistake, said so."""
+    prices = parse_prices(args.price)
+    gpu_id = get_accelerator(args.gpu).gpu_id
+    others = sorted(set(prices) - {gpu_id})
+    if others:
+        raise CapacityModelError(f"--price names {', '.join(others)}, but the simulated GPU is {gpu_id}")
+    return prices.get(gpu_id)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     names = [n.strip() for n in str(args.policy).split(",") if n.strip()]
@@ -177,7 +201,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             else replicate_rate(trace, args.rate_scale, args.seed)
     spec = build_spec(args.model, args.gpu, args.precision, args.ttft_p99_ms, args.itl_p99_ms,
                       kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
-                      percentile=args.slo_percentile, price_per_gpu_hour=args.price)
+                      percentile=args.slo_percentile, price_per_gpu_hour=_price(args))
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target)
     setup = prepare(spec, trace, config)
@@ -188,9 +212,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report["config"]["wall_s"] = round(time.perf_counter() - started, 2)
     if args.plot is not None:
         plot_simulation(sim, args.plot)
-    if args.json:
-        json.dump(report, sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
+    if structured(args):
+        emit(report, args.output)
         return 0
     print(report_text(report))
     if args.plot is not None:
