@@ -278,7 +278,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     workload = _workload(args)
     slo = SLO(args.ttft_p99_ms, args.itl_p99_ms, args.slo_percentile)
     budget = Budget(args.max_gpus, args.max_cost_per_hour)
-    result = plan(arch, gpus, args.precision, workload, slo, args.kv_dtype, args.mode, budget)
+    result = plan(arch, gpus, args.precision, workload, slo, args.kv_dtype, args.mode, budget,
+                  min_replicas=args.min_replicas)
     elapsed = time.perf_counter() - started
     report = plan_report(result)
     report["model"] = arch.model_id
@@ -609,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the percentile the SLOs apply to, in [50, 100)")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
+    p.add_argument("--min-replicas", type=number_arg(int, 1, True, maximum=10_000), default=1, metavar="N",
+                   help="every pool runs at least N replicas (2 or more: no single point of failure), as the "
+                        "CRD's scaling.minReplicas")
     p.add_argument("--max-gpus", type=number_arg(int, 1, True, maximum=MAX_GPUS), help="budget: at most N GPUs")
     p.add_argument("--max-cost-per-hour", type=number_arg(float, 0.0, False, maximum=MAX_COST_PER_HOUR),
                    metavar="USD", help="budget: at most USD per hour")

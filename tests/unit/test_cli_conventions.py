@@ -110,3 +110,14 @@ def test_explain_with_a_broken_kubeconfig_is_one_line_exit_2(tmp_path: Path, cap
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(prefix) and message in err and err.count("\n") == 1, err
+
+
+def test_min_replicas_gives_every_pool_redundancy(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb,h200-sxm-141gb", "--rate", "0.5",
+            "--input-len", "1000", "--output-len", "200", "--ttft-p99-ms", "1000", "--itl-p99-ms", "50", "--json"]
+    single = json.loads(out_of(capsys, argv))
+    assert min(p["replicas"] for p in single["chosen"]["pools"]) == 1  # a light load fits one replica
+    redundant = json.loads(out_of(capsys, [*argv, "--min-replicas", "2"]))
+    for candidate in [redundant["chosen"], *redundant["alternatives"]]:
+        assert all(p["replicas"] >= 2 for p in candidate["pools"]), candidate
+    assert redundant["chosen"]["usd_per_hour"] >= single["chosen"]["usd_per_hour"]

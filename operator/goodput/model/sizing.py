@@ -181,12 +181,14 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
                        slo: SLO, mode: str, eff: Efficiency | None,
                        rejected: list[tuple[str, str]], tp_degrees: tuple[int, ...] = TP_DEGREES,
                        pool_tp: Mapping[str, int] | None = None,
-                       context_tokens: int | None = None) -> list[Candidate]:
+                       context_tokens: int | None = None, min_replicas: int = 1) -> list[Candidate]:
     """Every feasible configuration on one GPU type. ``pool_tp`` pins a pool's TP degree (role ->
     TP): a running fleet is re-planned for the replicas it runs, not for a TP it does not.
     ``context_tokens``: the context a replica must hold (vLLM's --max-model-len); default: the
     workload's longest request. An observed workload's fitted tail may run past the deployment's
-    max-model-len, which vLLM would reject, so that tail must not decide whether a replica fits."""
+    max-model-len, which vLLM would reject, so that tail must not decide whether a replica fits.
+    ``min_replicas``: every pool runs at least this many replicas (redundancy: one replica is a single
+    point of failure), so the cost comparison is between configurations that all have it."""
     demand = w.rate_rps
 
     def allowed(role: str, tp: int) -> bool:
@@ -212,7 +214,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
             if cap.goodput_rps <= 0:
                 rejected.append((f"{gpu.gpu_id} aggregated TP={tp}", f"cannot meet the SLOs: {cap.binding}"))
                 continue
-            pool = PoolPlan("aggregated", tp, _replicas(demand, cap), cap)
+            pool = PoolPlan("aggregated", tp, _replicas(demand, cap, min_replicas), cap)
             r = ReplicaModel(arch, gpu, precision, tp, kv, eff, max_num_batched_tokens=cap.max_num_batched_tokens)
             ttft, itl = _point_latencies(pool, demand, w, slo, r)
             out.append(Candidate(gpu, "aggregated", (pool,), demand, ttft, itl, True))
@@ -234,7 +236,7 @@ def candidates_for_gpu(arch: ModelArch, gpu: Accelerator, precision: str, kv: st
                                  f"and the longest prompt ({w.input_len.max:.0f} tokens)"))
                 continue
             prefill_models.append((tp, pr_model))
-        best = _best_disaggregated(decodes, prefill_models, w, slo, demand)
+        best = _best_disaggregated(decodes, prefill_models, w, slo, demand, min_replicas)
         if best is not None:
             ppool, dpool, ttft, itl = best
             out.append(Candidate(gpu, "disaggregated", (ppool, dpool), demand, ttft, itl, True))
@@ -251,7 +253,7 @@ DECODE_EXTRA_REPLICAS = 2
 
 def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
                         prefill_models: list[tuple[int, ReplicaModel]], w: Workload, slo: SLO,
-                        demand: float) -> tuple[PoolPlan, PoolPlan, float, float] | None:
+                        demand: float, min_replicas: int = 1) -> tuple[PoolPlan, PoolPlan, float, float] | None:
     """The fewest-GPU (prefill pool, decode pool) pair. A request's TTFT in disaggregated serving
     ends with its first decode step, taken at the decode pool's planned load: the prefill pool is
     sized for exactly the decode pool it is paired with, so the prediction and the sizing agree.
@@ -261,7 +263,7 @@ def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
     whose bound can still beat the best found."""
     options: list[tuple[PoolPlan, ReplicaModel, float]] = []
     for dcap, dr in decodes:
-        fewest = _replicas(demand, dcap)
+        fewest = _replicas(demand, dcap, min_replicas)
         for n_decode in range(fewest, fewest + DECODE_EXTRA_REPLICAS + 1):
             dpool = PoolPlan("decode", dcap.tp, n_decode, dcap)
             options.append((dpool, dr, _point_latencies(dpool, demand, w, slo, dr)[1]))
@@ -272,7 +274,7 @@ def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
     for tp, pr in prefill_models:
         cap = prefill_capacity(pr, w, slo, shortest_step_s)
         if cap.goodput_rps > 0:
-            lower[tp] = _replicas(demand, cap) * tp
+            lower[tp] = _replicas(demand, cap, min_replicas) * tp
     pairs = sorted(((dpool.gpus + lower[tp], dpool, dr, itl, tp, pr)
                     for dpool, dr, itl in options for tp, pr in prefill_models if tp in lower),
                    key=lambda x: (x[0], x[1].tp + x[4], x[1].replicas))
@@ -284,7 +286,7 @@ def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
         pcap = prefill_capacity(pr, w, slo, first_step_s)
         if pcap.goodput_rps <= 0:
             continue
-        ppool = PoolPlan("prefill", tp, _replicas(demand, pcap), pcap)
+        ppool = PoolPlan("prefill", tp, _replicas(demand, pcap, min_replicas), pcap)
         rank = (ppool.gpus + dpool.gpus, ppool.tp + dpool.tp, dpool.replicas)
         if best is None or rank < best[0]:
             ttft, _ = _point_latencies(ppool, demand, w, slo, pr, first_step_s)
@@ -295,9 +297,12 @@ def _best_disaggregated(decodes: list[tuple[ReplicaCapacity, ReplicaModel]],
 def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,
          kv_cache_dtype: str = "auto", mode: str = "auto", budget: Budget | None = None,
          efficiency: Efficiency | None = None, tp_degrees: tuple[int, ...] = TP_DEGREES,
-         pool_tp: Mapping[str, int] | None = None, context_tokens: int | None = None) -> Plan:
+         pool_tp: Mapping[str, int] | None = None, context_tokens: int | None = None,
+         min_replicas: int = 1) -> Plan:
     """The cheapest configuration meeting the SLOs within the budget, and why the others lost.
-    ``pool_tp``, ``context_tokens``: see `candidates_for_gpu`."""
+    ``pool_tp``, ``context_tokens``, ``min_replicas``: see `candidates_for_gpu`."""
+    if min_replicas < 1:
+        raise CapacityModelError(f"min_replicas must be at least 1, got {min_replicas}")
     if mode not in MODES:
         raise CapacityModelError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     if not gpus:
@@ -314,7 +319,7 @@ def plan(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Wor
             continue
         candidates += candidates_for_gpu(arch, gpu, prec.name, kv_cache_dtype, workload, slo, mode,
                                          efficiency, rejected, tp_degrees, pool_tp,
-                                         context_tokens)
+                                         context_tokens, min_replicas)
     if not candidates:
         reasons = "; ".join(f"{k}: {v}" for k, v in rejected) or "no configuration"
         return Plan(None, [], workload, slo, message=f"no configuration can serve this workload: {reasons}",
