@@ -84,8 +84,18 @@ from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, LocalPromet
 from goodput.render.vllm import OWNER_LABEL
 from goodput.sim.trace import BUNDLED_TRACES
 
-ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_EXAMPLE = ROOT / "manifests" / "examples" / "aggregated-small.yaml"
+# The examples ship inside the package (copies of manifests/examples/, kept equal by a test), so that
+# `goodput demo` works from an installed package, not only from the source tree.
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "examples"
+BUNDLED_EXAMPLES = tuple(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml")))
+DEFAULT_EXAMPLE = EXAMPLES_DIR / "aggregated-small.yaml"
+
+
+def example_arg(text: str) -> Path:
+    """`--example`: a bundled example by name (aggregated-small, ...) or a manifest file."""
+    if text in BUNDLED_EXAMPLES:
+        return EXAMPLES_DIR / f"{text}.yaml"
+    return Path(text)
 NAMESPACE = "goodput-demo"
 TIMER_S = 5.0
 WINDOW_S = 20.0
@@ -541,8 +551,9 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--surge", type=_positive, default=3.0,
                    help="load multiplier in the middle of the run, ramped up from 18%% and down from 45%% of it "
                    "(default 3; 1: the trace alone)")
-    p.add_argument("--example", type=Path, default=DEFAULT_EXAMPLE, metavar="FILE.yaml",
-                   help="the InferenceDeployment to apply (default manifests/examples/aggregated-small.yaml)")
+    p.add_argument("--example", type=example_arg, default=DEFAULT_EXAMPLE, metavar="NAME|FILE.yaml",
+                   help="the InferenceDeployment to apply: a bundled example (" + ", ".join(BUNDLED_EXAMPLES)
+                        + ") or a manifest file (default aggregated-small)")
     p.add_argument("--cold-start-s", type=_positive, default=20.0,
                    help="seconds a new replica takes to load (spec.scaling.coldStartSeconds; default 20)")
     p.add_argument("--plot", type=Path, default=Path("demo.png"), metavar="FILE.png", help="default demo.png")
