@@ -481,6 +481,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import random
 
     os.environ["GOODPUT_TIMER_SECONDS"] = str(args.timer_seconds)  # read when the handlers register
+    if args.kubeconfig:
+        # Before the Kubernetes client is imported: it (and kopf's login through it) reads $KUBECONFIG then.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     if args.prometheus:
         os.environ["GOODPUT_PROMETHEUS_URL"] = args.prometheus
     if args.metrics_port is not None:
@@ -635,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_catalog)
     p = sub.add_parser("operator", help="run the operator against the current cluster")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="the kubeconfig to use outside a pod (default: $KUBECONFIG, ~/.kube/config); its current "
+                        "context is used")
     p.add_argument("--timer-s", "--timer-seconds", dest="timer_seconds", type=_positive_float, default=30.0,
                    metavar="S", help="reconcile period, seconds")
     mode = p.add_mutually_exclusive_group()

@@ -121,3 +121,43 @@ def test_min_replicas_gives_every_pool_redundancy(capsys: pytest.CaptureFixture[
     for candidate in [redundant["chosen"], *redundant["alternatives"]]:
         assert all(p["replicas"] >= 2 for p in candidate["pools"]), candidate
     assert redundant["chosen"]["usd_per_hour"] >= single["chosen"]["usd_per_hour"]
+
+
+KUBECONFIG_TWO_CONTEXTS = """apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: team-a
+  context: {cluster: c, user: u, namespace: team-a}
+- name: plain
+  context: {cluster: c, user: u}
+current-context: team-a
+"""
+
+
+def test_kubeconfig_context_and_its_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from goodput.kube.actions import KubeConfigError, load_config
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_TWO_CONTEXTS, encoding="utf-8")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert load_config(str(path)) == "team-a"  # the current context's namespace, as kubectl takes it
+    assert load_config(str(path), "plain") is None  # a context without one: the caller's default
+    with pytest.raises(KubeConfigError, match="no usable Kubernetes configuration"):
+        load_config(str(path), "absent")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    assert load_config() == "team-a"
+
+
+def test_explain_takes_kubeconfig_context_and_the_contexts_namespace(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_TWO_CONTEXTS, encoding="utf-8")
+    # Nothing listens on 127.0.0.1:1: the message names the server, so the flags were used.
+    assert main(["explain", "x", "--kubeconfig", str(path), "--context", "team-a"]) == 2
+    assert "https://127.0.0.1:1" in capsys.readouterr().err

@@ -34,22 +34,26 @@ class KubeConfigError(Exception):
     """No usable Kubernetes configuration: the message says which file and what is wrong with it."""
 
 
-def load_config() -> None:
-    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config. Raises
-    KubeConfigError with one line a person can act on (no file, not YAML, no current context)."""
+def load_config(config_file: str | None = None, context: str | None = None) -> str | None:
+    """In a pod: the service account; elsewhere: ``config_file`` (default $KUBECONFIG, else
+    ~/.kube/config) at ``context`` (default its current context), as kubectl chooses. Returns the
+    namespace that context names (None when it names none). Raises KubeConfigError with one line a
+    person can act on (no file, not YAML, no such context)."""
     import os
 
     import yaml
 
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return
-    except config.ConfigException:
-        pass
-    where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    if config_file is None and context is None:  # explicit flags win over the pod's account, as in kubectl
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return _in_cluster_namespace()
+        except config.ConfigException:
+            pass
+    where = config_file or os.environ.get("KUBECONFIG") or "~/.kube/config"
     try:
         # Named explicitly: the client reads $KUBECONFIG once, when it is imported.
-        config.load_kube_config(config_file=where)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=where, context=context)  # type: ignore[no-untyped-call]
+        contexts, active = config.list_kube_config_contexts(config_file=where)  # type: ignore[no-untyped-call]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -58,6 +62,17 @@ def load_config() -> None:
         # The client's own messages name what is missing ("Invalid kube-config file. No configuration found.").
         raise KubeConfigError(f"no usable Kubernetes configuration in {where} (set KUBECONFIG, or run in a "
                               f"pod): {str(exc).strip() or type(exc).__name__}") from None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+def _in_cluster_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 class Kube:

@@ -1,7 +1,7 @@
 """`goodput explain NAME`: read an InferenceDeployment, its Deployments and its Events, and print
 what the operator decided and why (the report itself is `goodput.render.explain`, pure).
 
-    goodput explain NAME [-n NAMESPACE] [--events N] [--json]
+    goodput explain NAME [-n NAMESPACE] [--kubeconfig FILE] [--context NAME] [--events N] [-o json|yaml]
 
 Exit status: 0 when the resource was read (whatever its health), 1 when it does not exist,
 2 when the Kubernetes API cannot be reached or refuses (no kubeconfig, connection refused,
@@ -34,7 +34,10 @@ def add_explain_parser(sub: Any) -> argparse.ArgumentParser:
                     "and the demand it is sized for, the autoscaler's state, predicted against observed "
                     "latency, the last decisions with their reasons, and every unhealthy condition.")
     p.add_argument("name", help="the InferenceDeployment's name")
-    p.add_argument("--namespace", "-n", default="default", help="its namespace (default: default)")
+    p.add_argument("--namespace", "-n", default=None,
+                   help="its namespace (default: the context's namespace, else default)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="the kubeconfig to use (default: $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
     p.add_argument("--events", type=_non_negative_int, default=10, metavar="N",
                    help="how many of its newest Events to show (default 10; 0: none)")
     add_output_args(p)
@@ -56,12 +59,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from goodput.kube.actions import KubeConfigError, load_config
 
     try:
-        load_config()
+        context_namespace = load_config(args.kubeconfig, args.context)
     except KubeConfigError as exc:
         return _fail(str(exc), 2)
     api = client.ApiClient()
     server = api.configuration.host
-    name, namespace = args.name, args.namespace
+    name, namespace = args.name, args.namespace or context_namespace or "default"
     try:
         got = client.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_S)
