@@ -5,6 +5,7 @@
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
         [--policy goodput|hpa|keda-queue|dynamo|static-peak|oracle|all[,...]] [--cold-start-s S]
         [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price USD] [--seed N]
+        [--world-efficiency FILE.json|preset:NAME] [--world-scale NAME=FACTOR[,...]]
         [--jobs N] [--json] [--plot FILE.png] [--quiet]
 
 The only module of `goodput.sim` with I/O: it reads the trace file, prints the table (or the
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from goodput.cli import number_arg
+from goodput.engine.world import SPEED_ALIASES, World, build_world
 from goodput.model.errors import CapacityModelError
 from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
@@ -79,6 +81,14 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--price", type=number_arg(float, 0.0, False), metavar="USD",
                    help="USD per GPU-hour (default: catalog)")
     p.add_argument("--seed", type=number_arg(int, 0, True), default=0)
+    p.add_argument("--world-efficiency", metavar="FILE.json|preset:NAME",
+                   help="the simulated engines' efficiency factors: a JSON file {\"factors\": {NAME: value}} "
+                        "(names left out keep the shipped value) or a shipped engine preset; the planner keeps "
+                        "the shipped factors (default: the engines are the planner's model)")
+    p.add_argument("--world-scale", metavar="NAME=FACTOR[,...]",
+                   help="multiply the simulated engines' efficiency factors (names of data/efficiency.json) or "
+                        "their speed (" + ", ".join(SPEED_ALIASES) + ": 1.25 = 25%% faster); the planner's belief "
+                        "is unchanged")
     p.add_argument("--jobs", type=number_arg(int, 1, True), default=1, help="run policies in N processes (default 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw load, replicas and latency over time")
@@ -100,6 +110,19 @@ def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
         raise CapacityModelError(f"cannot read trace {path}: not UTF-8 text ({exc.reason})") from None
     name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
     return parse_trace(text.splitlines(), fmt, name)
+
+
+def load_world(efficiency: str | None, scale: str | None) -> World:
+    """The world of ``--world-efficiency`` and ``--world-scale`` (reads the file, if one is named)."""
+    document = None
+    if efficiency and not efficiency.startswith("preset:"):
+        try:
+            document = json.loads(Path(efficiency).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CapacityModelError(f"cannot read --world-efficiency {efficiency}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CapacityModelError(f"--world-efficiency {efficiency} is not JSON: {exc}") from None
+    return build_world(efficiency, scale, document)
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,7 +205,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       percentile=args.slo_percentile, price_per_gpu_hour=args.price)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target)
-    setup = prepare(spec, trace, config)
+    setup = prepare(spec, trace, config, world=load_world(args.world_efficiency, args.world_scale))
     progress = Progress(not args.quiet)
     sim = run_all(setup, order, args.jobs, progress)
     report = sim.report()
@@ -221,6 +244,7 @@ def report_text(report: dict[str, Any]) -> str:
         f"${c['usd_per_gpu_hour']:.2f}/GPU-h",
         f"SLO: TTFT p{slo['percentile']:g} <= {slo['ttft_ms']:g} ms, ITL <= {slo['itl_ms']:g} ms "
         "(attainment: requests within both, ITL = each request's mean)",
+        f"world: {c['world']['label']}",
         "",
         f"{'policy':<14}{'attain':>8}{'TTFT p50':>10}{'p99':>9}{'ITL p50':>9}{'p99':>7}{'GPU-h':>9}{'cost $':>9}"
         f"{'actions':>8}{'x oracle':>9}  peak replicas",
@@ -266,7 +290,8 @@ def plot_simulation(sim: Simulation, path: Path) -> None:
     axes[0].plot(mids, counts / step, color="black")
     axes[0].set_ylabel("arrivals (req/s)")
     axes[0].set_title(f"{trace.name} x{trace.rate_scale:g}: {setup.resolved.arch.model_id} "
-                      f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})")
+                      f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})\n"
+                      f"world: {setup.world.label()}", fontsize=10)
     ttft_ms = setup.spec.slo.ttft_ms
     which = np.digitize(trace.times, edges) - 1
     for name, run in sim.runs.items():

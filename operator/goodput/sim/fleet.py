@@ -4,7 +4,9 @@ Pure: no I/O, no clock; time is what `Fleet.advance` is told.
 
 * **Pools.** One pool per role: ``aggregated``, or ``prefill`` and ``decode`` (disaggregated).
   Every replica of a pool runs the same engine configuration (TP, --max-num-seqs,
-  --max-num-batched-tokens, --max-model-len): policies decide only how many replicas.
+  --max-num-batched-tokens, --max-model-len): policies decide only how many replicas. Its
+  engines run the world's model (`PoolConfig.engine_model`, see `goodput.engine.world`), which
+  may differ from the planner's belief (`PoolConfig.model`).
 * **Router.** Least loaded: each request goes to the ready, non-draining replica of the entry pool
   (aggregated, or prefill) with the fewest requests outstanding (submitted, not yet returned),
   ties broken round-robin. In disaggregated mode a prefill replica's hand-off goes the same way
@@ -48,8 +50,13 @@ PENDING, DONE, REJECTED = 0, 1, 2
 class PoolConfig:
     role: str  # aggregated, prefill, decode
     tp: int
-    model: ReplicaModel
+    model: ReplicaModel  # the planner's belief about this pool's engine
     max_model_len: int
+    world_model: ReplicaModel | None = None  # the engine the fleet runs (None: the belief)
+
+    @property
+    def engine_model(self) -> ReplicaModel:
+        return self.world_model if self.world_model is not None else self.model
 
 
 @dataclass(eq=False)
@@ -165,7 +172,7 @@ class Fleet:
         change = n - len(members)
         for _ in range(max(change, 0)):
             rng = np.random.default_rng([self.seed, self._made])
-            engine = EngineReplica(pool.model, role=as_role(role), rng=rng, noise_cv=self.noise_cv,
+            engine = EngineReplica(pool.engine_model, role=as_role(role), rng=rng, noise_cv=self.noise_cv,
                                    ready_at_s=t + cold_start_s, max_model_len=pool.max_model_len)
             engine.advance(t)
             rep = Replica(self._made, role, pool.tp, engine, t, t + cold_start_s, last_finish_s=t)

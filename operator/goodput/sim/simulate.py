@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.engine.world import World
 from goodput.model.errors import CapacityModelError
 from goodput.model.goodput import ReplicaCapacity, aggregated_capacity, decode_capacity, prefill_capacity
 from goodput.model.replica import ReplicaModel
@@ -107,6 +108,8 @@ class Setup:
     hpa_targets: dict[str, float] = field(default_factory=dict)
     start_replicas: dict[str, int] = field(default_factory=dict)
     peak_replicas: dict[str, int] = field(default_factory=dict)
+    world: World = field(default_factory=World)  # the engines the fleet runs (the planner keeps its belief)
+    world_capacity: dict[str, ReplicaCapacity] = field(default_factory=dict)  # of the world's engines
 
     def running_shape(self) -> RunningShape:
         """What the fleet runs, as the operator reads it back from its status: the mode, each
@@ -115,12 +118,22 @@ class Setup:
                             {role: (p.model.max_num_batched_tokens, p.model.max_num_seqs)
                              for role, p in self.pools.items()})
 
-    def replicas_for(self, rate: float) -> dict[str, int]:
+    def world_goodput_rps(self, role: str) -> float:
+        """Per-replica goodput of the world's engine: the plan's, times the ratio of the capacity
+        model evaluated on the world's engine to the model evaluated on the belief."""
+        g = self.targets[role].goodput_rps
+        belief, world = self.capacity.get(role), self.world_capacity.get(role)
+        if belief is None or world is None or belief.goodput_rps <= 0:
+            return g
+        return g * world.goodput_rps / belief.goodput_rps
+
+    def replicas_for(self, rate: float, in_world: bool = False) -> dict[str, int]:
         """The capacity model's replicas per pool for a request rate: ``max(1, ceil(rate / goodput
-        per replica))`` with the per-replica goodput of the fleet's plan."""
+        per replica))`` with the per-replica goodput of the fleet's plan (``in_world``: of the
+        world's engines)."""
         out = {}
         for role, p in self.targets.items():
-            g = p.goodput_rps
+            g = self.world_goodput_rps(role) if in_world else p.goodput_rps
             need = math.ceil(rate / g - 1e-9) if g > 0 else self.max_replicas
             out[role] = min(max(need, 1), self.max_replicas)
         return out
@@ -151,25 +164,33 @@ def _hint(mean: float, p99: float) -> dict[str, float]:
     return {"mean": mean, "p99": min(max(p99, mean), mean * LOGNORMAL_P99_CAP)}
 
 
-def _capacities(pools: dict[str, PoolConfig], w: Workload, spec: InferenceDeploymentSpec) -> dict[str, ReplicaCapacity]:
+def _capacities(pools: dict[str, PoolConfig], w: Workload, spec: InferenceDeploymentSpec,
+                in_world: bool = False) -> dict[str, ReplicaCapacity]:
+    """The capacity model per pool, evaluated on the belief's engines (``in_world``: the world's)."""
     from goodput.model.workload import SLO
 
     slo = SLO(spec.slo.ttft_ms, spec.slo.itl_ms, spec.slo.percentile)
+
+    def model(role: str) -> ReplicaModel:
+        return pools[role].engine_model if in_world else pools[role].model
+
     out: dict[str, ReplicaCapacity] = {}
     if "aggregated" in pools:
-        out["aggregated"] = aggregated_capacity(pools["aggregated"].model, w, slo)
+        out["aggregated"] = aggregated_capacity(model("aggregated"), w, slo)
     if "decode" in pools:
-        out["decode"] = decode_capacity(pools["decode"].model, w, slo)
+        out["decode"] = decode_capacity(model("decode"), w, slo)
     if "prefill" in pools:
         step = out["decode"].at_goodput.step_ms / 1000.0 if "decode" in out else 0.0
-        out["prefill"] = prefill_capacity(pools["prefill"].model, w, slo, step)
+        out["prefill"] = prefill_capacity(model("prefill"), w, slo, step)
     return out
 
 
 def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | None = None,
-            cold_start_s: float | None = None, name: str = "simulate") -> Setup:
-    """Everything the policies share: the operator's spec for this trace, the fleet's engines."""
+            cold_start_s: float | None = None, name: str = "simulate", world: World | None = None) -> Setup:
+    """Everything the policies share: the operator's spec for this trace, the fleet's engines
+    (``world``: how they differ from the planner's belief; default: they are the belief)."""
     config = config or SimConfig()
+    world = world or World()
     if not len(trace):
         raise CapacityModelError("the trace has no requests")
     prompts = trace.prompts.astype(np.float64)
@@ -224,11 +245,13 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
         model = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, p.tp, resolved.kv_cache_dtype,
                              max_num_seqs=p.max_num_seqs,
                              max_num_batched_tokens=max(p.max_num_batched_tokens, p.max_num_seqs))
-        pools[p.role] = PoolConfig(p.role, p.tp, model, length)
+        pools[p.role] = PoolConfig(p.role, p.tp, model, length, world.engine_model(model))
         targets[p.role] = p
     capacity = _capacities(pools, workload, full)
+    world_capacity = capacity if world.is_belief else _capacities(pools, workload, full, in_world=True)
     hpa_targets: dict[str, float] = {}
-    for role, c in capacity.items():
+    # A user sets an HPA's target from a one-replica load test of the real engine: the world's.
+    for role, c in world_capacity.items():
         if role == "prefill":
             hpa_targets[role] = max(c.at_goodput.prefill_utilization, 0.1)
         elif config.hpa_target is not None:
@@ -239,7 +262,8 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
             hpa_targets[role] = max(c.at_goodput.batch, 0.1)
     cold = float(full.scaling.cold_start_seconds)
     setup = Setup(pinned_spec, pinned_resolved, rec, pools, targets, capacity, workload, trace, config, peak, peak_at,
-                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets)
+                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets,
+                  world=world, world_capacity=world_capacity)
     setup.start_replicas.update(setup.replicas_for(first_rate))
     setup.peak_replicas.update(setup.replicas_for(peak))
     return setup
@@ -419,6 +443,8 @@ class Simulation:
                              "replicas_at_peak": s.peak_replicas[role], "replicas_at_start": s.start_replicas[role],
                              "hpa_target": round(s.hpa_targets[role], 4)}
                       for role, p in s.targets.items()},
+            "world": {**s.world.describe(),
+                      "goodput_rps_per_replica": {role: round(s.world_goodput_rps(role), 4) for role in s.targets}},
             "max_model_len": s.max_model_len,
             "max_replicas_per_pool": s.max_replicas,
             "usd_per_gpu_hour": s.price,
