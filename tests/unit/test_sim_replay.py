@@ -115,7 +115,11 @@ def test_step_scales_up_after_the_cold_start(step: Simulation) -> None:
 
 def test_idle_goes_to_the_minimum(idle: Simulation) -> None:
     for name, run in idle.runs.items():
-        if name != "static-peak":
+        if name == "dynamo":
+            # Dynamo's planner skips an interval without requests (its metrics are NaN): it keeps
+            # the replicas it had, as the real one does.
+            assert replicas(run, since=1200.0)[-1] == replicas(run)[0], name
+        elif name != "static-peak":
             assert replicas(run, since=1200.0)[-1] == 1, name
     figures = idle.report()["policies"]
     assert figures["static-peak"]["gpu_hours"] > figures["oracle"]["gpu_hours"]

@@ -44,6 +44,17 @@ from goodput.sim.metrics import LAYOUT, Snapshot, Vec, stats_vector
 from goodput.sim.trace import MOONCAKE_BLOCK_TOKENS, Trace
 
 PENDING, DONE, REJECTED = 0, 1, 2
+SAMPLES_KEPT = 8  # per pod: enough for a metrics age of a few scrape intervals
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One scrape of one pod's vLLM gauges."""
+
+    t: float
+    running: float
+    waiting: float
+    kv_usage: float
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ class Replica:
     last_finish_s: float = 0.0
     cache: OrderedDict[int, None] | None = None
     cache_blocks: int = 0
+    # (scrape time, running, waiting, KV usage): what Prometheus holds of this pod, newest last.
+    samples: deque[PodSample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
 
     def ready(self, t: float) -> bool:
         return self.ready_s <= t
@@ -132,6 +145,10 @@ class Fleet:
         self.history: dict[str, list[Snapshot]] = {r: [] for r in self.pools}
         self.log: list[ReplicaLife] = []  # indexed by Replica.index
         self.handoffs = 0
+        # Prompt tokens routed to the entry pool and the part its prefix caches held (the
+        # realised prefix-hit rate, which Dynamo's planner and the oracle size with).
+        self.entry_prompt_tokens = 0
+        self.entry_cached_tokens = 0
         self._arrival = self.trace.times
         self._prompts = self.trace.prompts
         self._outputs = self.trace.outputs
@@ -299,6 +316,9 @@ class Fleet:
         cached = 0
         if rep.cache is not None and self._hashes is not None:
             cached = self._prefix_hit(rep, self._hashes[i])
+        if rep.role != "decode":
+            self.entry_prompt_tokens += int(self._prompts[i])
+            self.entry_cached_tokens += cached
         if rep.engine.submit(i, at, int(self._prompts[i]), int(self._outputs[i]), cached):
             rep.outstanding += 1
         else:
@@ -343,6 +363,8 @@ class Fleet:
                     waiting += rep.engine.waiting
                     usage = rep.engine.kv_usage
                     kv = usage if kv is None else max(kv, usage)
+                    rep.samples.append(PodSample(t, float(rep.engine.running), float(rep.engine.waiting),
+                                                 float(usage)))
             self.history[role].append(Snapshot(t, vec, running, waiting, kv, pods))
 
     def trim_history(self, keep_s: float) -> None:
@@ -354,22 +376,42 @@ class Fleet:
             if cut:
                 del hist[:cut]
 
-    def pod_gauges(self, role: str, gauge: Callable[[EngineReplica], float]) -> tuple[list[float], int]:
-        """(a gauge of every ready pool member, number of members not serving metrics yet): what an
-        HPA reads from a Pods metric (terminating pods are ignored by the HPA)."""
+    def pod_gauges(self, role: str, gauge: Callable[[PodSample], float],
+                   age_s: float = 0.0) -> tuple[list[float], int]:
+        """(a gauge of every pool member as scraped at least ``age_s`` ago, number of members with
+        no such scrape yet): what an HPA reads from a Pods metric through a metrics adapter
+        (terminating pods are ignored by the HPA). ``age_s`` 0: the live engines."""
         values: list[float] = []
         missing = 0
         for rep in self.members(role):
-            if rep.ready(self.now):
-                values.append(float(gauge(rep.engine)))
-            else:
+            sample = self._sample(rep, age_s)
+            if sample is None:
                 missing += 1
+            else:
+                values.append(float(gauge(sample)))
         return values, missing
 
-    def pool_gauge_sum(self, role: str, gauge: Callable[[EngineReplica], float]) -> float:
-        """A gauge summed over every replica of the pool serving metrics (draining ones included):
-        ``sum(metric)`` in PromQL."""
-        return float(sum(gauge(r.engine) for r in self.replicas if r.role == role and r.ready(self.now)))
+    def pool_gauge_sum(self, role: str, gauge: Callable[[PodSample], float], age_s: float = 0.0) -> float:
+        """A gauge summed over every replica of the pool with a scrape at least ``age_s`` old
+        (draining ones included): ``sum(metric)`` in PromQL, as of that scrape."""
+        total = 0.0
+        for rep in self.replicas:
+            if rep.role == role:
+                sample = self._sample(rep, age_s)
+                total += float(gauge(sample)) if sample is not None else 0.0
+        return total
+
+    def _sample(self, rep: Replica, age_s: float) -> PodSample | None:
+        if age_s <= 0.0:
+            if not rep.ready(self.now):
+                return None
+            e = rep.engine
+            return PodSample(self.now, float(e.running), float(e.waiting), float(e.kv_usage))
+        cutoff = self.now - age_s + 1e-9
+        for sample in reversed(rep.samples):
+            if sample.t <= cutoff:
+                return sample
+        return None
 
     def unfinished(self) -> int:
         return int(np.count_nonzero(self.status == PENDING))

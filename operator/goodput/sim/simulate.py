@@ -73,9 +73,13 @@ LOGNORMAL_P99_CAP = 14.9  # a lognormal's p99 / mean cannot exceed 14.97
 
 @dataclass(frozen=True)
 class SimConfig:
-    interval_s: float = 30.0  # goodput (the operator's reconcile timer), dynamo, oracle
+    interval_s: float = 30.0  # goodput (the operator's reconcile timer), oracle
     hpa_sync_s: float = 15.0  # HPA (and KEDA) sync period
+    dynamo_interval_s: float = 180.0  # Dynamo's throughput_adjustment_interval default
     scrape_s: float = 15.0
+    # Age of the scraped gauges the HPA/KEDA read (through Prometheus and an adapter): the last
+    # scrape at least one scrape interval old.
+    metrics_age_s: float = 15.0
     window_s: float = 60.0  # the operator's windows
     long_window_s: float = 600.0
     seed: int = 0
@@ -451,6 +455,8 @@ class Simulation:
             "cold_start_s": s.cold_start_s,
             "interval_s": cfg.interval_s,
             "hpa_sync_s": cfg.hpa_sync_s,
+            "dynamo_interval_s": cfg.dynamo_interval_s,
+            "metrics_age_s": cfg.metrics_age_s,
             "scrape_s": cfg.scrape_s,
             "windows_s": [cfg.window_s, cfg.long_window_s],
             "hpa_metric": cfg.hpa_metric,
