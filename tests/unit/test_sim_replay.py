@@ -198,7 +198,7 @@ def test_cli_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert set(out) == {"policies", "trace", "config"}
     assert list(out["policies"]) == ["static-peak", "hpa", "oracle"]
     keys = {"attainment", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "gpu_hours", "cost_usd",
-            "scaling_actions", "gpu_hours_vs_oracle"}
+            "scaling_actions", "gpu_hours_vs_oracle", "gpu_hours_vs_reference"}
     for figures in out["policies"].values():
         assert set(figures) == keys
     assert out["policies"]["oracle"]["gpu_hours_vs_oracle"] == 1.0

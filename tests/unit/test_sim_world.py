@@ -135,3 +135,37 @@ def test_cli_records_the_world(tmp_path: Path, capsys: pytest.CaptureFixture[str
     factors.write_text("{", encoding="utf-8")
     with pytest.raises(CapacityModelError, match="is not JSON"):
         _cli(["simulate", "--trace", str(_trace_file(tmp_path)), *BASE, "--world-efficiency", str(factors)])
+
+
+def test_a_miss_is_charged_to_the_pool_that_caused_it() -> None:
+    from goodput.sim.fleet import DONE
+    from goodput.sim.simulate import PolicyRun, caused_misses
+
+    spec = build_spec("llama-3.1-8b", "h100-sxm-80gb", "bf16", 1000, 40, mode="disaggregated",
+                      cold_start_s=COLD_START_S)
+    setup = prepare(spec, even_trace([(120.0, 4.0)]))
+    assert set(setup.pools) == {"prefill", "decode"}
+    n = len(setup.trace)
+    arrival = setup.trace.times
+    ttft = np.full(n, 0.5)
+    ttft[0] = ttft[1] = 3.0  # both miss the 1000 ms TTFT target...
+    handoff = arrival + 0.3
+    handoff[0] = arrival[0] + 2.0  # ...the first because its prefill took 2 s,
+    # the second waited 2.7 s at the decode pool for admission.
+    run = PolicyRun("x", ttft, np.full(n, 0.02), np.full(n, DONE, dtype=np.int8), 1.0, 0, [], 0,
+                    handoff_s=handoff)
+    misses = caused_misses(run, setup)
+    assert misses["prefill"].tolist()[:3] == [True, False, False]
+    assert misses["decode"].tolist()[:3] == [False, True, False]
+
+
+def test_the_oracle_is_sized_for_the_world_and_meets_the_goal() -> None:
+    from goodput.sim.simulate import run_oracle
+
+    belief, slow = _setup(), _setup(build_world(scale="speed=0.6"))
+    fast_run, slow_run = run_oracle(belief), run_oracle(slow)
+    for setup, run in ((belief, fast_run), (slow, slow_run)):
+        assert summarize(run, setup, None)["attainment"] >= 0.99
+    # Slower engines need more replicas, found from the start rather than round by round.
+    assert slow_run.gpu_hours > fast_run.gpu_hours
+    assert any("replays" in note for note in slow_run.notes)

@@ -133,6 +133,9 @@ class Fleet:
         self.ttft_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.itl_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.finish_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        # Disaggregated: when a request's KV reached the decode pool (NaN otherwise), to tell a
+        # TTFT lost in prefill from one lost waiting for decode admission.
+        self.handoff_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.status: npt.NDArray[np.int8] = np.zeros(n, dtype=np.int8)
         self.completions: list[Completion] = []
         self.now = 0.0
@@ -265,6 +268,7 @@ class Fleet:
         if f.handoff:
             self.handoffs += 1
             handoffs.append((f.finish_s + f.kv_transfer_s, f))
+            self.handoff_s[i] = f.finish_s + f.kv_transfer_s
             return
         arrival = float(self._arrival[i])
         ttft = f.first_token_s - arrival
@@ -415,6 +419,11 @@ class Fleet:
 
     def unfinished(self) -> int:
         return int(np.count_nonzero(self.status == PENDING))
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Cached / prompt tokens over every request routed to the entry pool so far."""
+        return self.entry_cached_tokens / self.entry_prompt_tokens if self.entry_prompt_tokens else 0.0
 
     def busy(self) -> bool:
         return any(q for q in self._queues.values()) or any(not r.idle for r in self.replicas)

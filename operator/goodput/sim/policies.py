@@ -464,22 +464,30 @@ class StaticPeakPolicy(Policy):
 
 
 class OraclePolicy(Policy):
-    """Knows the arrivals of the next interval; sizes for them with the capacity model; its
-    replicas serve at once and it scales down at once. ``extra``: replicas added per pool and
-    interval index, found by `simulate.run_oracle` where the capacity model's count missed the
-    SLOs in simulation (so that the oracle is the per-interval minimum that meets them)."""
+    """Knows the arrivals of the next interval; sizes for them with ``per_replica_rps`` (default:
+    the capacity model evaluated on the world's engines); its replicas serve at once and it
+    scales down at once. ``extra``: replicas added (or removed, when negative) per pool and
+    interval index, found by `simulate.run_oracle` by replaying the trace, at least 1 per pool."""
 
     name = "oracle"
     cold_start = False
 
-    def __init__(self, setup: Setup, extra: dict[str, dict[int, int]] | None = None) -> None:
+    def __init__(self, setup: Setup, extra: dict[str, dict[int, int]] | None = None,
+                 per_replica_rps: dict[str, float] | None = None) -> None:
         super().__init__(setup)
         self.extra = extra or {}
+        self.per_replica_rps = per_replica_rps or {role: setup.world_goodput_rps(role) for role in setup.targets}
+
+    def base(self, t: float) -> dict[str, int]:
+        """Replicas per pool for the arrivals of the interval from ``t``, before ``extra``."""
+        rate = self.setup.trace.rate_in(t, t + self.interval_s)
+        cap = self.setup.max_replicas
+        return {role: min(max(math.ceil(rate / g - 1e-9), 1), cap) if g > 0 else cap
+                for role, g in self.per_replica_rps.items()}
 
     def _for(self, t: float) -> dict[str, int]:
-        counts = self.setup.replicas_for(self.setup.trace.rate_in(t, t + self.interval_s))
         k = round(t / self.interval_s)
-        return {role: n + self.extra.get(role, {}).get(k, 0) for role, n in counts.items()}
+        return {role: max(n + self.extra.get(role, {}).get(k, 0), 1) for role, n in self.base(t).items()}
 
     def initial(self) -> dict[str, int]:
         return self._for(0.0)
