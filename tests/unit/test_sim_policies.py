@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from goodput.sim.metrics import deriv, histogram_quantile
@@ -78,3 +79,77 @@ def test_dynamo_profile_lookups() -> None:
     loose = prof.best_decode_thpt_per_gpu(0.040, 1575.0)
     assert 0 < tight <= loose
     assert math.isfinite(prof.decode_itl_s(8.0, 1575.0))
+
+
+def _setup_8b(rate_per_s: float = 4.0, seconds: int = 100):  # type: ignore[no-untyped-def]
+    from goodput.sim.simulate import build_spec, prepare
+    from goodput.sim.trace import parse_trace
+
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"] + [f"{k / rate_per_s:.2f},1500,150"
+                                                           for k in range(int(seconds * rate_per_s))]
+    return prepare(build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode="aggregated"),
+                   parse_trace(lines))
+
+
+def test_dynamo_native_aggregated_rate() -> None:
+    from goodput.sim.policies import DynamoProfile
+
+    prof = DynamoProfile(_setup_8b(rate_per_s=20.0), "aggregated")
+    prof.max_seqs = 256.0  # vLLM's default, so that the ITL target (not --max-num-seqs) sets the batch
+    base = prof.best_agg_rps(1500.0, 150.0, 1.0, 0.020)
+    assert base > 0
+    # Prefix hits discount the prefill part of every step: never fewer requests/s.
+    assert prof.best_agg_rps(1500.0, 150.0, 1.0, 0.020, hit_rate=0.5) >= base
+    # A looser ITL target, a larger batch: more requests/s.
+    assert prof.best_agg_rps(1500.0, 150.0, 1.0, 0.030) > base
+    # Unreachable at batch 1: Dynamo still answers one sequence's rate, 1 / (osl * step).
+    one = prof.best_agg_rps(1500.0, 150.0, 1.0, 1e-6)
+    step = float(prof._mixed_step_s(np.array([1.0]), np.array([1575.0]), np.array([10.0]), 1500.0)[0])
+    assert one == pytest.approx(1.0 / (150.0 * step))
+
+
+def test_dynamo_ignores_scaling_while_a_replica_starts() -> None:
+    from goodput.sim.fleet import Completion, Fleet
+    from goodput.sim.simulate import make_policy
+
+    setup = _setup_8b(rate_per_s=20.0)
+    policy = make_policy("dynamo", setup)
+    assert policy.interval_s == 180.0  # Dynamo's own default, not the operator's 30 s
+    fleet = Fleet(setup.pools, setup.trace)
+    fleet.set_replicas("aggregated", 1, 0.0)
+    fleet.advance(0.0)
+    policy.decide(180.0, fleet)  # the first interval: a start-up artefact, skipped
+    fleet.advance(200.0)
+    fleet.set_replicas("aggregated", 2, 300.0)  # one more, serving from t = 500 s
+    # 40 req/s finished over the last interval: Dynamo wants several replicas...
+    fleet.completions += [Completion(300.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (40 * 180)
+    fleet.advance(360.0)
+    assert policy.decide(360.0, fleet) == {"aggregated": 2}  # ...but the deployment is not ready
+    assert any("not ready, ignoring this scaling" in note for note in policy.notes)
+    fleet.completions += [Completion(520.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (40 * 180)
+    fleet.advance(540.0)
+    assert policy.decide(540.0, fleet)["aggregated"] > 2  # ready: the scaling goes through
+
+
+def test_hpa_and_keda_read_scrapes_not_live_engines() -> None:
+    from goodput.sim.fleet import Fleet
+    from goodput.sim.policies import KedaQueueRunningPolicy, _running, _waiting
+
+    setup = _setup_8b()
+    fleet = Fleet(setup.pools, setup.trace)
+    fleet.set_replicas("aggregated", 1, 0.0)
+    fleet.advance(0.0)
+    fleet.submit_arrivals(0, 40)
+    fleet.advance(10.0)
+    assert fleet.pod_gauges("aggregated", _running)[0]  # live: the engine is busy
+    assert fleet.pod_gauges("aggregated", _running, age_s=15.0) == ([], 1)  # no scrape 15 s old yet
+    fleet.scrape()
+    live_waiting = fleet.pool_gauge_sum("aggregated", _waiting)
+    fleet.advance(25.0)
+    assert fleet.pool_gauge_sum("aggregated", _waiting, age_s=15.0) == live_waiting  # the scrape at 10 s
+    # The two-trigger ScaledObject: the larger of the queue's and the running requests' counts.
+    policy = KedaQueueRunningPolicy(setup)
+    running = fleet.pool_gauge_sum("aggregated", _running, policy.age_s)
+    assert policy.desired("aggregated", 1, fleet) == max(
+        external_average_replicas(fleet.pool_gauge_sum("aggregated", _waiting, policy.age_s), 1, 5.0),
+        external_average_replicas(running, 1, setup.hpa_targets["aggregated"]))

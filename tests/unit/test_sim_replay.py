@@ -115,7 +115,11 @@ def test_step_scales_up_after_the_cold_start(step: Simulation) -> None:
 
 def test_idle_goes_to_the_minimum(idle: Simulation) -> None:
     for name, run in idle.runs.items():
-        if name != "static-peak":
+        if name == "dynamo":
+            # Dynamo's planner skips an interval without requests (its metrics are NaN): it keeps
+            # the replicas it had, as the real one does.
+            assert replicas(run, since=1200.0)[-1] == replicas(run)[0], name
+        elif name != "static-peak":
             assert replicas(run, since=1200.0)[-1] == 1, name
     figures = idle.report()["policies"]
     assert figures["static-peak"]["gpu_hours"] > figures["oracle"]["gpu_hours"]
@@ -194,7 +198,7 @@ def test_cli_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert set(out) == {"policies", "trace", "config"}
     assert list(out["policies"]) == ["static-peak", "hpa", "oracle"]
     keys = {"attainment", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "gpu_hours", "cost_usd",
-            "scaling_actions", "gpu_hours_vs_oracle"}
+            "scaling_actions", "gpu_hours_vs_oracle", "gpu_hours_vs_reference"}
     for figures in out["policies"].values():
         assert set(figures) == keys
     assert out["policies"]["oracle"]["gpu_hours_vs_oracle"] == 1.0

@@ -84,6 +84,7 @@ import numpy as np
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
 from goodput.engine.replica import EngineReplica, Finished, as_role
+from goodput.engine.world import SPEED_ALIASES, World
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
 from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
@@ -91,6 +92,7 @@ from goodput.model.workload import lognormal_mu_sigma
 from goodput.planner.recommend import ROLES, ResolvedSpec, resolve
 from goodput.render.vllm import OWNER_LABEL, ROLE_LABEL, pool_name
 from goodput.sim.cli import load_trace as load_any_trace
+from goodput.sim.cli import load_world
 from goodput.sim.trace import BUNDLED_TRACES, Trace
 
 log = logging.getLogger("goodput.emulator")
@@ -343,9 +345,11 @@ class ClusterWatcher:
     """Lists the pods (every ``poll_s``), their Deployments and the InferenceDeployment in a
     background thread; `latest` hands the newest complete snapshot to the loop."""
 
-    def __init__(self, api_client: Any, namespace: str, name: str, stop: threading.Event, poll_s: float = 1.0) -> None:
+    def __init__(self, api_client: Any, namespace: str, name: str, stop: threading.Event, poll_s: float = 1.0,
+                 world: World | None = None) -> None:
         from kubernetes import client
 
+        self.world = world or World()  # how the emulated engines differ from the operator's model
         self.namespace, self.name = namespace, name
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -500,9 +504,9 @@ class ClusterWatcher:
         model = self._models.get(key)
         if model is None:
             try:
-                model = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, config.tp,
-                                     config.kv_cache_dtype, max_num_seqs=config.max_num_seqs,
-                                     max_num_batched_tokens=config.max_num_batched_tokens)
+                model = self.world.engine_model(ReplicaModel(
+                    resolved.arch, resolved.gpu, resolved.precision, config.tp, config.kv_cache_dtype,
+                    max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens))
                 if model.kv_capacity_tokens < 16:
                     raise ValueError("no KV cache is left after the weights")
             except Exception as exc:
@@ -947,6 +951,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests a pool's router queue holds while no replica is ready (more are dropped)")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
     p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
+    p.add_argument("--world-efficiency", metavar="FILE.json|preset:NAME",
+                   help="the emulated engines' efficiency factors (as `goodput simulate --world-efficiency`); "
+                        "the operator keeps its own")
+    p.add_argument("--world-scale", metavar="NAME=FACTOR[,...]",
+                   help="multiply the emulated engines' efficiency factors or speed (" + ", ".join(SPEED_ALIASES)
+                        + "), as `goodput simulate --world-scale`")
     return p
 
 
@@ -984,11 +994,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     schedule: RateSchedule | None = None
     trace: Trace | None = None
     try:
+        world = load_world(args.world_efficiency, args.world_scale)
+        if not world.is_belief:
+            log.info("world: %s", world.label())
         if args.trace:
             trace = load_trace(args.trace)
         else:
             schedule = RateSchedule.parse(args.rate_schedule)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # CapacityModelError is a ValueError
         print(f"emulator: error: {exc}", file=sys.stderr)
         return 2
 
@@ -1000,7 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         print(f"emulator: error: cannot use kubeconfig {args.kubeconfig}: {exc}", file=sys.stderr)
         return 2
-    watcher = ClusterWatcher(api_client, args.namespace, args.name, stop, poll_s=args.poll_s)
+    watcher = ClusterWatcher(api_client, args.namespace, args.name, stop, poll_s=args.poll_s, world=world)
     watcher.start()
     waited = time.monotonic()
     while (snap := watcher.current()) is None:

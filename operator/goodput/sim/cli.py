@@ -3,20 +3,25 @@
     goodput simulate --trace FILE|azure-conv|azure-code [--format auto|azure|mooncake]
         [--rate-scale X [--rate-scale-mode compress|replicate]] --model M --gpu G --precision P
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
-        [--policy goodput|hpa|keda-queue|dynamo|static-peak|oracle|all[,...]] [--cold-start-s S]
+        [--policy goodput|hpa|keda-queue|keda-queue-running|dynamo|static-peak|oracle|all[,...]]
+        [--cold-start-s S]
         [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price GPU=USD] [--seed N]
+        [--world-efficiency FILE.json|preset:NAME] [--world-scale NAME=FACTOR[,...]]
         [--jobs N] [-o table|json|yaml] [--plot FILE.png] [--quiet]
 
 The only module of `goodput.sim` with I/O: it reads the trace file, prints the table (or the
 ``--json`` object), draws the ``--plot`` (matplotlib, imported only then) and writes a progress
 line on stderr once a run takes more than a couple of seconds. The oracle is always run: it is
-the reference of ``gpu_hours_vs_oracle``. ``--jobs N`` runs policies in N processes.
+the reference of ``gpu_hours_vs_oracle``; ``gpu_hours_vs_reference`` is against the cheapest run
+that meets the SLO percentile (the oracle, or a policy that beats it). ``--jobs N`` runs policies
+in N processes.
 Exit status 0; 2 for bad input (one line on stderr, as every `goodput` command).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +39,7 @@ from goodput.cli import (
     read_text_file,
     structured,
 )
+from goodput.engine.world import SPEED_ALIASES, World, build_world
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import get_accelerator
 from goodput.model.sizing import MODES
@@ -83,11 +89,18 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
     p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
-                   help="goodput, hpa, keda-queue, dynamo, static-peak, oracle, or all (default); comma-separated")
+                   help="goodput, hpa, keda-queue, keda-queue-running, dynamo, static-peak, oracle, or all (default); "
+                        "comma-separated")
     p.add_argument("--cold-start-s", type=number_arg(float, 0.0, True), default=180.0, metavar="S",
                    help="seconds from a new replica's creation until it serves (default 180, the CRD's)")
     p.add_argument("--interval-s", type=number_arg(float, 0.0, False), default=30.0, metavar="S",
-                   help="decision interval of goodput, dynamo and oracle (default 30; HPA/KEDA sync every 15 s)")
+                   help="decision interval of goodput and oracle (default 30; HPA/KEDA sync every 15 s; dynamo "
+                        "decides at its own --dynamo-interval-s)")
+    p.add_argument("--dynamo-interval-s", type=number_arg(float, 0.0, False), default=180.0, metavar="S",
+                   help="the dynamo policy's adjustment interval (default 180, Dynamo's own)")
+    p.add_argument("--metrics-age-s", type=number_arg(float, 0.0, True), default=15.0, metavar="S",
+                   help="age of the scraped metrics every reactive policy reads (default 15: the last scrape "
+                        "at least one scrape interval old)")
     p.add_argument("--hpa-metric", choices=("running", "kv"), default="running",
                    help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
     p.add_argument("--hpa-target", type=number_arg(float, 0.0, False), metavar="X",
@@ -95,6 +108,14 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the price per GPU-hour of the GPU, as in `goodput plan` (default: catalog)")
     p.add_argument("--seed", type=number_arg(int, 0, True), default=0, help="seed of the random draws")
+    p.add_argument("--world-efficiency", metavar="FILE.json|preset:NAME",
+                   help="the simulated engines' efficiency factors: a JSON file {\"factors\": {NAME: value}} "
+                        "(names left out keep the shipped value) or a shipped engine preset; the planner keeps "
+                        "the shipped factors (default: the engines are the planner's model)")
+    p.add_argument("--world-scale", metavar="NAME=FACTOR[,...]",
+                   help="multiply the simulated engines' efficiency factors (names of data/efficiency.json) or "
+                        "their speed (" + ", ".join(SPEED_ALIASES) + ": 1.25 = 25%% faster); the planner's belief "
+                        "is unchanged")
     p.add_argument("--jobs", type=number_arg(int, 1, True), default=1, help="run policies in N processes (default 1)")
     add_output_args(p)
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw load, replicas and latency over time")
@@ -111,6 +132,18 @@ def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
     text = read_text_file(path, "trace")
     name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
     return parse_trace(text.splitlines(), fmt, name)
+
+
+def load_world(efficiency: str | None, scale: str | None) -> World:
+    """The world of ``--world-efficiency`` and ``--world-scale`` (reads the file, if one is named)."""
+    document = None
+    if efficiency and not efficiency.startswith("preset:"):
+        text = read_text_file(Path(efficiency), "--world-efficiency")
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CapacityModelError(f"--world-efficiency {efficiency} is not JSON: {exc}") from None
+    return build_world(efficiency, scale, document)
 
 
 # ------------------------------------------------------------------------------------------
@@ -203,8 +236,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
                       percentile=args.slo_percentile, price_per_gpu_hour=_price(args))
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
-                       hpa_target=args.hpa_target)
-    setup = prepare(spec, trace, config)
+                       hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
+                       metrics_age_s=args.metrics_age_s)
+    setup = prepare(spec, trace, config, world=load_world(args.world_efficiency, args.world_scale))
     progress = Progress(not args.quiet)
     sim = run_all(setup, order, args.jobs, progress)
     report = sim.report()
@@ -242,9 +276,14 @@ def report_text(report: dict[str, Any]) -> str:
         f"${c['usd_per_gpu_hour']:.2f}/GPU-h",
         f"SLO: TTFT p{slo['percentile']:g} <= {slo['ttft_ms']:g} ms, ITL <= {slo['itl_ms']:g} ms "
         "(attainment: requests within both, ITL = each request's mean)",
+        f"world: {c['world']['label']}",
         "",
-        f"{'policy':<14}{'attain':>8}{'TTFT p50':>10}{'p99':>9}{'ITL p50':>9}{'p99':>7}{'GPU-h':>9}{'cost $':>9}"
-        f"{'actions':>8}{'x oracle':>9}  peak replicas",
+        f"reference (the cheapest run at >= p{slo['percentile']:g}): "
+        + (f"{c['reference']['policy']}, {c['reference']['gpu_hours']:.2f} GPU-h" if c.get("reference")
+           else "none meets the SLO percentile"),
+        "",
+        f"{'policy':<19}{'attain':>8}{'TTFT p50':>10}{'p99':>9}{'ITL p50':>9}{'p99':>7}{'GPU-h':>9}{'cost $':>9}"
+        f"{'actions':>8}{'x oracle':>9}{'x ref':>7}  peak replicas",
     ]
     for name, r in report["policies"].items():
         d = c["details"][name]
@@ -256,9 +295,10 @@ def report_text(report: dict[str, Any]) -> str:
             extra.append(f"{d['unfinished']} unfinished")
         attain = "-" if r["attainment"] is None else f"{r['attainment'] * 100:.2f}%"
         lines.append(
-            f"{name:<14}{attain:>8}{_f(r['ttft_p50_ms'], '.0f'):>10}{_f(r['ttft_p99_ms'], '.0f'):>9}"
+            f"{name:<19}{attain:>8}{_f(r['ttft_p50_ms'], '.0f'):>10}{_f(r['ttft_p99_ms'], '.0f'):>9}"
             f"{_f(r['itl_p50_ms'], '.1f'):>9}{_f(r['itl_p99_ms'], '.1f'):>7}{r['gpu_hours']:>9.2f}"
-            f"{r['cost_usd']:>9.2f}{r['scaling_actions']:>8}{_f(r['gpu_hours_vs_oracle'], '.2f'):>9}  {peak}"
+            f"{r['cost_usd']:>9.2f}{r['scaling_actions']:>8}{_f(r['gpu_hours_vs_oracle'], '.2f'):>9}"
+            f"{_f(r['gpu_hours_vs_reference'], '.2f'):>7}  {peak}"
             + (f"  ({', '.join(extra)})" if extra else ""))
     lines.append("")
     lines.append(f"(times in ms; simulated in {c.get('wall_s', 0):.1f} s)")
@@ -287,7 +327,8 @@ def plot_simulation(sim: Simulation, path: Path) -> None:
     axes[0].plot(mids, counts / step, color="black")
     axes[0].set_ylabel("arrivals (req/s)")
     axes[0].set_title(f"{trace.name} x{trace.rate_scale:g}: {setup.resolved.arch.model_id} "
-                      f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})")
+                      f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})\n"
+                      f"world: {setup.world.label()}", fontsize=10)
     ttft_ms = setup.spec.slo.ttft_ms
     which = np.digitize(trace.times, edges) - 1
     for name, run in sim.runs.items():

@@ -4,7 +4,9 @@ Pure: no I/O, no clock; time is what `Fleet.advance` is told.
 
 * **Pools.** One pool per role: ``aggregated``, or ``prefill`` and ``decode`` (disaggregated).
   Every replica of a pool runs the same engine configuration (TP, --max-num-seqs,
-  --max-num-batched-tokens, --max-model-len): policies decide only how many replicas.
+  --max-num-batched-tokens, --max-model-len): policies decide only how many replicas. Its
+  engines run the world's model (`PoolConfig.engine_model`, see `goodput.engine.world`), which
+  may differ from the planner's belief (`PoolConfig.model`).
 * **Router.** Least loaded: each request goes to the ready, non-draining replica of the entry pool
   (aggregated, or prefill) with the fewest requests outstanding (submitted, not yet returned),
   ties broken round-robin. In disaggregated mode a prefill replica's hand-off goes the same way
@@ -42,14 +44,30 @@ from goodput.sim.metrics import LAYOUT, Snapshot, Vec, stats_vector
 from goodput.sim.trace import MOONCAKE_BLOCK_TOKENS, Trace
 
 PENDING, DONE, REJECTED = 0, 1, 2
+SAMPLES_KEPT = 8  # per pod: enough for a metrics age of a few scrape intervals
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One scrape of one pod's vLLM gauges."""
+
+    t: float
+    running: float
+    waiting: float
+    kv_usage: float
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     role: str  # aggregated, prefill, decode
     tp: int
-    model: ReplicaModel
+    model: ReplicaModel  # the planner's belief about this pool's engine
     max_model_len: int
+    world_model: ReplicaModel | None = None  # the engine the fleet runs (None: the belief)
+
+    @property
+    def engine_model(self) -> ReplicaModel:
+        return self.world_model if self.world_model is not None else self.model
 
 
 @dataclass(eq=False)
@@ -66,6 +84,8 @@ class Replica:
     last_finish_s: float = 0.0
     cache: OrderedDict[int, None] | None = None
     cache_blocks: int = 0
+    # (scrape time, running, waiting, KV usage): what Prometheus holds of this pod, newest last.
+    samples: deque[PodSample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
 
     def ready(self, t: float) -> bool:
         return self.ready_s <= t
@@ -113,6 +133,9 @@ class Fleet:
         self.ttft_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.itl_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.finish_s: npt.NDArray[np.float64] = np.full(n, np.nan)
+        # Disaggregated: when a request's KV reached the decode pool (NaN otherwise), to tell a
+        # TTFT lost in prefill from one lost waiting for decode admission.
+        self.handoff_s: npt.NDArray[np.float64] = np.full(n, np.nan)
         self.status: npt.NDArray[np.int8] = np.zeros(n, dtype=np.int8)
         self.completions: list[Completion] = []
         self.now = 0.0
@@ -125,6 +148,10 @@ class Fleet:
         self.history: dict[str, list[Snapshot]] = {r: [] for r in self.pools}
         self.log: list[ReplicaLife] = []  # indexed by Replica.index
         self.handoffs = 0
+        # Prompt tokens routed to the entry pool and the part its prefix caches held (the
+        # realised prefix-hit rate, which Dynamo's planner and the oracle size with).
+        self.entry_prompt_tokens = 0
+        self.entry_cached_tokens = 0
         self._arrival = self.trace.times
         self._prompts = self.trace.prompts
         self._outputs = self.trace.outputs
@@ -165,7 +192,7 @@ class Fleet:
         change = n - len(members)
         for _ in range(max(change, 0)):
             rng = np.random.default_rng([self.seed, self._made])
-            engine = EngineReplica(pool.model, role=as_role(role), rng=rng, noise_cv=self.noise_cv,
+            engine = EngineReplica(pool.engine_model, role=as_role(role), rng=rng, noise_cv=self.noise_cv,
                                    ready_at_s=t + cold_start_s, max_model_len=pool.max_model_len)
             engine.advance(t)
             rep = Replica(self._made, role, pool.tp, engine, t, t + cold_start_s, last_finish_s=t)
@@ -241,6 +268,7 @@ class Fleet:
         if f.handoff:
             self.handoffs += 1
             handoffs.append((f.finish_s + f.kv_transfer_s, f))
+            self.handoff_s[i] = f.finish_s + f.kv_transfer_s
             return
         arrival = float(self._arrival[i])
         ttft = f.first_token_s - arrival
@@ -292,6 +320,9 @@ class Fleet:
         cached = 0
         if rep.cache is not None and self._hashes is not None:
             cached = self._prefix_hit(rep, self._hashes[i])
+        if rep.role != "decode":
+            self.entry_prompt_tokens += int(self._prompts[i])
+            self.entry_cached_tokens += cached
         if rep.engine.submit(i, at, int(self._prompts[i]), int(self._outputs[i]), cached):
             rep.outstanding += 1
         else:
@@ -336,6 +367,8 @@ class Fleet:
                     waiting += rep.engine.waiting
                     usage = rep.engine.kv_usage
                     kv = usage if kv is None else max(kv, usage)
+                    rep.samples.append(PodSample(t, float(rep.engine.running), float(rep.engine.waiting),
+                                                 float(usage)))
             self.history[role].append(Snapshot(t, vec, running, waiting, kv, pods))
 
     def trim_history(self, keep_s: float) -> None:
@@ -347,25 +380,50 @@ class Fleet:
             if cut:
                 del hist[:cut]
 
-    def pod_gauges(self, role: str, gauge: Callable[[EngineReplica], float]) -> tuple[list[float], int]:
-        """(a gauge of every ready pool member, number of members not serving metrics yet): what an
-        HPA reads from a Pods metric (terminating pods are ignored by the HPA)."""
+    def pod_gauges(self, role: str, gauge: Callable[[PodSample], float],
+                   age_s: float = 0.0) -> tuple[list[float], int]:
+        """(a gauge of every pool member as scraped at least ``age_s`` ago, number of members with
+        no such scrape yet): what an HPA reads from a Pods metric through a metrics adapter
+        (terminating pods are ignored by the HPA). ``age_s`` 0: the live engines."""
         values: list[float] = []
         missing = 0
         for rep in self.members(role):
-            if rep.ready(self.now):
-                values.append(float(gauge(rep.engine)))
-            else:
+            sample = self._sample(rep, age_s)
+            if sample is None:
                 missing += 1
+            else:
+                values.append(float(gauge(sample)))
         return values, missing
 
-    def pool_gauge_sum(self, role: str, gauge: Callable[[EngineReplica], float]) -> float:
-        """A gauge summed over every replica of the pool serving metrics (draining ones included):
-        ``sum(metric)`` in PromQL."""
-        return float(sum(gauge(r.engine) for r in self.replicas if r.role == role and r.ready(self.now)))
+    def pool_gauge_sum(self, role: str, gauge: Callable[[PodSample], float], age_s: float = 0.0) -> float:
+        """A gauge summed over every replica of the pool with a scrape at least ``age_s`` old
+        (draining ones included): ``sum(metric)`` in PromQL, as of that scrape."""
+        total = 0.0
+        for rep in self.replicas:
+            if rep.role == role:
+                sample = self._sample(rep, age_s)
+                total += float(gauge(sample)) if sample is not None else 0.0
+        return total
+
+    def _sample(self, rep: Replica, age_s: float) -> PodSample | None:
+        if age_s <= 0.0:
+            if not rep.ready(self.now):
+                return None
+            e = rep.engine
+            return PodSample(self.now, float(e.running), float(e.waiting), float(e.kv_usage))
+        cutoff = self.now - age_s + 1e-9
+        for sample in reversed(rep.samples):
+            if sample.t <= cutoff:
+                return sample
+        return None
 
     def unfinished(self) -> int:
         return int(np.count_nonzero(self.status == PENDING))
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Cached / prompt tokens over every request routed to the entry pool so far."""
+        return self.entry_cached_tokens / self.entry_prompt_tokens if self.entry_prompt_tokens else 0.0
 
     def busy(self) -> bool:
         return any(q for q in self._queues.values()) or any(not r.idle for r in self.replicas)

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from goodput.engine.replica import EngineReplica
 from goodput.planner import autoscale as autoscale_module
 from goodput.planner.autoscale import AutoscaleResult, AutoscalerState
 from goodput.planner.observation import Observation
-from goodput.sim.fleet import Fleet
+from goodput.sim.fleet import Completion, Fleet, PodSample
 from goodput.sim.metrics import observe
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ HPA_SCALE_DOWN_WINDOW_S = 300.0
 HPA_SCALE_UP_WINDOW_S = 0.0
 KEDA_THRESHOLD = 5.0
 DYNAMO_GRID = 100
+# Dynamo's planner defaults (components/src/dynamo/planner defaults: throughput_adjustment_interval
+# 180 s, min_endpoint 1). Its max_gpu_budget default (8) is a demo value a user raises to the
+# fleet's size: here it is the cap every policy shares.
+DYNAMO_ADJUSTMENT_INTERVAL_S = 180.0
 
 
 def sim_time(t: float) -> dt.datetime:
@@ -88,7 +92,8 @@ class GoodputPolicy(Policy):
 
     def observation(self, t: float, fleet: Fleet) -> Observation:
         cfg = self.setup.config
-        obs = observe(fleet.history, t, sim_time(t), cfg.window_s, cfg.long_window_s,
+        # Prometheus as of the last scrape that is metrics_age_s old (the same age for every policy).
+        obs = observe(fleet.history, t - cfg.metrics_age_s, sim_time(t), cfg.window_s, cfg.long_window_s,
                       self.setup.spec.slo.percentile / 100.0, self.setup.max_model_len)
         if self.calibrate:
             return obs
@@ -196,16 +201,16 @@ def _behaviors(setup: Setup) -> dict[str, HPABehavior]:
             for role, n in setup.start_replicas.items()}
 
 
-def _running(e: EngineReplica) -> float:
-    return float(e.running)
+def _running(e: PodSample) -> float:
+    return e.running
 
 
-def _kv(e: EngineReplica) -> float:
-    return float(e.kv_usage)
+def _kv(e: PodSample) -> float:
+    return e.kv_usage
 
 
-def _waiting(e: EngineReplica) -> float:
-    return float(e.waiting)
+def _waiting(e: PodSample) -> float:
+    return e.waiting
 
 
 class HPAPolicy(Policy):
@@ -217,13 +222,15 @@ class HPAPolicy(Policy):
         self.behavior = _behaviors(setup)
         self.targets = setup.hpa_targets
         self.metric = setup.config.hpa_metric
+        self.age_s = setup.config.metrics_age_s
 
     def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
         out: dict[str, int] = {}
         for role in fleet.pools:
             current = fleet.count(role)
-            gauge: Callable[[EngineReplica], float] = _kv if self.metric == "kv" and role != "prefill" else _running
-            values, missing = fleet.pod_gauges(role, gauge)
+            gauge: Callable[[PodSample], float] = _kv if self.metric == "kv" and role != "prefill" else _running
+            # Through Prometheus and a metrics adapter: the pods' last scrapes, not the live engines.
+            values, missing = fleet.pod_gauges(role, gauge, self.age_s)
             desired = plain_metric_replicas(values, missing, current, self.targets[role])
             if desired is None:
                 out[role] = current
@@ -233,6 +240,10 @@ class HPAPolicy(Policy):
 
 
 class KedaQueuePolicy(Policy):
+    """The vLLM production-stack tutorial's ScaledObject: one Prometheus trigger on
+    ``sum(vllm:num_requests_waiting)``, threshold 5 (AverageValue), read as of the last scrape; the
+    HPA it drives has the default behavior; maxReplicaCount is the cap every policy shares."""
+
     name = "keda-queue"
 
     def __init__(self, setup: Setup) -> None:
@@ -240,15 +251,31 @@ class KedaQueuePolicy(Policy):
         self.interval_s = setup.config.hpa_sync_s
         self.threshold = setup.config.keda_threshold
         self.behavior = _behaviors(setup)
+        self.age_s = setup.config.metrics_age_s
+
+    def desired(self, role: str, current: int, fleet: Fleet) -> int:
+        total = fleet.pool_gauge_sum(role, _waiting, self.age_s)
+        return external_average_replicas(total, current, self.threshold)
 
     def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
         out: dict[str, int] = {}
         for role in fleet.pools:
             current = fleet.count(role)
-            total = fleet.pool_gauge_sum(role, _waiting)
-            desired = external_average_replicas(total, current, self.threshold)
-            out[role] = self.behavior[role].normalize(desired, current, t)
+            out[role] = self.behavior[role].normalize(self.desired(role, current, fleet), current, t)
         return out
+
+
+class KedaQueueRunningPolicy(KedaQueuePolicy):
+    """The same ScaledObject with a second trigger, ``sum(vllm:num_requests_running)`` against the
+    HPA's per-pod target (AverageValue): with several triggers the HPA takes the largest of their
+    replica counts, so a pool whose queue is empty but whose batches are full still grows."""
+
+    name = "keda-queue-running"
+
+    def desired(self, role: str, current: int, fleet: Fleet) -> int:
+        queue = super().desired(role, current, fleet)
+        running = fleet.pool_gauge_sum(role, _running, self.age_s)
+        return max(queue, external_average_replicas(running, current, self.setup.hpa_targets[role]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,7 +288,7 @@ class DynamoProfile:
 
     def __init__(self, setup: Setup, role: str) -> None:
         pool = setup.pools[role]
-        self.model = pool.model
+        self.model = pool.engine_model  # Dynamo profiles the real engine: the world's, not the belief
         self.tp = pool.tp
         self.max_kv = float(self.model.kv_capacity_tokens)
         self.max_seqs = float(self.model.max_num_seqs)
@@ -288,38 +315,95 @@ class DynamoProfile:
                 return n / itl / self.tp
         return 1.0 / self.decode_itl_s(1.0, context) / self.tp
 
+    def best_agg_rps(self, isl: float, osl: float, ttft_s: float, itl_s: float, hit_rate: float = 0.0) -> float:
+        """``AggRegressionModel.find_best_engine_agg_rps`` with the engine's own step time in place
+        of its online regression: for each decode batch ``bs`` up to the smallest of the KV cache
+        (``max_kv / (isl + osl/2)``), --max-num-seqs and the prefill/decode balance point
+        (``isl' / (max_num_batched_tokens - bs) <= osl``, isl' the prompt after prefix hits), a
+        step of ``bs`` decodes plus ``bs * isl' / osl`` prefill tokens is the ITL, and the chunks of
+        one more prompt behind the prefill of that step are the TTFT; the largest batch before
+        either misses its target gives ``bs / (osl * step)`` requests/s (Little's law)."""
+        isl, osl = max(isl, 1.0), max(osl, 1.0)
+        budget = float(self.model.max_num_batched_tokens)
+        hit = min(max(hit_rate, 0.0), 1.0)
+        effective_isl = isl * (1.0 - hit)
+        context = isl + osl / 2.0
+        kv_cap = max(1, int(self.max_kv / context))
+        hard_cap = min(kv_cap, int(self.max_seqs), int(budget) - 1)
+        balance = math.floor(budget - effective_isl / osl)
+        bs = np.arange(1, max(1, min(hard_cap, balance)) + 1, dtype=np.float64)
+        decode_kv = bs * context
+        step = self._mixed_step_s(bs, decode_kv, np.minimum(bs * effective_isl / osl, budget), effective_isl)
+        # TTFT: the queued prompt tokens (one step's worth) and the new prompt, after prefix hits, in chunks.
+        ahead = (np.minimum(bs * isl / osl, budget) + isl) * (1.0 - hit)
+        full = np.floor(ahead / budget)
+        ttft = full * self._mixed_step_s(bs, decode_kv, np.full_like(bs, budget), effective_isl) \
+            + self._mixed_step_s(bs, decode_kv, ahead - full * budget, effective_isl)
+        ok = (step <= itl_s) & (ttft <= ttft_s)
+        first_miss = int(np.argmin(ok)) if not ok.all() else bs.size
+        if first_miss == 0:  # "Agg SLA unreachable at batch_size=1"
+            return float(1.0 / (osl * step[0]))
+        k = first_miss - 1
+        return float(bs[k] / (osl * step[k]))
+
+    def _mixed_step_s(self, decodes: npt.NDArray[np.float64], decode_kv: npt.NDArray[np.float64],
+                      prefill_tokens: npt.NDArray[np.float64], prompt: float) -> npt.NDArray[np.float64]:
+        """One step of decodes plus a prefill chunk (its attention pairs as a chunk of a prompt's
+        middle; one prompt completing per ``prompt`` tokens)."""
+        prompt = max(prompt, 1.0)
+        pairs = prefill_tokens * (prompt + 1.0) / 2.0
+        return np.asarray(self.model.step_time_s(decodes, decode_kv, prefill_tokens, pairs, prefill_tokens / prompt),
+                          dtype=np.float64)
+
 
 class DynamoPolicy(Policy):
-    """``planner_core.Planner.make_adjustments`` every adjustment interval: frontend metrics of the
-    last interval (request count, mean ISL/OSL, mean TTFT/ITL, mean request duration), correction
-    factors, a constant (last-value) predictor, then
+    """``planner_core`` throughput-based scaling every ``throughput_adjustment_interval`` (180 s
+    by default, `SimConfig.dynamo_interval_s`): frontend metrics of the last interval (request
+    count, mean ISL/OSL, mean TTFT/ITL, mean request duration), a constant (last-value) predictor,
+    then
 
-        prefill = ceil(num_req * isl / interval * min(1, p_corr) / (prefill tokens/s per GPU * GPUs))
-        decode  = ceil(num_req * osl / interval / (best decode tokens/s per GPU at ITL/d_corr * GPUs))
+    * disaggregated: correction factors, and
+      ``prefill = ceil(num_req * isl / interval * min(1, p_corr) / (prefill tokens/s per GPU * GPUs))``,
+      ``decode = ceil(num_req * osl / interval / (best decode tokens/s per GPU at ITL/d_corr * GPUs))``;
+    * aggregated: the native path, ``ceil(demand_rps / engine_rps)`` with ``engine_rps`` from
+      ``find_best_engine_agg_rps`` (`DynamoProfile.best_agg_rps`), discounted by the router's
+      realised prefix-hit rate;
 
-    at least 1 each. Dynamo's throughput planner is for disaggregated deployments only; for an
-    aggregated pool the two fractional engine counts are added (one engine time-shares both)."""
+    at least 1 each. The Kubernetes connector ignores a scaling while the graph deployment is not
+    ready ("Deployment ... is not ready, ignoring this scaling"): here, while any replica of any
+    pool is still starting."""
 
     name = "dynamo"
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
+        self.interval_s = setup.config.dynamo_interval_s
         self.mode = "disaggregated" if "prefill" in setup.pools else "aggregated"
         self.prefill = DynamoProfile(setup, "prefill" if self.mode == "disaggregated" else "aggregated")
         self.decode = DynamoProfile(setup, "decode" if self.mode == "disaggregated" else "aggregated")
         self.itl_target_s = setup.spec.slo.itl_ms / 1000.0
+        self.ttft_target_s = setup.spec.slo.ttft_ms / 1000.0
         self.correction = setup.config.dynamo_correction
         self.p_corr = 1.0
         self.d_corr = 1.0
         self._seen = 0
+        self._tokens_seen = (0, 0)
+        self.ignored = 0
         self.last: tuple[float, float, float] | None = None
+
+    def _hit_rate(self, fleet: Fleet) -> float:
+        """The router's prefix-hit rate over the last interval (cached / prompt tokens routed)."""
+        prompt0, cached0 = self._tokens_seen
+        self._tokens_seen = (fleet.entry_prompt_tokens, fleet.entry_cached_tokens)
+        prompt = fleet.entry_prompt_tokens - prompt0
+        return (fleet.entry_cached_tokens - cached0) / prompt if prompt > 0 else 0.0
 
     def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
         current = {role: fleet.count(role) for role in fleet.pools}
         new = fleet.completions[self._seen:]
         self._seen = len(fleet.completions)
-        interval = self.interval_s
-        if t < 2.0 * interval - 1e-9:
+        hit_rate = self._hit_rate(fleet)
+        if t < 2.0 * self.interval_s - 1e-9:
             # The first interval's frontend counts only requests that arrived and finished since
             # the trace began (a start-up artefact of the replay, not the steady traffic it stands for).
             return current
@@ -328,31 +412,42 @@ class DynamoPolicy(Policy):
         num_req = float(len(new))
         isl = float(np.mean([c.prompt for c in new]))
         osl = float(np.mean([c.output for c in new]))
-        ttft = float(np.mean([c.ttft_s for c in new]))
-        itl_n = sum(c.itl_count for c in new)
-        itl = sum(c.itl_s * c.itl_count for c in new) / itl_n if itl_n else float("nan")
-        duration = float(np.mean([c.e2e_s for c in new]))
+        self.last = (num_req, isl, osl)  # the constant predictor: the next interval looks like this one
+        if self.mode == "disaggregated":
+            targets = self._disaggregated(new, num_req, isl, osl, fleet)
+        else:
+            engine_rps = self.decode.best_agg_rps(isl, osl, self.ttft_target_s, self.itl_target_s, hit_rate)
+            targets = {"aggregated": math.ceil(num_req / self.interval_s / engine_rps - 1e-9)}
+        cap = self.setup.max_replicas
+        targets = {role: min(max(n, 1), cap) for role, n in targets.items()}
+        if targets != current and any(fleet.ready_count(r) < fleet.count(r) for r in fleet.pools):
+            self.ignored += 1
+            if self.ignored == 1:
+                self.notes.append(f"t={t:.0f}s: the deployment is not ready, ignoring this scaling "
+                                  "(as Dynamo's Kubernetes connector)")
+            return current
+        return targets
+
+    def _disaggregated(self, new: list[Completion], num_req: float, isl: float, osl: float,
+                       fleet: Fleet) -> dict[str, int]:
+        interval = self.interval_s
         context = isl + osl / 2.0
         if self.correction:
+            ttft = float(np.mean([c.ttft_s for c in new]))
+            itl_n = sum(c.itl_count for c in new)
+            itl = sum(c.itl_s * c.itl_count for c in new) / itl_n if itl_n else float("nan")
+            duration = float(np.mean([c.e2e_s for c in new]))
             self.p_corr = ttft / self.prefill.prefill_ttft_s(isl)
-            decoders = max(fleet.ready_count("decode" if self.mode == "disaggregated" else "aggregated"), 1)
+            decoders = max(fleet.ready_count("decode"), 1)
             expect_itl = self.decode.decode_itl_s(num_req / decoders * duration / interval, context)
             if math.isfinite(itl) and expect_itl > 0:
                 self.d_corr = itl / expect_itl
-        # Constant predictor: the next interval looks like the last one.
-        next_req, next_isl, next_osl = num_req, isl, osl
-        self.last = (next_req, next_isl, next_osl)
-        p_tokens_s = next_req * next_isl / interval * min(1.0, self.p_corr)
-        p_engines = p_tokens_s / (self.prefill.prefill_thpt_per_gpu(next_isl) * self.prefill.tp)
+        p_tokens_s = num_req * isl / interval * min(1.0, self.p_corr)
+        p_engines = p_tokens_s / (self.prefill.prefill_thpt_per_gpu(isl) * self.prefill.tp)
         corrected_itl = self.itl_target_s / self.d_corr if self.d_corr > 0 else self.itl_target_s
-        d_tokens_s = next_req * next_osl / interval
-        d_thpt = self.decode.best_decode_thpt_per_gpu(corrected_itl, next_isl + next_osl / 2.0)
-        d_engines = d_tokens_s / (d_thpt * self.decode.tp)
-        cap = self.setup.max_replicas
-        if self.mode == "disaggregated":
-            return {"prefill": min(max(math.ceil(p_engines), 1), cap),
-                    "decode": min(max(math.ceil(d_engines), 1), cap)}
-        return {"aggregated": min(max(math.ceil(p_engines + d_engines), 1), cap)}
+        d_thpt = self.decode.best_decode_thpt_per_gpu(corrected_itl, context)
+        d_engines = num_req * osl / interval / (d_thpt * self.decode.tp)
+        return {"prefill": math.ceil(p_engines), "decode": math.ceil(d_engines)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,22 +464,30 @@ class StaticPeakPolicy(Policy):
 
 
 class OraclePolicy(Policy):
-    """Knows the arrivals of the next interval; sizes for them with the capacity model; its
-    replicas serve at once and it scales down at once. ``extra``: replicas added per pool and
-    interval index, found by `simulate.run_oracle` where the capacity model's count missed the
-    SLOs in simulation (so that the oracle is the per-interval minimum that meets them)."""
+    """Knows the arrivals of the next interval; sizes for them with ``per_replica_rps`` (default:
+    the capacity model evaluated on the world's engines); its replicas serve at once and it
+    scales down at once. ``extra``: replicas added (or removed, when negative) per pool and
+    interval index, found by `simulate.run_oracle` by replaying the trace, at least 1 per pool."""
 
     name = "oracle"
     cold_start = False
 
-    def __init__(self, setup: Setup, extra: dict[str, dict[int, int]] | None = None) -> None:
+    def __init__(self, setup: Setup, extra: dict[str, dict[int, int]] | None = None,
+                 per_replica_rps: dict[str, float] | None = None) -> None:
         super().__init__(setup)
         self.extra = extra or {}
+        self.per_replica_rps = per_replica_rps or {role: setup.world_goodput_rps(role) for role in setup.targets}
+
+    def base(self, t: float) -> dict[str, int]:
+        """Replicas per pool for the arrivals of the interval from ``t``, before ``extra``."""
+        rate = self.setup.trace.rate_in(t, t + self.interval_s)
+        cap = self.setup.max_replicas
+        return {role: min(max(math.ceil(rate / g - 1e-9), 1), cap) if g > 0 else cap
+                for role, g in self.per_replica_rps.items()}
 
     def _for(self, t: float) -> dict[str, int]:
-        counts = self.setup.replicas_for(self.setup.trace.rate_in(t, t + self.interval_s))
         k = round(t / self.interval_s)
-        return {role: n + self.extra.get(role, {}).get(k, 0) for role, n in counts.items()}
+        return {role: max(n + self.extra.get(role, {}).get(k, 0), 1) for role, n in self.base(t).items()}
 
     def initial(self) -> dict[str, int]:
         return self._for(0.0)
@@ -397,6 +500,7 @@ POLICIES: dict[str, type[Policy]] = {
     "goodput": GoodputPolicy,
     "hpa": HPAPolicy,
     "keda-queue": KedaQueuePolicy,
+    "keda-queue-running": KedaQueueRunningPolicy,
     "dynamo": DynamoPolicy,
     "static-peak": StaticPeakPolicy,
     "oracle": OraclePolicy,

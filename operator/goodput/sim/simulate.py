@@ -37,6 +37,7 @@ pool's replica count), and GPU-hours relative to the oracle's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.engine.world import World
 from goodput.model.errors import CapacityModelError
 from goodput.model.goodput import ReplicaCapacity, aggregated_capacity, decode_capacity, prefill_capacity
 from goodput.model.replica import ReplicaModel
@@ -72,9 +74,13 @@ LOGNORMAL_P99_CAP = 14.9  # a lognormal's p99 / mean cannot exceed 14.97
 
 @dataclass(frozen=True)
 class SimConfig:
-    interval_s: float = 30.0  # goodput (the operator's reconcile timer), dynamo, oracle
+    interval_s: float = 30.0  # goodput (the operator's reconcile timer), oracle
     hpa_sync_s: float = 15.0  # HPA (and KEDA) sync period
+    dynamo_interval_s: float = 180.0  # Dynamo's throughput_adjustment_interval default
     scrape_s: float = 15.0
+    # Age of the scraped gauges the HPA/KEDA read (through Prometheus and an adapter): the last
+    # scrape at least one scrape interval old.
+    metrics_age_s: float = 15.0
     window_s: float = 60.0  # the operator's windows
     long_window_s: float = 600.0
     seed: int = 0
@@ -107,6 +113,8 @@ class Setup:
     hpa_targets: dict[str, float] = field(default_factory=dict)
     start_replicas: dict[str, int] = field(default_factory=dict)
     peak_replicas: dict[str, int] = field(default_factory=dict)
+    world: World = field(default_factory=World)  # the engines the fleet runs (the planner keeps its belief)
+    world_capacity: dict[str, ReplicaCapacity] = field(default_factory=dict)  # of the world's engines
 
     def running_shape(self) -> RunningShape:
         """What the fleet runs, as the operator reads it back from its status: the mode, each
@@ -115,12 +123,22 @@ class Setup:
                             {role: (p.model.max_num_batched_tokens, p.model.max_num_seqs)
                              for role, p in self.pools.items()})
 
-    def replicas_for(self, rate: float) -> dict[str, int]:
+    def world_goodput_rps(self, role: str) -> float:
+        """Per-replica goodput of the world's engine: the plan's, times the ratio of the capacity
+        model evaluated on the world's engine to the model evaluated on the belief."""
+        g = self.targets[role].goodput_rps
+        belief, world = self.capacity.get(role), self.world_capacity.get(role)
+        if belief is None or world is None or belief.goodput_rps <= 0:
+            return g
+        return g * world.goodput_rps / belief.goodput_rps
+
+    def replicas_for(self, rate: float, in_world: bool = False) -> dict[str, int]:
         """The capacity model's replicas per pool for a request rate: ``max(1, ceil(rate / goodput
-        per replica))`` with the per-replica goodput of the fleet's plan."""
+        per replica))`` with the per-replica goodput of the fleet's plan (``in_world``: of the
+        world's engines)."""
         out = {}
         for role, p in self.targets.items():
-            g = p.goodput_rps
+            g = self.world_goodput_rps(role) if in_world else p.goodput_rps
             need = math.ceil(rate / g - 1e-9) if g > 0 else self.max_replicas
             out[role] = min(max(need, 1), self.max_replicas)
         return out
@@ -151,25 +169,33 @@ def _hint(mean: float, p99: float) -> dict[str, float]:
     return {"mean": mean, "p99": min(max(p99, mean), mean * LOGNORMAL_P99_CAP)}
 
 
-def _capacities(pools: dict[str, PoolConfig], w: Workload, spec: InferenceDeploymentSpec) -> dict[str, ReplicaCapacity]:
+def _capacities(pools: dict[str, PoolConfig], w: Workload, spec: InferenceDeploymentSpec,
+                in_world: bool = False) -> dict[str, ReplicaCapacity]:
+    """The capacity model per pool, evaluated on the belief's engines (``in_world``: the world's)."""
     from goodput.model.workload import SLO
 
     slo = SLO(spec.slo.ttft_ms, spec.slo.itl_ms, spec.slo.percentile)
+
+    def model(role: str) -> ReplicaModel:
+        return pools[role].engine_model if in_world else pools[role].model
+
     out: dict[str, ReplicaCapacity] = {}
     if "aggregated" in pools:
-        out["aggregated"] = aggregated_capacity(pools["aggregated"].model, w, slo)
+        out["aggregated"] = aggregated_capacity(model("aggregated"), w, slo)
     if "decode" in pools:
-        out["decode"] = decode_capacity(pools["decode"].model, w, slo)
+        out["decode"] = decode_capacity(model("decode"), w, slo)
     if "prefill" in pools:
         step = out["decode"].at_goodput.step_ms / 1000.0 if "decode" in out else 0.0
-        out["prefill"] = prefill_capacity(pools["prefill"].model, w, slo, step)
+        out["prefill"] = prefill_capacity(model("prefill"), w, slo, step)
     return out
 
 
 def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | None = None,
-            cold_start_s: float | None = None, name: str = "simulate") -> Setup:
-    """Everything the policies share: the operator's spec for this trace, the fleet's engines."""
+            cold_start_s: float | None = None, name: str = "simulate", world: World | None = None) -> Setup:
+    """Everything the policies share: the operator's spec for this trace, the fleet's engines
+    (``world``: how they differ from the planner's belief; default: they are the belief)."""
     config = config or SimConfig()
+    world = world or World()
     if not len(trace):
         raise CapacityModelError("the trace has no requests")
     prompts = trace.prompts.astype(np.float64)
@@ -224,11 +250,13 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
         model = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, p.tp, resolved.kv_cache_dtype,
                              max_num_seqs=p.max_num_seqs,
                              max_num_batched_tokens=max(p.max_num_batched_tokens, p.max_num_seqs))
-        pools[p.role] = PoolConfig(p.role, p.tp, model, length)
+        pools[p.role] = PoolConfig(p.role, p.tp, model, length, world.engine_model(model))
         targets[p.role] = p
     capacity = _capacities(pools, workload, full)
+    world_capacity = capacity if world.is_belief else _capacities(pools, workload, full, in_world=True)
     hpa_targets: dict[str, float] = {}
-    for role, c in capacity.items():
+    # A user sets an HPA's target from a one-replica load test of the real engine: the world's.
+    for role, c in world_capacity.items():
         if role == "prefill":
             hpa_targets[role] = max(c.at_goodput.prefill_utilization, 0.1)
         elif config.hpa_target is not None:
@@ -239,7 +267,8 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
             hpa_targets[role] = max(c.at_goodput.batch, 0.1)
     cold = float(full.scaling.cold_start_seconds)
     setup = Setup(pinned_spec, pinned_resolved, rec, pools, targets, capacity, workload, trace, config, peak, peak_at,
-                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets)
+                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets,
+                  world=world, world_capacity=world_capacity)
     setup.start_replicas.update(setup.replicas_for(first_rate))
     setup.peak_replicas.update(setup.replicas_for(peak))
     return setup
@@ -263,6 +292,8 @@ class PolicyRun:
     wall_s: float | None = None
     notes: list[str] = field(default_factory=list)
     replicas: list[ReplicaLife] = field(default_factory=list)  # every replica's creation, readiness, removal
+    handoff_s: npt.NDArray[np.float64] | None = None  # per request: KV at the decode pool (disaggregated)
+    prefix_hit_rate: float = 0.0  # realised: cached / prompt tokens routed to the entry pool
 
     @property
     def unfinished(self) -> int:
@@ -334,7 +365,8 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
         progress(policy.name, 1.0)
     wall = clock() - started if clock and started is not None else None
     return PolicyRun(policy.name, fleet.ttft_s, fleet.itl_s, fleet.status, fleet.gpu_seconds / 3600.0, actions,
-                     timeline, decisions, wall, list(policy.notes), list(fleet.log))
+                     timeline, decisions, wall, list(policy.notes), list(fleet.log),
+                     fleet.handoff_s if fleet.mode == "disaggregated" else None, fleet.prefix_hit_rate)
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,7 +386,8 @@ def attainment_mask(run: PolicyRun, setup: Setup) -> npt.NDArray[np.bool_]:
     return np.asarray((run.status == DONE) & ok_ttft & ok_itl, dtype=np.bool_)
 
 
-def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None) -> dict[str, Any]:
+def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None,
+              reference_gpu_hours: float | None = None) -> dict[str, Any]:
     """The figures of one policy (the keys of ``--json``'s ``policies`` entries)."""
     f = run
     n = len(setup.trace)
@@ -374,6 +407,7 @@ def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None) -> d
         "cost_usd": round(run.gpu_hours * setup.price, 2),
         "scaling_actions": run.scaling_actions,
         "gpu_hours_vs_oracle": round(ratio, 4) if ratio is not None else None,
+        "gpu_hours_vs_reference": round(run.gpu_hours / reference_gpu_hours, 4) if reference_gpu_hours else None,
     }
 
 
@@ -398,11 +432,25 @@ class Simulation:
         run = self.runs.get("oracle")
         return run.gpu_hours if run is not None else None
 
+    def reference(self) -> tuple[str, float] | None:
+        """The cheapest of the runs that meet the SLO percentile, the oracle among them: every
+        ratio's reference (a policy that beats the oracle is the better bound)."""
+        goal = self.setup.spec.slo.percentile / 100.0
+        n = len(self.setup.trace)
+        meeting = [(run.gpu_hours, name) for name, run in self.runs.items()
+                   if n and np.count_nonzero(attainment_mask(run, self.setup)) >= goal * n]
+        if not meeting:
+            return None
+        gpu_hours, name = min(meeting)
+        return name, gpu_hours
+
     def report(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """``{"policies": {...}, "trace": {...}, "config": {...}}`` (the ``--json`` object)."""
         names = list(names) if names is not None else list(self.runs)
         s = self.setup
-        policies = {name: summarize(self.runs[name], s, self.oracle_gpu_hours) for name in names}
+        ref = self.reference()
+        policies = {name: summarize(self.runs[name], s, self.oracle_gpu_hours, ref[1] if ref else None)
+                    for name in names}
         trace = s.trace.summary()
         trace["peak_rate_rps"] = round(s.peak_rate, 4)
         trace["peak_window_start_s"] = round(s.peak_at_s, 1)
@@ -419,12 +467,17 @@ class Simulation:
                              "replicas_at_peak": s.peak_replicas[role], "replicas_at_start": s.start_replicas[role],
                              "hpa_target": round(s.hpa_targets[role], 4)}
                       for role, p in s.targets.items()},
+            "world": {**s.world.describe(),
+                      "goodput_rps_per_replica": {role: round(s.world_goodput_rps(role), 4) for role in s.targets}},
+            "reference": {"policy": ref[0], "gpu_hours": round(ref[1], 4)} if ref else None,
             "max_model_len": s.max_model_len,
             "max_replicas_per_pool": s.max_replicas,
             "usd_per_gpu_hour": s.price,
             "cold_start_s": s.cold_start_s,
             "interval_s": cfg.interval_s,
             "hpa_sync_s": cfg.hpa_sync_s,
+            "dynamo_interval_s": cfg.dynamo_interval_s,
+            "metrics_age_s": cfg.metrics_age_s,
             "scrape_s": cfg.scrape_s,
             "windows_s": [cfg.window_s, cfg.long_window_s],
             "hpa_metric": cfg.hpa_metric,
@@ -436,53 +489,149 @@ class Simulation:
         return {"policies": policies, "trace": trace, "config": config}
 
 
-# The oracle is refined in at most this many further simulations (each adds a replica to the
-# pools of the intervals whose requests missed the SLOs).
+# The oracle's search, in replays of the trace: at most this many upward refinements, steps of the
+# per-replica capacity it assumes (x1.15 each) and downward passes.
 ORACLE_ROUNDS = 6
+ORACLE_SCALE_STEP = 1.15
+ORACLE_SCALE_STEPS = 3
+ORACLE_DOWN_PASSES = 2
+Extra = dict[str, dict[int, int]]
+
+
+def oracle_rps(setup: Setup, hit_rate: float = 0.0) -> dict[str, float]:
+    """Per-replica goodput of the world's engines, with a realised prefix-hit rate: the plan's
+    goodput times the capacity model on the world's engines over the model on the belief's."""
+    if hit_rate < 0.01:
+        return {role: setup.world_goodput_rps(role) for role in setup.targets}
+    w = dataclasses.replace(setup.workload, prefix_cache_hit_rate=min(hit_rate, 0.95))
+    with_hits = _capacities(setup.pools, w, setup.spec, in_world=True)
+    out = {}
+    for role, p in setup.targets.items():
+        belief = setup.capacity[role].goodput_rps
+        out[role] = p.goodput_rps * with_hits[role].goodput_rps / belief if belief > 0 else p.goodput_rps
+    return out
+
+
+def caused_misses(run: PolicyRun, setup: Setup) -> dict[str, npt.NDArray[np.bool_]]:
+    """Per pool, the requests whose SLO miss it caused. Aggregated: every miss. Disaggregated: a
+    TTFT miss is prefill's when the KV reached the decode pool too late already (or never), else
+    decode's (it waited for decode admission); an ITL miss is decode's."""
+    slo = setup.spec.slo
+    ok = attainment_mask(run, setup)
+    if "aggregated" in setup.pools or run.handoff_s is None:
+        return {role: ~ok for role in setup.pools}
+    with np.errstate(invalid="ignore"):
+        ok_ttft = (run.status == DONE) & (run.ttft_s * 1000.0 <= slo.ttft_ms)
+        upstream_ok = (run.handoff_s - setup.trace.times) * 1000.0 <= slo.ttft_ms
+    prefill = ~ok_ttft & ~upstream_ok
+    return {"prefill": prefill, "decode": ~ok & ~prefill}
+
+
+class _OracleSearch:
+    """Replays the trace with per-interval replica counts, keeping the cheapest that meets the goal."""
+
+    def __init__(self, setup: Setup, progress: Progress | None) -> None:
+        self.setup = setup
+        self.goal = setup.spec.slo.percentile / 100.0
+        self.k_of = np.floor(setup.trace.times / setup.config.interval_s).astype(np.int64)
+        self.n_k = np.bincount(self.k_of)
+        self.progress = progress
+        self.replays = 0
+        self.best: PolicyRun | None = None
+
+    def run(self, rps: dict[str, float], extra: Extra) -> PolicyRun:
+        run = run_policy(self.setup, OraclePolicy(self.setup, extra, rps), self.progress)
+        self.progress = None  # progress is shown for the first replay only
+        self.replays += 1
+        if self.meets(run) and (self.best is None or run.gpu_hours < self.best.gpu_hours):
+            self.best = run
+        return run
+
+    def meets(self, run: PolicyRun) -> bool:
+        ok = attainment_mask(run, self.setup)
+        return bool(ok.size and np.count_nonzero(ok) >= self.goal * ok.size)
+
+    def per_interval(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+        return np.bincount(self.k_of, weights=mask, minlength=self.n_k.size).astype(np.float64)
+
+    def refine_up(self, run: PolicyRun, extra: Extra) -> bool:
+        """One replica more, per interval that falls short, in the pool that caused its misses."""
+        misses = caused_misses(run, self.setup)
+        bad = self.per_interval(~attainment_mask(run, self.setup))
+        allowed = (1.0 - self.goal) * self.n_k
+        by_role = {role: self.per_interval(m) for role, m in misses.items()}
+        changed = False
+        for k in np.flatnonzero((self.n_k > 0) & (bad > allowed)).tolist():
+            roles = [r for r, v in by_role.items() if v[k] > allowed[k]] or [max(by_role, key=lambda r: by_role[r][k])]
+            for role in roles:
+                extra[role][k] = extra[role].get(k, 0) + 1
+                changed = True
+        return changed
+
+    def refine_down(self, run: PolicyRun, extra: Extra) -> Extra:
+        """One replica fewer in every pool, in every interval whose requests all met the SLOs."""
+        bad = self.per_interval(~attainment_mask(run, self.setup))
+        out = {role: dict(e) for role, e in extra.items()}
+        for k in np.flatnonzero((self.n_k > 0) & (bad == 0)).tolist():
+            for role in out:
+                out[role][k] = out[role].get(k, 0) - 1
+        return out
 
 
 def run_oracle(setup: Setup, progress: Progress | None = None, clock: Callable[[], float] | None = None,
                rounds: int = ORACLE_ROUNDS) -> PolicyRun:
-    """The clairvoyant per-interval minimum that meets the SLOs, found by simulation: start from
-    the capacity model's count for each interval's arrivals; while fewer than the SLO percentile of
-    all requests meet both targets, add one replica, for each interval whose own requests fall short,
-    to the pool that missed (TTFT: prefill or aggregated; ITL: decode or aggregated), and replay."""
-    slo = setup.spec.slo
-    goal = slo.percentile / 100.0
+    """The clairvoyant per-interval minimum that meets the SLOs, found by replaying the trace:
+
+    1. the capacity model's count on the **world's** engines for each interval's arrivals, then with
+       the prefix-hit rate that replay realised;
+    2. while that meets the goal, a per-replica capacity x1.15 (up to 3 steps): the model's count
+       may be pessimistic, and a bound must not inherit that;
+    3. while it misses, one replica more for each interval that falls short, in the pool that caused
+       its misses (`caused_misses`), up to ``rounds`` times;
+    4. one replica fewer in every interval whose requests all met the SLOs, kept if the goal still holds.
+
+    The cheapest replay that meets the goal is the oracle; its notes say how it was found."""
     started = clock() if clock else None
-    extra: dict[str, dict[int, int]] = {role: {} for role in setup.pools}
-    interval = setup.config.interval_s
-    k_of = np.floor(setup.trace.times / interval).astype(np.int64)
-    single = setup.trace.outputs <= 1
-    first_role = "aggregated" if "aggregated" in setup.pools else "prefill"
-    serving = "aggregated" if "aggregated" in setup.pools else "decode"
-    run = run_policy(setup, OraclePolicy(setup, extra), progress)
+    search = _OracleSearch(setup, progress)
+    extra: Extra = {role: {} for role in setup.pools}
+    rps = oracle_rps(setup)
+    run = search.run(rps, extra)
+    hit_rate = run.prefix_hit_rate
+    if hit_rate >= 0.01:
+        rps = oracle_rps(setup, hit_rate)
+        run = search.run(rps, extra)
+    scale = 1.0
+    for _ in range(ORACLE_SCALE_STEPS):
+        if not search.meets(run):
+            break
+        trial = search.run({r: g * scale * ORACLE_SCALE_STEP for r, g in rps.items()}, extra)
+        if not search.meets(trial):
+            break
+        scale *= ORACLE_SCALE_STEP
+        run = trial
+    rps = {r: g * scale for r, g in rps.items()}
     added = 0
-    for round_k in range(rounds):
-        ok = attainment_mask(run, setup)
-        if not ok.size or np.count_nonzero(ok) >= goal * ok.size:
+    for _ in range(rounds):
+        if search.meets(run) or not search.refine_up(run, extra):
             break
-        with np.errstate(invalid="ignore"):
-            miss_ttft = ~((run.status == DONE) & (run.ttft_s * 1000.0 <= slo.ttft_ms))
-            miss_itl = ~single & ~((run.status == DONE) & (run.itl_s * 1000.0 <= slo.itl_ms))
-        n = np.bincount(k_of)
-        bad = np.bincount(k_of, weights=~ok, minlength=n.size)
-        changed = False
-        for k in np.flatnonzero((n > 0) & (bad > (1.0 - goal) * n)).tolist():
-            sel = k_of == k
-            for role, missed in ((first_role, miss_ttft), (serving, miss_itl)):
-                if np.count_nonzero(missed[sel]) > (1.0 - goal) * np.count_nonzero(sel):
-                    extra[role][k] = extra[role].get(k, 0) + 1
-                    added += 1
-                    changed = True
-        if not changed:
+        added += 1
+        run = search.run(rps, extra)
+    for _ in range(ORACLE_DOWN_PASSES):
+        if not search.meets(run):
             break
-        run = run_policy(setup, OraclePolicy(setup, extra), None)
-        run.notes.append(f"refined in {round_k + 1} round(s): {added} replica-intervals added to the capacity "
-                         "model's counts where the simulated fleet missed the SLOs")
+        fewer = search.refine_down(run, extra)
+        trial = search.run(rps, fewer)
+        if not search.meets(trial):
+            break
+        extra, run = fewer, trial
+    best = search.best or run
+    best.notes.append(f"{search.replays} replays: the world's capacity model x{scale:.2f} per replica"
+                      f"{f' with the realised {hit_rate:.0%} prefix hits' if hit_rate >= 0.01 else ''}, "
+                      f"{added} upward round(s), then downward passes"
+                      + ("" if search.best is not None else "; no replay met the goal: not a bound"))
     if clock is not None and started is not None:
-        run.wall_s = clock() - started
-    return run
+        best.wall_s = clock() - started
+    return best
 
 
 def run_named(setup: Setup, name: str, progress: Progress | None = None,
