@@ -245,7 +245,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report["trace"]["rate_scale_mode"] = args.rate_scale_mode
     report["config"]["wall_s"] = round(time.perf_counter() - started, 2)
     if args.plot is not None:
-        plot_simulation(sim, args.plot)
+        plot_simulation(sim, args.plot, report)
     if structured(args):
         emit(report, args.output)
         return 0
@@ -308,47 +308,73 @@ def report_text(report: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------
 # plotting
 # ------------------------------------------------------------------------------------------
-def plot_simulation(sim: Simulation, path: Path) -> None:
-    """Load, GPUs per policy and p99 TTFT per minute of arrivals, over time."""
+def _percentile_per_bin(values_s: Any, which: Any, bins: int, pct: float) -> list[float]:
+    """The ``pct`` percentile (ms) of the finite values in each bin of arrivals; NaN for an empty bin."""
+    import numpy as np
+
+    out: list[float] = []
+    for k in range(bins):
+        sel = (which == k) & np.isfinite(values_s)
+        out.append(float(np.percentile(values_s[sel], pct)) * 1000.0 if sel.any() else float("nan"))
+    return out
+
+
+def plot_simulation(sim: Simulation, path: Path, report: dict[str, Any] | None = None) -> None:
+    """Load, GPUs per policy, and the SLO percentile of TTFT and of ITL per bin of arrivals, over time
+    in minutes. Each policy's legend entry carries its attainment and GPU-hours; the legends sit
+    outside the axes, so none covers the SLO lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     setup = sim.setup
     trace = setup.trace
+    slo = setup.spec.slo
     span = max(trace.span_s, 1.0)
     step = max(setup.config.interval_s, span / 200.0)
     edges = np.arange(0.0, span + step, step)
     counts, _ = np.histogram(trace.times, bins=edges)
-    mids = (edges[:-1] + edges[1:]) / 2.0
-    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
-    axes[0].plot(mids, counts / step, color="black")
+    mids_min = (edges[:-1] + edges[1:]) / 2.0 / 60.0
+    which = np.digitize(trace.times, edges) - 1
+    summary = (report or sim.report())["policies"]
+    most_gpus = 1
+    fig, axes = plt.subplots(4, 1, figsize=(12, 12), sharex=True)
+    axes[0].plot(mids_min, counts / step, color="black")
     axes[0].set_ylabel("arrivals (req/s)")
     axes[0].set_title(f"{trace.name} x{trace.rate_scale:g}: {setup.resolved.arch.model_id} "
                       f"{setup.resolved.precision} on {setup.resolved.gpu.gpu_id} ({setup.plan.mode})\n"
                       f"world: {setup.world.label()}", fontsize=10)
-    ttft_ms = setup.spec.slo.ttft_ms
-    which = np.digitize(trace.times, edges) - 1
+    pct = slo.percentile
     for name, run in sim.runs.items():
-        ts = [row["t"] for row in run.timeline]
-        axes[1].step(ts, [row["gpus"] for row in run.timeline], where="post", label=name)
-        p99 = []
-        for k in range(len(mids)):
-            sel = (which == k) & np.isfinite(run.ttft_s)
-            p99.append(float(np.percentile(run.ttft_s[sel], 99)) * 1000.0 if sel.any() else np.nan)
-        axes[2].plot(mids, p99, label=name)
+        figures = summary.get(name, {})
+        attained = figures.get("attainment")
+        label = (f"{name}: {attained * 100:.1f}% in SLO, {figures.get('gpu_hours', 0):.2f} GPU-h"
+                 if attained is not None else name)
+        ts_min = [row["t"] / 60.0 for row in run.timeline]
+        most_gpus = max([most_gpus, *(row["gpus"] for row in run.timeline)])
+        (line,) = axes[1].step(ts_min, [row["gpus"] for row in run.timeline], where="post", label=label)
+        axes[2].plot(mids_min, _percentile_per_bin(run.ttft_s, which, len(mids_min), pct), color=line.get_color())
+        axes[3].plot(mids_min, _percentile_per_bin(run.itl_s, which, len(mids_min), pct), color=line.get_color())
     axes[1].set_ylabel("GPUs allocated")
-    axes[1].legend(loc="upper left", fontsize=8, ncol=3)
-    axes[2].axhline(ttft_ms, color="red", linestyle="--", linewidth=1, label="TTFT target")
-    axes[2].set_yscale("log")
-    axes[2].set_ylabel(f"p99 TTFT of arrivals (ms, per {step:.0f} s)")
-    axes[2].set_xlabel("simulated seconds")
-    axes[2].legend(loc="upper left", fontsize=8, ncol=3)
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_ylim(0, most_gpus * 1.1 + 0.5)
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    # Minor ticks labelled at 2 and 5 of each decade only, so that labels do not collide.
+    sparse = FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+    for ax, target, what in ((axes[2], slo.ttft_ms, "TTFT"), (axes[3], slo.itl_ms, "ITL")):
+        ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"{what} target {target:g} ms")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)  # 40, not 4x10^1
+        ax.yaxis.set_minor_formatter(sparse)
+        ax.set_ylabel(f"p{pct:g} {what} (ms, per {step:.0f} s of arrivals)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
+    axes[3].set_xlabel("simulated minutes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
