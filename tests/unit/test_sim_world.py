@@ -169,3 +169,19 @@ def test_the_oracle_is_sized_for_the_world_and_meets_the_goal() -> None:
     # Slower engines need more replicas, found from the start rather than round by round.
     assert slow_run.gpu_hours > fast_run.gpu_hours
     assert any("replays" in note for note in slow_run.notes)
+
+
+def test_the_emulator_takes_the_same_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from goodput.emulator.process import ClusterWatcher, build_parser, main
+
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # main's handlers stay out of the test process
+
+    args = build_parser().parse_args(["--kubeconfig", "k", "--namespace", "n", "--name", "d", "--targets-file", "t",
+                                      "--rate-schedule", "0:1", "--world-scale", "decode_speed=0.8"])
+    assert args.world_scale == "decode_speed=0.8"
+    assert "world" in ClusterWatcher.__init__.__code__.co_varnames
+    # Bad input: one line and exit 2, before any cluster is contacted.
+    assert main(["--kubeconfig", "k", "--namespace", "n", "--name", "d", "--targets-file", "t",
+                 "--rate-schedule", "0:1", "--world-scale", "bandwidth_fraction=2"]) == 2
