@@ -299,6 +299,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # catalog
 # ------------------------------------------------------------------------------------------
 def cmd_catalog(args: argparse.Namespace) -> int:
+    if args.what == "checkpoints":
+        from goodput.render_command import print_checkpoints
+
+        print_checkpoints(args.json)
+        return 0
     if args.what == "gpus":
         rows: list[dict[str, Any]] = [{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
                  "hbm_tb_s": g.hbm_bandwidth_bytes_s / 1e12,
@@ -432,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-p90-ape", type=_positive_float, help="exit 1 above this p90 error")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("catalog", help="list the GPUs or models the model knows")
-    p.add_argument("what", choices=("gpus", "models"))
+    p = sub.add_parser("catalog", help="list the GPUs, models or checkpoints the model knows")
+    p.add_argument("what", choices=("gpus", "models", "checkpoints"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_catalog)
     p = sub.add_parser("operator", help="run the operator against the current cluster")
@@ -467,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     from goodput.sim.cli import add_simulate_parser
 
     add_simulate_parser(sub)
+
+    from goodput.render_command import add_render_parser
+
+    add_render_parser(sub)
 
     from goodput.demo.run import add_demo_parser
 

@@ -27,8 +27,14 @@ from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, weight_precision
 from goodput.model.replica import TP_DEGREES, ReplicaModel
-from goodput.model.serving import Checkpoint, checkpoint_by_name, checkpoint_for, context_length, known_precisions, \
-    vendor_of
+from goodput.model.serving import (
+    Checkpoint,
+    checkpoint_by_name,
+    checkpoint_for,
+    context_length,
+    known_precisions,
+    vendor_of,
+)
 from goodput.model.sizing import Budget, Candidate, Plan, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
 

@@ -33,8 +33,14 @@ from goodput.model.errors import CapacityModelError
 from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PoolDecision, RunningShape, autoscale
 from goodput.planner.observation import Observation
 from goodput.planner.recommend import Recommendation, resolve
-from goodput.render.vllm import DEFAULT_RENDER_CONFIG, RenderConfig, desired_objects, obsolete_pools, pool_name, \
-    resource_name
+from goodput.render.vllm import (
+    DEFAULT_RENDER_CONFIG,
+    RenderConfig,
+    desired_objects,
+    obsolete_pools,
+    pool_name,
+    resource_name,
+)
 
 MAX_DECISIONS = 20
 
