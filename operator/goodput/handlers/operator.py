@@ -14,6 +14,7 @@ the handler fail with a TemporaryError and kopf retries it after one timer perio
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -62,7 +63,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Prometheus Operator serves them (GOODPUT_POD_MONITOR=auto, the chart's default).
     config = RenderConfig.from_env(os.environ)
     if os.environ.get("GOODPUT_POD_MONITOR", "").lower() == "auto":
-        config = RenderConfig(config.vllm_images, config.router_image, _kube.has_pod_monitor_crd())
+        config = dataclasses.replace(config, pod_monitor=_kube.has_pod_monitor_crd())
     _render_config = config
     # Handler progress in annotations, not in status: status belongs to the API.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

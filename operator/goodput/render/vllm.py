@@ -59,15 +59,21 @@ class RenderConfig:
     vllm_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     router_image: str = ROUTER_IMAGE
     pod_monitor: bool = False  # the Prometheus Operator's PodMonitor CRD is installed
+    # (kind, name) of the Role or ClusterRole that lets a router watch pods, made by the Helm chart:
+    # the operator then binds it and writes no RBAC rules itself. None: a Role of the router's own.
+    router_role: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RenderConfig:
-        """GOODPUT_VLLM_IMAGE_NVIDIA, GOODPUT_VLLM_IMAGE_AMD, GOODPUT_ROUTER_IMAGE, GOODPUT_POD_MONITOR."""
+        """GOODPUT_VLLM_IMAGE_NVIDIA, GOODPUT_VLLM_IMAGE_AMD, GOODPUT_ROUTER_IMAGE, GOODPUT_POD_MONITOR
+        (true), GOODPUT_ROUTER_ROLE (``ClusterRole/NAME`` or ``Role/NAME``)."""
         images = dict(DEFAULT_IMAGES)
         for vendor in images:
             images[vendor] = env.get(f"GOODPUT_VLLM_IMAGE_{vendor.upper()}") or images[vendor]
+        kind, _, role_name = (env.get("GOODPUT_ROUTER_ROLE") or "").partition("/")
+        role = (kind, role_name) if kind in ("Role", "ClusterRole") and role_name else None
         return cls(images, env.get("GOODPUT_ROUTER_IMAGE") or ROUTER_IMAGE,
-                   env.get("GOODPUT_POD_MONITOR", "").lower() in ("1", "true", "yes"))
+                   env.get("GOODPUT_POD_MONITOR", "").lower() in ("1", "true", "yes"), role)
 
 
 DEFAULT_RENDER_CONFIG = RenderConfig()
@@ -308,8 +314,8 @@ def router_args(name: str, namespace: str, spec: InferenceDeploymentSpec, port: 
 
 def router_objects(name: str, namespace: str, uid: str, spec: InferenceDeploymentSpec,
                    config: RenderConfig = DEFAULT_RENDER_CONFIG) -> list[dict[str, Any]]:
-    """The router's ServiceAccount, the Role that lets it watch pods in its namespace, the binding,
-    and its Deployment."""
+    """The router's ServiceAccount, the binding to a role that lets it watch pods in its namespace
+    (the chart's, or a Role of its own when rendered without one), and its Deployment."""
     account = pool_name(name, ROUTER_ROLE)
     port = spec.template.port
     rbac = "rbac.authorization.k8s.io/v1"
@@ -325,13 +331,18 @@ def router_objects(name: str, namespace: str, uid: str, spec: InferenceDeploymen
     }
     if spec.router.resources:
         container["resources"] = json.loads(json.dumps(spec.router.resources))
-    return [
+    own_role = config.router_role is None
+    role_kind, role_name = config.router_role or ("Role", account)
+    objs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account)},
-        {"apiVersion": rbac, "kind": "Role", "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
-         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+         "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account)}]
+    if own_role:
+        objs.append({"apiVersion": rbac, "kind": "Role",
+                     "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
+                     "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]})
+    return objs + [
         {"apiVersion": rbac, "kind": "RoleBinding", "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role_name},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]},
         {"apiVersion": "apps/v1", "kind": "Deployment",
          "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
