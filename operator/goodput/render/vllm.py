@@ -340,7 +340,7 @@ def router_objects(name: str, namespace: str, uid: str, spec: InferenceDeploymen
         objs.append({"apiVersion": rbac, "kind": "Role",
                      "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
                      "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]})
-    return objs + [
+    objs += [
         {"apiVersion": rbac, "kind": "RoleBinding", "metadata": _metadata(name, namespace, uid, ROUTER_ROLE, account),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role_name},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]},
@@ -351,6 +351,7 @@ def router_objects(name: str, namespace: str, uid: str, spec: InferenceDeploymen
                                             "annotations": scrape_annotations(ROUTER_METRICS_PORT)},
                                "spec": {"serviceAccountName": account, "containers": [container]}}}},
     ]
+    return objs
 
 
 def pod_monitors(name: str, namespace: str, uid: str, with_router: bool) -> list[dict[str, Any]]:
