@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import KIND, InferenceDeployment
-from goodput.model.serving import checkpoints, known_precisions
+from goodput.model.serving import DEFAULT_IMAGES, checkpoints, known_precisions
 from goodput.render.reconcile import reconcile
-from goodput.render.vllm import DEFAULT_IMAGES, ROUTER_IMAGE, RenderConfig
+from goodput.render.vllm import ROUTER_IMAGE, RenderConfig
 
 
 class RenderError(Exception):
