@@ -83,7 +83,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
-from goodput.engine.replica import EngineReplica, Finished, as_role
+from goodput.emulator import openai_api
+from goodput.engine.replica import BLOCK_SIZE, EngineReplica, Finished, as_role
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
 from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
@@ -559,6 +560,7 @@ class Job:
     output: int
     stage: str = "entry"  # entry (aggregated or prefill) or decode
     replica: Replica | None = None
+    waiter: openai_api.Waiter | None = None  # sent to this replica's own API (the real router drives P/D)
 
 
 @dataclass(eq=False)
@@ -573,6 +575,7 @@ class Replica:
     port: int | None = None
     started_wall: float | None = None
     jobs: set[int] = field(default_factory=set)
+    api: openai_api.ReplicaEndpoint | None = None
 
     @property
     def role(self) -> str:
@@ -596,7 +599,7 @@ class Emulator:
         self.jobs: dict[int, Job] = {}
         self.queues: dict[str, deque[Job]] = {"entry": deque(), "decode": deque()}
         self.counters = {"arrivals": 0, "completed": 0, "dropped": 0, "rejected": 0, "resubmitted": 0,
-                         "handoffs": 0}
+                         "handoffs": 0, "apiRequests": 0}
         self._next_rid = 0
         self._replicas_made = 0
         self._rr = 0
@@ -656,6 +659,10 @@ class Emulator:
         lost = [self.jobs[rid] for rid in sorted(rep.jobs) if rid in self.jobs]
         rep.jobs.clear()
         for job in lost:  # the clients retry: new arrivals now, at the entry pool
+            if job.waiter is not None:  # a request through the API: its connection is cut
+                self.jobs.pop(job.rid, None)
+                job.waiter.finish(None)
+                continue
             job.stage, job.replica = "entry", None
             self.counters["resubmitted"] += 1
             self._route(job, t)
@@ -678,13 +685,28 @@ class Emulator:
                     self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
                 elif path in ("/health", "/ping"):
                     self._send(200, b"", "text/plain")
+                elif rep.api is not None and (answer := rep.api.get(path)) is not None:
+                    self._send(answer[0], answer[1], "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
             do_HEAD = do_GET
 
+            def do_POST(self) -> None:  # vLLM's OpenAI API and the P/D exchange: openai_api
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = rep.api.post(self.path.split("?", 1)[0], raw) if rep.api is not None else None
+                if answer is None:
+                    self._send(404, b"not found\n", "text/plain")
+                else:
+                    self._send(answer[0], answer[2], answer[1])
+
         rep.server = _start_server(MetricsHandler)
         rep.port = int(rep.server.server_address[1])
+        cfg = rep.pod.config
+        rep.api = openai_api.ReplicaEndpoint(
+            rep.role, cfg.served_model_name, rep.engine.max_model_len, cfg.tp, _LOOPBACK, rep.port, BLOCK_SIZE,
+            lambda prompt, output: self.serve_api_request(rep, prompt, output),
+            openai_api.KvHolder(openai_api.new_engine_id(rep.pod.name)))
         rep.started_wall = time.time()
         rep.serving = True
         log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, _LOOPBACK, rep.port)
@@ -738,11 +760,33 @@ class Emulator:
             while queue and self._pick(role) is not None:
                 self._route(queue.popleft(), t)
 
+    def serve_api_request(self, rep: Replica, prompt: int, output: int) -> Finished | None:
+        """A request sent to this replica's own port (by the real router or a client): submitted to
+        its engine now; blocks the HTTP thread until it leaves the engine (None: refused or cut)."""
+        waiter = openai_api.Waiter()
+        with self.lock:
+            if rep.draining or rep.pod.uid not in self.replicas:
+                return None
+            job = Job(self._next_rid, prompt, output, replica=rep, waiter=waiter)
+            self._next_rid += 1
+            self.counters["apiRequests"] += 1
+            if not rep.engine.submit(job.rid, max(self.now(), rep.engine.now), prompt, output):
+                self.counters["rejected"] += 1
+                return None
+            self.jobs[job.rid] = job
+            rep.jobs.add(job.rid)
+        return waiter.wait()
+
     def _finished(self, rep: Replica, f: Finished) -> None:
         rid = int(f.request_id)
         rep.jobs.discard(rid)
         job = self.jobs.get(rid)
         if job is None:
+            return
+        if job.waiter is not None:  # the caller (the router) does the hand-off itself
+            self.counters["handoffs" if f.handoff else "completed"] += 1
+            del self.jobs[rid]
+            job.waiter.finish(f)
             return
         if f.handoff:
             self.counters["handoffs"] += 1
@@ -803,7 +847,8 @@ class Emulator:
                          "serving": r.serving, "draining": r.draining, "podGone": r.gone_at is not None,
                          "readyAt": round(r.ready_at, 3),
                          "outstanding": len(r.jobs), "running": e.running, "waiting": e.waiting,
-                         "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values())})
+                         "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values()),
+                         "nixl": r.api.kv.snapshot() if r.api is not None else None})
         return {"time": round(self.t, 3), "wallTime": self.wall0 + self.t, "multiplier": self.multiplier,
                 "rate": self.load.rate(self.t, self.multiplier), **self.counters,
                 "inFlight": len(self.jobs), "queued": {k: len(q) for k, q in self.queues.items()},
