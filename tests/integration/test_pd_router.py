@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def _snapshot() -> Snapshot:
 def _args(tmp_path: Path) -> argparse.Namespace:
     return argparse.Namespace(
         namespace="default", name="pd", rate_multiplier=1.0, cold_start_s=0.0, seed=1, drain_s=0.0,
-        queue_limit=100, legacy_names=False, targets_file=str(tmp_path / "targets.json"), tick_s=0.05,
+        queue_limit=100, legacy_names=False, listen="loopback", targets_file=str(tmp_path / "targets.json"),
+        tick_s=0.05,
         duration_s=None, control_port=0, load_description="no load of its own: requests come through the router")
 
 
@@ -228,3 +230,92 @@ def test_a_decode_whose_kv_cannot_be_read_is_refused(emulator: Emulator) -> None
                         {"model": "llama", "prompt": "a b c", "max_tokens": 4, "kv_transfer_params": params})
     assert status == 503, raw
     assert _nixl(emulator, "decode")[0]["kv_read_failures"] + _nixl(emulator, "decode")[1]["kv_read_failures"] == 1
+
+
+# ------------------------------------------------------------------------------------------
+# what the operator renders, in a real control plane: the router finds the pods through Kubernetes
+# ------------------------------------------------------------------------------------------
+def _router_argv(router_deployment: dict[str, Any], port: int, metrics_port: int) -> list[str]:
+    """The rendered router container's command line, listening on loopback ports of this machine."""
+    container = router_deployment["spec"]["template"]["spec"]["containers"][0]
+    args = list(container["args"])
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port)), ("--prometheus-host", "127.0.0.1"),
+                        ("--prometheus-port", str(metrics_port))):
+        args[args.index(flag) + 1] = value
+    assert container["command"] == ["vllm-router"]
+    return [str(ROUTER), *args]
+
+
+def test_the_rendered_router_discovers_the_emulated_pods_through_kubernetes(cluster: Any, tmp_path: Path) -> None:
+    from goodput.demo.stack import (
+        EmulatorHandle,
+        Processes,
+        apply_manifest,
+        create_namespace,
+        emulator_argv,
+        install_crd,
+        log_tail,
+    )
+    from goodput.metrics.testing import free_port
+    from goodput.render_command import render_objects
+
+    ns, name = f"pd-{uuid.uuid4().hex[:6]}", "pd"
+    create_namespace(cluster, ns)
+    install_crd(cluster)
+    infd = {"apiVersion": "goodput.dev/v1alpha1", "kind": "InferenceDeployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"model": {"id": "llama-3.1-8b", "servedModelName": "llama"}, "precision": {"weights": "bf16"},
+                     "accelerator": {"gpu": "h100-sxm-80gb"}, "slo": {"ttftMs": 2000, "itlMs": 60},
+                     "mode": "disaggregated",
+                     "scaling": {"prefill": {"minReplicas": 2}, "decode": {"minReplicas": 2}},
+                     "workload": {"requestRate": 2, "inputTokens": {"mean": 500}, "outputTokens": {"mean": 50}}}}
+    apply_manifest(cluster, infd)
+    objects, _ = render_objects(infd)  # the operator's own reconcile step
+    for obj in objects:
+        apply_manifest(cluster, obj)
+    router_dep = next(o for o in objects if o["kind"] == "Deployment" and "router" in o["metadata"]["name"])
+    procs = Processes(tmp_path, cluster.env)  # KUBECONFIG for the router, no proxy
+    try:
+        argv = emulator_argv(cluster.kubeconfig, ns, name, targets_file=tmp_path / "targets.json",
+                             control_port=free_port(), cold_start_s=0, load=["--rate-schedule", "0:0"],
+                             extra=["--listen", "pod-ip", "--poll-s", "0.5"])
+        emu = EmulatorHandle.start(procs, argv, name)
+        emu.wait_ready(timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            reps = [r for r in emu.state()["replicas"] if r["serving"]]
+            if len(reps) == 4 and all(r["host"] != "127.0.0.1" for r in reps):
+                break
+            assert time.monotonic() < deadline, f"emulated pods not serving on pod IPs: {emu.state()['replicas']}"
+            time.sleep(0.5)
+        port = free_port()
+        procs.spawn(_router_argv(router_dep, port, free_port()), "router.log")
+        url = f"http://127.0.0.1:{port}"
+        body = {"model": "llama", "prompt": " ".join(f"w{i}" for i in range(200)), "max_tokens": 8}
+        deadline = time.monotonic() + 90
+        while True:  # until the router has discovered both pools (it answers 503 before)
+            try:
+                status, raw = _post(f"{url}/v1/completions", body, timeout_s=10)
+            except OSError:
+                status, raw = 0, b""
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, f"router: {status} {raw[:300]!r}\n{log_tail(tmp_path / 'router.log')}"
+            time.sleep(1)
+        for _ in range(5):
+            status, raw = _post(f"{url}/v1/completions", body)
+            assert status == 200, raw[:300]
+            assert json.loads(raw)["usage"]["completion_tokens"] == 8
+        reps = emu.state()["replicas"]
+        nixl = {r["pod"]: r["nixl"] for r in reps}
+        prefill = [nixl[r["pod"]] for r in reps if r["role"] == "prefill"]
+        decode = [nixl[r["pod"]] for r in reps if r["role"] == "decode"]
+        assert sum(p["prefills_for_remote_decode"] for p in prefill) == 6
+        assert sum(p["kv_reads_served"] for p in prefill) == 6
+        assert sum(d["remote_prefill_decodes"] for d in decode) == 6
+        assert all(x["local_requests"] == 0 and x["kv_read_failures"] == 0 for x in prefill + decode)
+    finally:
+        procs.stop_all()
+        for _, path in procs.started:
+            sys.stderr.write(f"--- {path.name}\n{log_tail(path)}")
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")

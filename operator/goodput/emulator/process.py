@@ -296,6 +296,7 @@ class ReplicaConfig:
     max_model_len: int | None
     kv_cache_dtype: str
     served_model_name: str
+    port: int = 8000  # vLLM's --port: where the replica listens with --listen pod-ip
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ class PodInfo:
     deleting: bool
     config: ReplicaConfig
     model: ReplicaModel
+    ip: str = ""  # status.podIP (kwok gives the devcluster's pods loopback addresses)
 
 
 @dataclass(frozen=True)
@@ -465,7 +467,7 @@ class ClusterWatcher:
             created = meta.creation_timestamp
             created_wall = created.timestamp() if created is not None else time.time()
             out[uid] = PodInfo(uid, str(meta.name), role, created_wall, meta.deletion_timestamp is not None,
-                               config, model)
+                               config, model, str(status.pod_ip or ""))
         for uid in list(self._pod_models):
             if uid not in out:
                 del self._pod_models[uid]
@@ -496,6 +498,7 @@ class ClusterWatcher:
             max_model_len=_int(arg("--max-model-len")),
             kv_cache_dtype=arg("--kv-cache-dtype") or spec.precision.kv_cache,
             served_model_name=arg("--served-model-name") or resolved.served_model_name,
+            port=_int(arg("--port")) or 8000,
         )
         key = (config, self._spec_version)
         model = self._models.get(key)
@@ -521,8 +524,9 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False  # never join a handler that may wait for the emulator's lock
 
 
-def _start_server(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> _Server:
-    server = _Server((_LOOPBACK, port), handler)
+def _start_server(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0,
+                  host: str = _LOOPBACK) -> _Server:
+    server = _Server((host, port), handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                      name=f"http-{server.server_address[1]}").start()
     return server
@@ -576,6 +580,7 @@ class Replica:
     started_wall: float | None = None
     jobs: set[int] = field(default_factory=set)
     api: openai_api.ReplicaEndpoint | None = None
+    host: str = _LOOPBACK
 
     @property
     def role(self) -> str:
@@ -700,17 +705,30 @@ class Emulator:
                 else:
                     self._send(answer[0], answer[2], answer[1])
 
-        rep.server = _start_server(MetricsHandler)
+        rep.server = self._listen(rep, MetricsHandler)
         rep.port = int(rep.server.server_address[1])
         cfg = rep.pod.config
         rep.api = openai_api.ReplicaEndpoint(
-            rep.role, cfg.served_model_name, rep.engine.max_model_len, cfg.tp, _LOOPBACK, rep.port, BLOCK_SIZE,
+            rep.role, cfg.served_model_name, rep.engine.max_model_len, cfg.tp, rep.host, rep.port, BLOCK_SIZE,
             lambda prompt, output: self.serve_api_request(rep, prompt, output),
             openai_api.KvHolder(openai_api.new_engine_id(rep.pod.name)))
         rep.started_wall = time.time()
         rep.serving = True
-        log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, _LOOPBACK, rep.port)
+        log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, rep.host, rep.port)
         self._write_targets()
+
+    def _listen(self, rep: Replica, handler: type[http.server.BaseHTTPRequestHandler]) -> _Server:
+        """``--listen pod-ip``: on the pod's IP and vLLM's port, where Kubernetes service discovery (the
+        real vllm-router's) finds it; otherwise (or without a pod IP) on a free loopback port."""
+        if self.args.listen == "pod-ip" and rep.pod.ip:
+            try:
+                server = _start_server(handler, rep.pod.config.port, rep.pod.ip)
+                rep.host = rep.pod.ip
+                return server
+            except OSError as exc:
+                log.warning("pod %s: cannot listen on %s:%d (%s): on loopback instead", rep.pod.name, rep.pod.ip,
+                            rep.pod.config.port, exc)
+        return _start_server(handler)
 
     # --- the router ----------------------------------------------------------------------------
     def _entry_role(self) -> str:
@@ -824,7 +842,7 @@ class Emulator:
     # --- targets file ----------------------------------------------------------------------------
     def _write_targets(self, empty: bool = False) -> None:
         groups = [] if empty else [
-            {"targets": [f"{_LOOPBACK}:{r.port}"],
+            {"targets": [f"{r.host}:{r.port}"],
              "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
                         PROM_ROLE_LABEL: r.role}}
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.server is not None]
@@ -843,7 +861,7 @@ class Emulator:
         reps = []
         for r in sorted(self.replicas.values(), key=lambda r: r.pod.name):
             e = r.engine
-            reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "port": r.port,
+            reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "host": r.host, "port": r.port,
                          "serving": r.serving, "draining": r.draining, "podGone": r.gone_at is not None,
                          "readyAt": round(r.ready_at, 3),
                          "outstanding": len(r.jobs), "running": e.running, "waiting": e.waiting,
@@ -990,6 +1008,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "period; default 0: gone with the pod)")
     p.add_argument("--queue-limit", type=int, default=1000,
                    help="requests a pool's router queue holds while no replica is ready (more are dropped)")
+    p.add_argument("--listen", choices=("loopback", "pod-ip"), default="loopback",
+                   help="where each replica serves: a free 127.0.0.1 port, or its pod's IP and vLLM --port (the "
+                   "devcluster's pod IPs are loopback addresses), found there by Kubernetes service discovery")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
     p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
     return p
