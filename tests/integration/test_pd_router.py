@@ -46,6 +46,10 @@ from goodput.planner.recommend import resolve
 ROUTER = Path(sys.executable).with_name("vllm-router")
 N_REQUESTS = 12
 MAX_TOKENS = 24
+# the steady-load run through the rendered router
+SLO_TTFT_MS, SLO_ITL_MS = 2000, 60
+QUIET_S, STEADY_S, STEADY_RPS = 15.0, 30.0, 3.0
+PROMPT_WORDS, OUTPUT_TOKENS = 300, 30
 
 
 class _Pods:
@@ -246,7 +250,24 @@ def _router_argv(router_deployment: dict[str, Any], port: int, metrics_port: int
     return [str(ROUTER), *args]
 
 
-def test_the_rendered_router_discovers_the_emulated_pods_through_kubernetes(cluster: Any, tmp_path: Path) -> None:
+def _until_served(url: str, deadline_s: float) -> int:
+    """Send a small request until the router answers 200 (it has found a prefill and a decode pod); the
+    number of requests that were served (1)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            status, raw = _post(f"{url}/v1/completions", {"model": "llama", "prompt": "a b c", "max_tokens": 2},
+                                timeout_s=5)
+        except OSError as exc:
+            status, raw = 0, str(exc).encode()
+        if status == 200:
+            return 1
+        assert time.monotonic() < deadline, f"the router serves nothing yet: {status} {raw[:300]!r}"
+        time.sleep(0.3)
+
+
+def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kubernetes(
+        cluster: Any, tmp_path: Path) -> None:
     from goodput.demo.stack import (
         EmulatorHandle,
         Processes,
@@ -265,8 +286,8 @@ def test_the_rendered_router_discovers_the_emulated_pods_through_kubernetes(clus
     infd = {"apiVersion": "goodput.dev/v1alpha1", "kind": "InferenceDeployment",
             "metadata": {"name": name, "namespace": ns},
             "spec": {"model": {"id": "llama-3.1-8b", "servedModelName": "llama"}, "precision": {"weights": "bf16"},
-                     "accelerator": {"gpu": "h100-sxm-80gb"}, "slo": {"ttftMs": 2000, "itlMs": 60},
-                     "mode": "disaggregated",
+                     "accelerator": {"gpu": "h100-sxm-80gb"},
+                     "slo": {"ttftMs": SLO_TTFT_MS, "itlMs": SLO_ITL_MS}, "mode": "disaggregated",
                      "scaling": {"prefill": {"minReplicas": 2}, "decode": {"minReplicas": 2}},
                      "workload": {"requestRate": 2, "inputTokens": {"mean": 500}, "outputTokens": {"mean": 50}}}}
     apply_manifest(cluster, infd)
@@ -275,47 +296,56 @@ def test_the_rendered_router_discovers_the_emulated_pods_through_kubernetes(clus
         apply_manifest(cluster, obj)
     router_dep = next(o for o in objects if o["kind"] == "Deployment" and "router" in o["metadata"]["name"])
     procs = Processes(tmp_path, cluster.env)  # KUBECONFIG for the router, no proxy
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     try:
+        # steady Poisson load sent as HTTP requests to the router, after a quiet start in which the
+        # replicas come up and the router discovers them
         argv = emulator_argv(cluster.kubeconfig, ns, name, targets_file=tmp_path / "targets.json",
-                             control_port=free_port(), cold_start_s=0, load=["--rate-schedule", "0:0"],
-                             extra=["--listen", "pod-ip", "--poll-s", "0.5"])
+                             control_port=free_port(), cold_start_s=0,
+                             load=["--rate-schedule", f"0:0,{QUIET_S:g}:{STEADY_RPS:g}",
+                                   "--lengths", f"fixed:{PROMPT_WORDS},{OUTPUT_TOKENS}"],
+                             extra=["--listen", "pod-ip", "--poll-s", "0.5", "--send-to", url])
         emu = EmulatorHandle.start(procs, argv, name)
         emu.wait_ready(timeout=60)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         while True:
             reps = [r for r in emu.state()["replicas"] if r["serving"]]
             if len(reps) == 4 and all(r["host"] != "127.0.0.1" for r in reps):
                 break
             assert time.monotonic() < deadline, f"emulated pods not serving on pod IPs: {emu.state()['replicas']}"
             time.sleep(0.5)
-        port = free_port()
+        # the router starts once the replicas serve (in a cluster, vLLM's readiness probe holds the pods
+        # back until then; kwok's pods are Ready at once), and is used once it has found both pools
         procs.spawn(_router_argv(router_dep, port, free_port()), "router.log")
-        url = f"http://127.0.0.1:{port}"
-        body = {"model": "llama", "prompt": " ".join(f"w{i}" for i in range(200)), "max_tokens": 8}
-        deadline = time.monotonic() + 90
-        while True:  # until the router has discovered both pools (it answers 503 before)
-            try:
-                status, raw = _post(f"{url}/v1/completions", body, timeout_s=10)
-            except OSError:
-                status, raw = 0, b""
-            if status == 200:
-                break
-            assert time.monotonic() < deadline, f"router: {status} {raw[:300]!r}\n{log_tail(tmp_path / 'router.log')}"
+        probes = _until_served(url, deadline_s=QUIET_S - 1)
+        while emu.state()["time"] < QUIET_S + STEADY_S:
             time.sleep(1)
-        for _ in range(5):
-            status, raw = _post(f"{url}/v1/completions", body)
-            assert status == 200, raw[:300]
-            assert json.loads(raw)["usage"]["completion_tokens"] == 8
+        emu.set_rate(0)
+        deadline = time.monotonic() + 30
+        while (load := emu.state()["apiLoad"])["served"] + load["failed"] < load["sent"]:
+            assert time.monotonic() < deadline, f"requests still in flight: {load}"
+            time.sleep(0.5)
         reps = emu.state()["replicas"]
-        nixl = {r["pod"]: r["nixl"] for r in reps}
-        prefill = [nixl[r["pod"]] for r in reps if r["role"] == "prefill"]
-        decode = [nixl[r["pod"]] for r in reps if r["role"] == "decode"]
-        assert sum(p["prefills_for_remote_decode"] for p in prefill) == 6
-        assert sum(p["kv_reads_served"] for p in prefill) == 6
-        assert sum(d["remote_prefill_decodes"] for d in decode) == 6
-        assert all(x["local_requests"] == 0 and x["kv_read_failures"] == 0 for x in prefill + decode)
     finally:
-        procs.stop_all()
+        codes = procs.stop_all()
         for _, path in procs.started:
-            sys.stderr.write(f"--- {path.name}\n{log_tail(path)}")
+            sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)})\n{log_tail(path)}")
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+    sent, served = load["sent"], load["served"]
+    budget_s = (SLO_TTFT_MS + SLO_ITL_MS * (OUTPUT_TOKENS - 1)) / 1000
+    within = sum(e2e <= budget_s for e2e in load["e2eS"])
+    sys.stderr.write(f"P/D through vllm-router: {sent} sent at {STEADY_RPS:g} req/s, {served} served "
+                     f"({100 * served / max(sent, 1):.1f}%), {within} within the SLOs' end-to-end budget of "
+                     f"{budget_s:.2f} s ({100 * within / max(sent, 1):.1f}%); statuses {load['statuses']}; "
+                     f"e2e p50/p99 {np.percentile(load['e2eS'], 50):.3f}/{np.percentile(load['e2eS'], 99):.3f} s\n")
+    assert sent >= 0.7 * STEADY_RPS * STEADY_S
+    assert served >= 0.99 * sent and within >= 0.99 * sent, load["errors"]
+    nixl = {r["pod"]: r["nixl"] for r in reps}
+    prefill = [nixl[r["pod"]] for r in reps if r["role"] == "prefill"]
+    decode = [nixl[r["pod"]] for r in reps if r["role"] == "decode"]
+    # every served request: prefilled on a discovered prefill pod, its KV read once, decoded on a decode pod
+    assert sum(p["prefills_for_remote_decode"] for p in prefill) == served + probes
+    assert sum(p["kv_reads_served"] for p in prefill) == served + probes
+    assert sum(d["remote_prefill_decodes"] for d in decode) == served + probes
+    assert all(x["local_requests"] == 0 and x["kv_read_failures"] == 0 for x in prefill + decode)

@@ -360,3 +360,57 @@ class Waiter:
     def wait(self, timeout_s: float = REQUEST_TIMEOUT_S) -> Finished | None:
         self._done.wait(timeout_s)
         return self.finished
+
+
+class ApiLoad:
+    """The emulator's arrivals sent as real HTTP requests (``--send-to URL``: a router, a Service) instead
+    of through its internal router: a prompt of ``prompt`` words (one token each, as counted here) and
+    ``max_tokens = output``, one thread per request in flight. Counts what the client sees."""
+
+    def __init__(self, base_url: str, model: str, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.url = base_url.rstrip("/") + "/v1/completions"
+        self.model = model
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {"sent": 0, "served": 0, "failed": 0}
+        self.statuses: dict[str, int] = {}
+        self.e2e_s: list[float] = []  # per served request, as the client saw it
+        self.output_tokens: list[int] = []
+        self.errors: list[str] = []  # the first few error answers, for a person to read
+
+    def send(self, prompt: int, output: int) -> None:
+        with self._lock:
+            self.counters["sent"] += 1
+        threading.Thread(target=self._one, args=(prompt, output), daemon=True, name="api-load").start()
+
+    def _one(self, prompt: int, output: int) -> None:
+        body = json.dumps({"model": self.model, "prompt": " ".join("w" for _ in range(prompt)),
+                           "max_tokens": output}).encode()
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        started = time.monotonic()
+        status, error = "error", ""
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                answer.read()
+                status = str(answer.status)
+        except urllib.error.HTTPError as exc:
+            status = str(exc.code)
+            error = f"{exc.code}: {exc.read()[:300]!r}"
+        except (urllib.error.URLError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            if status != "200" and len(self.errors) < 5:
+                self.errors.append(error)
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == "200":
+                self.counters["served"] += 1
+                self.e2e_s.append(time.monotonic() - started)
+                self.output_tokens.append(output)
+            else:
+                self.counters["failed"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.counters, "statuses": dict(self.statuses), "e2eS": list(self.e2e_s),
+                    "outputTokens": list(self.output_tokens), "errors": list(self.errors)}

@@ -611,6 +611,7 @@ class Emulator:
         self._targets_text: str | None = None
         self._closing: list[threading.Thread] = []
         self.control: _Server | None = None
+        self.api_load: openai_api.ApiLoad | None = None  # --send-to: arrivals go out as HTTP requests
 
     # --- time --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -827,6 +828,9 @@ class Emulator:
         self._flush_queues(t0)
         for t_arr, prompt, output in self.load.arrivals(t0, t1, self.multiplier):
             self.counters["arrivals"] += 1
+            if self.api_load is not None:
+                self.api_load.send(prompt, output)
+                continue
             job = Job(self._next_rid, prompt, output)
             self._next_rid += 1
             self.jobs[job.rid] = job
@@ -870,6 +874,7 @@ class Emulator:
         return {"time": round(self.t, 3), "wallTime": self.wall0 + self.t, "multiplier": self.multiplier,
                 "rate": self.load.rate(self.t, self.multiplier), **self.counters,
                 "inFlight": len(self.jobs), "queued": {k: len(q) for k, q in self.queues.items()},
+                "apiLoad": self.api_load.snapshot() if self.api_load is not None else None,
                 "replicas": reps}
 
     def _start_control(self) -> _Server:
@@ -1011,6 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", choices=("loopback", "pod-ip"), default="loopback",
                    help="where each replica serves: a free 127.0.0.1 port, or its pod's IP and vLLM --port (the "
                    "devcluster's pod IPs are loopback addresses), found there by Kubernetes service discovery")
+    p.add_argument("--send-to", default=None, metavar="URL",
+                   help="send each arrival as an HTTP /v1/completions request to URL (e.g. the vllm-router) "
+                   "instead of through the emulator's own router")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
     p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
     return p
@@ -1093,6 +1101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = ", ".join(f"{s:g} s: {r:g}" for s, r in zip(schedule.starts, schedule.rates, strict=True))
         args.load_description = f"Poisson {plan} req/s (x{args.rate_scale:g}), lengths {lengths.describe()}"
     emulator = Emulator(args, watcher, LoadGenerator(events, schedule, args.rate_scale), stop)
+    if args.send_to:
+        emulator.api_load = openai_api.ApiLoad(args.send_to, snap.resolved.served_model_name)
     try:
         return emulator.run()
     finally:
