@@ -447,6 +447,14 @@ def _model_rows(wide: bool) -> tuple[list[str], list[list[object]]]:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
+    if args.what == "checkpoints":
+        from goodput.render_command import checkpoint_rows, print_checkpoints
+
+        if structured(args):
+            emit(checkpoint_rows(), args.output)
+        else:
+            print_checkpoints(checkpoint_rows())
+        return 0
     if structured(args):
         if args.what == "gpus":
             emit([{"gpu_id": g.gpu_id, "name": g.name, "memory_gib": g.memory_gib,
@@ -632,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-p90-ape", type=_positive_float, help="exit 1 above this p90 error")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("catalog", help="list the GPUs or models the model knows")
-    p.add_argument("what", choices=("gpus", "models"), help="which catalog")
+    p = sub.add_parser("catalog", help="list the GPUs, models or checkpoints the model knows")
+    p.add_argument("what", choices=("gpus", "models", "checkpoints"), help="which catalog")
     add_output_args(p)
     p.set_defaults(func=cmd_catalog)
     p = sub.add_parser("operator", help="run the operator against the current cluster")
@@ -673,6 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     from goodput.sim.cli import add_simulate_parser
 
     add_simulate_parser(sub)
+
+    from goodput.render_command import add_render_parser
+
+    add_render_parser(sub)
 
     from goodput.demo.run import add_demo_parser
 

@@ -56,7 +56,20 @@ NAMESPACED_PERMISSIONS = {
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),
+    # Kube.mark_leaving_pods: controller.kubernetes.io/pod-deletion-cost before a scale-down.
+    ("", "pods", "patch"),
+    # Disaggregated mode: the router's ServiceAccount and its RoleBinding to the chart's router role
+    # (the API server allows binding only roles whose permissions the operator holds; no rules written).
+    ("", "serviceaccounts", "create"),
+    ("", "serviceaccounts", "patch"),
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "patch"),
+    # PodMonitors where the Prometheus Operator serves them.
+    ("monitoring.coreos.com", "podmonitors", "create"),
+    ("monitoring.coreos.com", "podmonitors", "patch"),
 }
+# What the chart's vllm-router role grants (bound by the operator to each router's ServiceAccount).
+ROUTER_PERMISSIONS = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
 CLUSTER_ONLY_PERMISSIONS = {
     # kopf watches CRDs to notice resources added/removed at run time (cluster-wide mode only;
     # namespace-bound it runs with --no-cluster-scan). Discovery (/apis) needs no RBAC.
@@ -77,7 +90,7 @@ PEERING_NAMESPACED = {
     ("kopf.dev", "kopfpeerings", "patch"),
 }
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "approve", "sign"}
-FORBIDDEN_RESOURCES = {"*", "secrets", "serviceaccounts/token", "roles", "rolebindings", "clusterroles",
+FORBIDDEN_RESOURCES = {"*", "secrets", "serviceaccounts/token", "roles", "clusterroles",
                        "clusterrolebindings", "nodes/proxy", "pods/exec", "pods/attach", "certificatesigningrequests"}
 
 
@@ -242,7 +255,12 @@ def test_rbac_is_exactly_what_the_operator_uses(helm: Path, variant: str) -> Non
     docs = render(helm, *VARIANTS[variant])
     namespaced = "watchNamespaces" in " ".join(VARIANTS[variant])
     peering = variant.endswith("peering")
-    roles = of_kind(docs, "ClusterRole") + of_kind(docs, "Role")
+    everything = of_kind(docs, "ClusterRole") + of_kind(docs, "Role")
+    roles = [r for r in everything if r["metadata"]["name"] == FULLNAME]
+    router_roles = [r for r in everything if r["metadata"]["name"] == f"{FULLNAME}-vllm-router"]
+    assert len(roles) + len(router_roles) == len(everything) and len(router_roles) == len(roles)
+    for role in router_roles:
+        assert granted(role) == ROUTER_PERMISSIONS, role["metadata"]
     bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
     if namespaced:
         assert of_kind(docs, "ClusterRole") == [] and of_kind(docs, "ClusterRoleBinding") == [], \

@@ -155,13 +155,14 @@ def test_mode_change_deletes_the_old_pool_after_applying_the_new() -> None:
     edited(obj)
     out = reconcile(obj, observed, NOW)
     assert out.delete_pools == ["aggregated"]
-    assert {o["metadata"]["name"] for o in out.apply if o["kind"] == "Deployment"} == {"llm-prefill", "llm-decode"}
+    assert {o["metadata"]["name"] for o in out.apply if o["kind"] == "Deployment"} == {"llm-prefill", "llm-decode",
+                                                                                  "llm-router"}
     assert out.delete_pools == ["aggregated"]
     assert "ModeChange" in [e.reason for e in out.events]
     prefill = next(o for o in out.apply if o["metadata"]["name"] == "llm-prefill")
     args = prefill["spec"]["template"]["spec"]["containers"][0]["args"]
     config = json.loads(args[args.index("--kv-transfer-config") + 1])
-    assert config == {"kv_connector": "NixlConnector", "kv_role": "kv_producer"}
+    assert config == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}  # vLLM NixlConnector guide
 
 
 def test_decisions_are_bounded() -> None:

@@ -80,7 +80,32 @@ the code: goodput/kube/actions.py (the operator's own calls) and kopf's watcher 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# Read-only: the pools' pods (Pending pods tell of GPUs the cluster lacks).
+# The pools' pods: read (Pending pods tell of GPUs the cluster lacks; a scale-down picks the pods
+# that leave) and patch (Kube.mark_leaving_pods writes controller.kubernetes.io/pod-deletion-cost).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch]
+# Disaggregated mode: the P/D router's ServiceAccount, and its RoleBinding to the chart's
+# vllm-router role (pods get/list/watch). The API server lets the operator bind only roles whose
+# permissions it holds itself, and the operator writes no role rules.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [create, patch]
+# PodMonitors for the vLLM and router pods, where the Prometheus Operator serves them.
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [create, patch]
+{{- end -}}
+
+{{- define "goodput-operator.routerRoleName" -}}
+{{ include "goodput-operator.fullname" . }}-vllm-router
+{{- end -}}
+
+{{- define "goodput-operator.routerRules" -}}
+# What vllm-router's Kubernetes service discovery reads: the prefill and decode pods.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

@@ -63,6 +63,9 @@ class Architecture(_Model):
     experts: int | None = Field(None, ge=1, le=100_000)
     experts_per_token: int | None = Field(None, ge=1, le=100_000)
     tied_embeddings: bool = False
+    max_position_embeddings: int | None = Field(
+        None, ge=128, le=10_000_000,
+        description="The model's context length (config.json max_position_embeddings): the default --max-model-len.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         rule("!has(self.paramsActiveB) || self.paramsActiveB <= self.paramsTotalB",
@@ -102,11 +105,13 @@ class ModelSpec(_Model):
     architecture: Architecture | None = Field(None, description="Inline architecture for a model not in the catalog.")
     hugging_face_name: str | None = Field(
         None, min_length=1, max_length=256,
-        description="What vLLM loads (--model), e.g. meta-llama/Llama-3.1-70B-Instruct; default: the catalog's.")
+        description="What vLLM loads (--model), e.g. hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4; default: the "
+        "catalog's checkpoint for the weight precision (`goodput catalog checkpoints`).")
     served_model_name: str | None = Field(None, min_length=1, max_length=256,
                                           description="--served-model-name; default: the resource name.")
     max_model_len: int | None = Field(None, ge=128, le=10_000_000,
-                                      description="--max-model-len; default: the workload's longest request.")
+                                      description="--max-model-len: cap the context; default: the model's context "
+                                      "length. Every pod's KV cache must hold one sequence this long.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         rule("has(self.id) || has(self.architecture)",
@@ -132,14 +137,27 @@ class CustomAccelerator(_Model):
                                            description="GPU-to-GPU link, both directions, GB/s.")
 
 
+class NodeLabel(_Model):
+    key: str = Field(min_length=1, max_length=317)
+    values: list[str] = Field(min_length=1, max_length=64, description="Any of these values matches.")
+
+
 class AcceleratorSpec(_Model):
     gpu: str = Field(min_length=1, max_length=64,
                      description="GPU id from the catalog (`goodput catalog gpus`), or a name for `custom`.")
     custom: CustomAccelerator | None = Field(None, description="Datasheet figures of a GPU the catalog lacks.")
     price_per_gpu_hour: float | None = Field(None, gt=0, le=10_000,
                                              description="USD per GPU-hour; default: the catalog's on-demand price.")
-    resource_name: str = Field("nvidia.com/gpu", min_length=1, max_length=253,
-                               description="Extended resource requested per GPU.")
+    resource_name: str | None = Field(None, min_length=1, max_length=253,
+                                      description="Extended resource requested per GPU; default: the vendor's "
+                                      "(nvidia.com/gpu, amd.com/gpu).")
+    vendor: Literal["nvidia", "amd"] | None = Field(
+        None, description="GPU vendor: picks the resource, the node label and the vLLM image; default: the catalog "
+        "GPU's (nvidia for a custom one).")
+    node_label: NodeLabel | None = Field(
+        None, description="The node label (and its values) that pins vLLM pods to this GPU type; default: the "
+        "vendor's (NVIDIA GPU feature discovery nvidia.com/gpu.product, AMD amd.com/gpu.product-name).")
+    pin_to_gpu_type: bool = Field(True, description="Give every vLLM pool a node affinity for its GPU type.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         rule("!has(self.custom) || has(self.pricePerGpuHour)",
@@ -219,7 +237,9 @@ def _free_form(description: str) -> Any:
 
 
 class PodTemplateOverlay(_Model):
-    image: str = Field("vllm/vllm-openai:v0.11.0", min_length=1, max_length=512)
+    image: str | None = Field(None, min_length=1, max_length=512,
+                              description="vLLM image; default: the operator's for the GPU vendor "
+                              "(vllm/vllm-openai for NVIDIA, AMD's ROCm build for AMD).")
     extra_args: list[str] = Field(default_factory=list, description="Appended to the vLLM command line.")
     env: list[dict[str, Any]] | None = _free_form("EnvVar list added to the vLLM container.")
     resources: dict[str, Any] | None = _free_form("Container resources; GPUs are set by the plan.")
@@ -231,6 +251,23 @@ class PodTemplateOverlay(_Model):
         None, description="Secret holding the Hugging Face token (referenced by name, never copied).")
     port: int = Field(8000, ge=1, le=65535)
     service_account_name: str | None = Field(None, max_length=253)
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=1, le=86_400, description="How long a leaving vLLM pod may finish its requests; default: long "
+        "enough for the longest request the plan expects.")
+
+
+class RouterSpec(_Model):
+    """vLLM's P/D-aware router (vllm-router) in front of the prefill and decode pools."""
+
+    image: str | None = Field(None, min_length=1, max_length=512,
+                              description="Router image; default: the operator's (vllm/vllm-router).")
+    replicas: int = Field(1, ge=1, le=100)
+    prefill_policy: Literal["random", "round_robin", "cache_aware", "power_of_two", "consistent_hash"] = \
+        "cache_aware"
+    decode_policy: Literal["random", "round_robin", "cache_aware", "power_of_two", "consistent_hash"] = \
+        "power_of_two"
+    extra_args: list[str] = Field(default_factory=list, description="Appended to the router's command line.")
+    resources: dict[str, Any] | None = _free_form("Router container resources.")
 
 
 class InferenceDeploymentSpec(_Model):
@@ -243,6 +280,7 @@ class InferenceDeploymentSpec(_Model):
     workload: WorkloadHints = Field(default_factory=WorkloadHints)
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     template: PodTemplateOverlay = Field(default_factory=PodTemplateOverlay)
+    router: RouterSpec = Field(default_factory=RouterSpec, description="Disaggregated mode: the P/D router.")
     paused: bool = Field(False, description="Change nothing; keep what runs.")
     dry_run: bool = Field(False, description="Plan, write status and events, change no Deployment.")
 
@@ -275,6 +313,8 @@ class PlanStatus(_Model):
     predicted_itl_ms: float | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    max_model_len: int | None = Field(None, description="--max-model-len of every pool: longer requests are refused.")
+    checkpoint: str | None = Field(None, description="The Hugging Face checkpoint vLLM loads (--model).")
     engine_args: dict[str, dict[str, int]] | None = Field(
         None, description="vLLM --max-num-batched-tokens and --max-num-seqs per pool, kept until the spec changes.")
     reason: str = ""

@@ -167,8 +167,13 @@ def _check(out: subprocess.CompletedProcess[str], what: str) -> None:
 def install_crd(cluster: LocalCluster, timeout_s: float = 30.0) -> None:
     """Apply the InferenceDeployment CRD (generated from the API models) and wait until it is Established."""
     _check(cluster.kubectl("apply", "--server-side", "-f", "-", input=crd_yaml()), "applying the CRD")
-    _check(cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", f"--timeout={timeout_s:g}s"),
-           "waiting for the CRD")
+    deadline = time.monotonic() + timeout_s
+    while True:  # right after creation the CRD may have no conditions yet, and `kubectl wait` errors at once
+        out = cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", f"--timeout={timeout_s:g}s")
+        if out.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _check(out, "waiting for the CRD")
 
 
 def create_namespace(cluster: LocalCluster, name: str) -> None:

@@ -173,3 +173,27 @@ def ensure_binaries() -> Binaries:
 if __name__ == "__main__":
     for path in ensure_binaries().all():
         print(path)
+
+
+PROMETHEUS_OPERATOR_VERSION = "v0.86.1"
+
+
+def prometheus_operator_crd(plural: str = "podmonitors") -> Path:
+    """The Prometheus Operator's own CRD for ``plural`` (monitoring.coreos.com), as it ships in its Go
+    module (``example/prometheus-operator-crd/``), downloaded through the Go module proxy once and
+    kept in a module cache under ``$GOODPUT_CACHE/gomod``: so tests check PodMonitors against the
+    real schema, not a stand-in."""
+    env = _go_env()
+    env["GOMODCACHE"] = str(cache_dir() / "gomod")
+    module = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    work = cache_dir() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["go", "mod", "download", "-json", module], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=600)
+    match = re.search(r'"Dir":\s*"([^"]+)"', out.stdout)
+    if out.returncode != 0 or not match:
+        raise RuntimeError(f"go mod download {module} failed: {(out.stderr or out.stdout)[-2000:]}")
+    path = Path(match.group(1)) / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{plural}.yaml"
+    if not path.exists():
+        raise RuntimeError(f"{module} has no CRD file {path.name}")
+    return path

@@ -21,6 +21,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -563,6 +564,11 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_args = list(extra_apiserver_args)
+        # Pod IPs come from a loopback /16 (all of 127.0.0.0/8 reaches this host on Linux): what runs
+        # "in" a pod (the vLLM emulator, the real vllm-router) listens on its pod's own IP, so
+        # Kubernetes service discovery (vllm-router's, Prometheus') finds it as in a cluster, and no
+        # traffic ever leaves the machine. A random /16 keeps parallel clusters apart.
+        self.pod_cidr = f"127.{random.randint(64, 250)}.0.0/16"
 
         self.work_dir: Path = Path()
         self.kubeconfig: Path = Path()
@@ -601,6 +607,14 @@ class LocalCluster:
         env = _no_proxy_env()
         env["KUBECONFIG"] = str(self.kubeconfig)
         return env
+
+    @property
+    def client_tls(self) -> tuple[Path, Path, Path]:
+        """(CA certificate, admin client certificate, its key): for clients that take files, e.g.
+        Prometheus' kubernetes_sd_configs."""
+        if self._pki is None:
+            raise LocalClusterError("cluster not started")
+        return self._pki.ca_cert, self._pki.admin_cert, self._pki.admin_key
 
     def log_path(self, component: str) -> Path:
         return self.logs_dir / f"{component}.log"
@@ -766,7 +780,7 @@ class LocalCluster:
                 f"--config={stages}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-label-selector={KWOK_NODE_LABEL[0]}={KWOK_NODE_LABEL[1]}",
-                "--cidr=10.244.0.0/16",
+                f"--cidr={self.pod_cidr}",
             ],
         }
         self._procs = {

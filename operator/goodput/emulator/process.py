@@ -83,7 +83,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
-from goodput.engine.replica import EngineReplica, Finished, as_role
+from goodput.emulator import openai_api
+from goodput.engine.replica import BLOCK_SIZE, EngineReplica, Finished, as_role
 from goodput.engine.world import SPEED_ALIASES, World
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
@@ -297,6 +298,7 @@ class ReplicaConfig:
     max_model_len: int | None
     kv_cache_dtype: str
     served_model_name: str
+    port: int = 8000  # vLLM's --port: where the replica listens with --listen pod-ip
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,7 @@ class PodInfo:
     deleting: bool
     config: ReplicaConfig
     model: ReplicaModel
+    ip: str = ""  # status.podIP (kwok gives the devcluster's pods loopback addresses)
 
 
 @dataclass(frozen=True)
@@ -468,7 +471,7 @@ class ClusterWatcher:
             created = meta.creation_timestamp
             created_wall = created.timestamp() if created is not None else time.time()
             out[uid] = PodInfo(uid, str(meta.name), role, created_wall, meta.deletion_timestamp is not None,
-                               config, model)
+                               config, model, str(status.pod_ip or ""))
         for uid in list(self._pod_models):
             if uid not in out:
                 del self._pod_models[uid]
@@ -499,6 +502,7 @@ class ClusterWatcher:
             max_model_len=_int(arg("--max-model-len")),
             kv_cache_dtype=arg("--kv-cache-dtype") or spec.precision.kv_cache,
             served_model_name=arg("--served-model-name") or resolved.served_model_name,
+            port=_int(arg("--port")) or 8000,
         )
         key = (config, self._spec_version)
         model = self._models.get(key)
@@ -524,8 +528,9 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False  # never join a handler that may wait for the emulator's lock
 
 
-def _start_server(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0) -> _Server:
-    server = _Server((_LOOPBACK, port), handler)
+def _start_server(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0,
+                  host: str = _LOOPBACK) -> _Server:
+    server = _Server((host, port), handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                      name=f"http-{server.server_address[1]}").start()
     return server
@@ -563,6 +568,7 @@ class Job:
     output: int
     stage: str = "entry"  # entry (aggregated or prefill) or decode
     replica: Replica | None = None
+    waiter: openai_api.Waiter | None = None  # sent to this replica's own API (the real router drives P/D)
 
 
 @dataclass(eq=False)
@@ -577,6 +583,8 @@ class Replica:
     port: int | None = None
     started_wall: float | None = None
     jobs: set[int] = field(default_factory=set)
+    api: openai_api.ReplicaEndpoint | None = None
+    host: str = _LOOPBACK
 
     @property
     def role(self) -> str:
@@ -600,13 +608,14 @@ class Emulator:
         self.jobs: dict[int, Job] = {}
         self.queues: dict[str, deque[Job]] = {"entry": deque(), "decode": deque()}
         self.counters = {"arrivals": 0, "completed": 0, "dropped": 0, "rejected": 0, "resubmitted": 0,
-                         "handoffs": 0}
+                         "handoffs": 0, "apiRequests": 0}
         self._next_rid = 0
         self._replicas_made = 0
         self._rr = 0
         self._targets_text: str | None = None
         self._closing: list[threading.Thread] = []
         self.control: _Server | None = None
+        self.api_load: openai_api.ApiLoad | None = None  # --send-to: arrivals go out as HTTP requests
 
     # --- time --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -660,6 +669,10 @@ class Emulator:
         lost = [self.jobs[rid] for rid in sorted(rep.jobs) if rid in self.jobs]
         rep.jobs.clear()
         for job in lost:  # the clients retry: new arrivals now, at the entry pool
+            if job.waiter is not None:  # a request through the API: its connection is cut
+                self.jobs.pop(job.rid, None)
+                job.waiter.finish(None)
+                continue
             job.stage, job.replica = "entry", None
             self.counters["resubmitted"] += 1
             self._route(job, t)
@@ -682,17 +695,45 @@ class Emulator:
                     self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
                 elif path in ("/health", "/ping"):
                     self._send(200, b"", "text/plain")
+                elif rep.api is not None and (answer := rep.api.get(path)) is not None:
+                    self._send(answer[0], answer[1], "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
             do_HEAD = do_GET
 
-        rep.server = _start_server(MetricsHandler)
+            def do_POST(self) -> None:  # vLLM's OpenAI API and the P/D exchange: openai_api
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = rep.api.post(self.path.split("?", 1)[0], raw) if rep.api is not None else None
+                if answer is None:
+                    self._send(404, b"not found\n", "text/plain")
+                else:
+                    self._send(answer[0], answer[2], answer[1])
+
+        rep.server = self._listen(rep, MetricsHandler)
         rep.port = int(rep.server.server_address[1])
+        cfg = rep.pod.config
+        rep.api = openai_api.ReplicaEndpoint(
+            rep.role, cfg.served_model_name, rep.engine.max_model_len, cfg.tp, rep.host, rep.port, BLOCK_SIZE,
+            lambda prompt, output: self.serve_api_request(rep, prompt, output),
+            openai_api.KvHolder(openai_api.new_engine_id(rep.pod.name)))
         rep.started_wall = time.time()
         rep.serving = True
-        log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, _LOOPBACK, rep.port)
+        log.info("replica serving %s/%s (%s) on %s:%d", self.namespace, rep.pod.name, rep.role, rep.host, rep.port)
         self._write_targets()
+
+    def _listen(self, rep: Replica, handler: type[http.server.BaseHTTPRequestHandler]) -> _Server:
+        """``--listen pod-ip``: on the pod's IP and vLLM's port, where Kubernetes service discovery (the
+        real vllm-router's) finds it; otherwise (or without a pod IP) on a free loopback port."""
+        if self.args.listen == "pod-ip" and rep.pod.ip:
+            try:
+                server = _start_server(handler, rep.pod.config.port, rep.pod.ip)
+                rep.host = rep.pod.ip
+                return server
+            except OSError as exc:
+                log.warning("pod %s: cannot listen on %s:%d (%s): on loopback instead", rep.pod.name, rep.pod.ip,
+                            rep.pod.config.port, exc)
+        return _start_server(handler)
 
     # --- the router ----------------------------------------------------------------------------
     def _entry_role(self) -> str:
@@ -742,11 +783,33 @@ class Emulator:
             while queue and self._pick(role) is not None:
                 self._route(queue.popleft(), t)
 
+    def serve_api_request(self, rep: Replica, prompt: int, output: int) -> Finished | None:
+        """A request sent to this replica's own port (by the real router or a client): submitted to
+        its engine now; blocks the HTTP thread until it leaves the engine (None: refused or cut)."""
+        waiter = openai_api.Waiter()
+        with self.lock:
+            if rep.draining or rep.pod.uid not in self.replicas:
+                return None
+            job = Job(self._next_rid, prompt, output, replica=rep, waiter=waiter)
+            self._next_rid += 1
+            self.counters["apiRequests"] += 1
+            if not rep.engine.submit(job.rid, max(self.now(), rep.engine.now), prompt, output):
+                self.counters["rejected"] += 1
+                return None
+            self.jobs[job.rid] = job
+            rep.jobs.add(job.rid)
+        return waiter.wait()
+
     def _finished(self, rep: Replica, f: Finished) -> None:
         rid = int(f.request_id)
         rep.jobs.discard(rid)
         job = self.jobs.get(rid)
         if job is None:
+            return
+        if job.waiter is not None:  # the caller (the router) does the hand-off itself
+            self.counters["handoffs" if f.handoff else "completed"] += 1
+            del self.jobs[rid]
+            job.waiter.finish(f)
             return
         if f.handoff:
             self.counters["handoffs"] += 1
@@ -769,6 +832,9 @@ class Emulator:
         self._flush_queues(t0)
         for t_arr, prompt, output in self.load.arrivals(t0, t1, self.multiplier):
             self.counters["arrivals"] += 1
+            if self.api_load is not None:
+                self.api_load.send(prompt, output)
+                continue
             job = Job(self._next_rid, prompt, output)
             self._next_rid += 1
             self.jobs[job.rid] = job
@@ -784,7 +850,7 @@ class Emulator:
     # --- targets file ----------------------------------------------------------------------------
     def _write_targets(self, empty: bool = False) -> None:
         groups = [] if empty else [
-            {"targets": [f"{_LOOPBACK}:{r.port}"],
+            {"targets": [f"{r.host}:{r.port}"],
              "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
                         PROM_ROLE_LABEL: r.role}}
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.server is not None]
@@ -803,14 +869,16 @@ class Emulator:
         reps = []
         for r in sorted(self.replicas.values(), key=lambda r: r.pod.name):
             e = r.engine
-            reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "port": r.port,
+            reps.append({"pod": r.pod.name, "role": r.role, "tp": r.pod.config.tp, "host": r.host, "port": r.port,
                          "serving": r.serving, "draining": r.draining, "podGone": r.gone_at is not None,
                          "readyAt": round(r.ready_at, 3),
                          "outstanding": len(r.jobs), "running": e.running, "waiting": e.waiting,
-                         "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values())})
+                         "kvUsage": round(e.kv_usage, 4), "completed": sum(e.stats.success.values()),
+                         "nixl": r.api.kv.snapshot() if r.api is not None else None})
         return {"time": round(self.t, 3), "wallTime": self.wall0 + self.t, "multiplier": self.multiplier,
                 "rate": self.load.rate(self.t, self.multiplier), **self.counters,
                 "inFlight": len(self.jobs), "queued": {k: len(q) for k, q in self.queues.items()},
+                "apiLoad": self.api_load.snapshot() if self.api_load is not None else None,
                 "replicas": reps}
 
     def _start_control(self) -> _Server:
@@ -949,6 +1017,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "period; default 0: gone with the pod)")
     p.add_argument("--queue-limit", type=int, default=1000,
                    help="requests a pool's router queue holds while no replica is ready (more are dropped)")
+    p.add_argument("--listen", choices=("loopback", "pod-ip"), default="loopback",
+                   help="where each replica serves: a free 127.0.0.1 port, or its pod's IP and vLLM --port (the "
+                   "devcluster's pod IPs are loopback addresses), found there by Kubernetes service discovery")
+    p.add_argument("--send-to", default=None, metavar="URL",
+                   help="send each arrival as an HTTP /v1/completions request to URL (e.g. the vllm-router) "
+                   "instead of through the emulator's own router")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
     p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
     p.add_argument("--world-efficiency", metavar="FILE.json|preset:NAME",
@@ -1040,6 +1114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = ", ".join(f"{s:g} s: {r:g}" for s, r in zip(schedule.starts, schedule.rates, strict=True))
         args.load_description = f"Poisson {plan} req/s (x{args.rate_scale:g}), lengths {lengths.describe()}"
     emulator = Emulator(args, watcher, LoadGenerator(events, schedule, args.rate_scale), stop)
+    if args.send_to:
+        emulator.api_load = openai_api.ApiLoad(args.send_to, snap.resolved.served_model_name)
     try:
         return emulator.run()
     finally:

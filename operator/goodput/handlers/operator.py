@@ -14,6 +14,7 @@ the handler fail with a TemporaryError and kopf retries it after one timer perio
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -29,7 +30,8 @@ from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.handlers import exporter
 from goodput.kube.actions import Kube, load_config
 from goodput.planner.observation import Observation
-from goodput.render.reconcile import Event, Outcome, reconcile
+from goodput.render.reconcile import Event, Outcome, PoolObservation, reconcile
+from goodput.render.vllm import ROLE_LABEL, RenderConfig
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TIMER_SECONDS = float(os.environ.get("GOODPUT_TIMER_SECONDS", "30"))
@@ -43,6 +45,7 @@ _collectors: dict[tuple[str, tuple[tuple[str, str], ...], int], Any] = {}
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
+_render_config = RenderConfig.from_env(os.environ)
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -53,9 +56,15 @@ def _lock(uid: str) -> threading.Lock:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _kube
+    global _kube, _render_config
     load_config()
     _kube = Kube()
+    # Images and the PodMonitor switch from the chart's values; PodMonitors only where the
+    # Prometheus Operator serves them (GOODPUT_POD_MONITOR=auto, the chart's default).
+    config = RenderConfig.from_env(os.environ)
+    if os.environ.get("GOODPUT_POD_MONITOR", "").lower() == "auto":
+        config = dataclasses.replace(config, pod_monitor=_kube.has_pod_monitor_crd())
+    _render_config = config
     # Handler progress in annotations, not in status: status belongs to the API.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -68,25 +77,57 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         exporter.serve(port)
 
 
-def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -> Observation | None:
-    """Live metrics for one resource, or None when no Prometheus is configured for it."""
-    prom = spec.get("prometheus") or {}
-    url = prom.get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
-    if not url:
-        return None
+def _collector(spec: dict[str, Any], url: str) -> Any:
     from goodput.metrics.prometheus import PrometheusCollector  # only when metrics are used
 
-    matchers = tuple(sorted((prom.get("labelMatchers") or {}).items()))
+    matchers = tuple(sorted(((spec.get("prometheus") or {}).get("labelMatchers") or {}).items()))
     # One collector per worker thread: kopf runs handlers of different objects at once, and a
     # collector is not thread-safe.
     key = (url, matchers, threading.get_ident())
     if key not in _collectors:
         _collectors[key] = PrometheusCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
                                                extra_matchers=dict(matchers))
+    return _collectors[key]
+
+
+def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -> Observation | None:
+    """Live metrics for one resource, or None when no Prometheus is configured for it."""
+    prom = spec.get("prometheus") or {}
+    url = prom.get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
+    if not url:
+        return None
     percentile = float((spec.get("slo") or {}).get("percentile", 99.0))
-    result: Observation = _collectors[key].observe(namespace, name, now, window_s=WINDOW_SECONDS,
+    result: Observation = _collector(spec, url).observe(namespace, name, now, window_s=WINDOW_SECONDS,
                                                    long_window_s=LONG_WINDOW_SECONDS, quantile=percentile / 100)
     return result
+
+
+def pod_in_flight(spec: dict[str, Any], namespace: str, name: str, role: str,
+                  now: dt.datetime) -> dict[str, float] | None:
+    """Requests running + waiting per pod of one pool, from the same Prometheus as `observe`."""
+    url = (spec.get("prometheus") or {}).get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
+    if not url:
+        return None
+    loads: dict[str, float] | None = _collector(spec, url).pod_in_flight(namespace, name, role, now)
+    return loads
+
+
+def prepare_scale_downs(kube: Kube, obj: dict[str, Any], outcome: Outcome,
+                        observed: dict[str, PoolObservation], now: dt.datetime, logger: Logger) -> None:
+    """Before a Deployment's replicas drop: mark the pods with the fewest requests in flight as
+    the ones to delete (pod-deletion-cost), so the ReplicaSet does not cut busy pods."""
+    meta = obj["metadata"]
+    for desired in outcome.apply:
+        if desired["kind"] != "Deployment":
+            continue
+        role = desired["metadata"]["labels"][ROLE_LABEL]
+        seen = observed.get(role)
+        target = int(desired["spec"]["replicas"])
+        if seen is None or target >= seen.replicas:
+            continue
+        loads = pod_in_flight(obj.get("spec") or {}, meta["namespace"], meta["name"], role, now)
+        plan = kube.mark_leaving_pods(meta["namespace"], meta["name"], role, target, loads)
+        logger.info("%s %d→%d: %s", role, seen.replicas, target, plan.reason)
 
 
 def reconcile_object(body: kopf.Body, logger: Logger) -> None:
@@ -121,8 +162,10 @@ def _decide_and_commit(kube: Kube, namespace: str, name: str, now: dt.datetime,
             return None
         if attempt == 1:
             observation = observe(obj.get("spec") or {}, namespace, name, now)  # never raises
-        outcome = reconcile(obj, kube.observe_pools(namespace, name), now, observation)
+        observed = kube.observe_pools(namespace, name)
+        outcome = reconcile(obj, observed, now, observation, _render_config)
         try:
+            prepare_scale_downs(kube, obj, outcome, observed, now, logger)
             for desired in outcome.apply:
                 kube.apply(desired)
             for role in outcome.delete_pools:

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from goodput.render.reconcile import Event, PoolObservation
+from goodput.render.scale_down import DELETION_COST, PodState, ScaleDownPlan, plan_scale_down
 from goodput.render.vllm import FIELD_MANAGER, OWNER_LABEL, ROLE_LABEL, pool_name
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Kube:
         self.api = api_client or client.ApiClient()
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
 
     # --- reads -------------------------------------------------------------------------------
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -119,16 +122,52 @@ class Kube:
     # --- writes ------------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any]) -> None:
         kind, meta = obj["kind"], obj["metadata"]
-        if kind == "Deployment":
-            self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
-                                                  force=True, _content_type=APPLY, _request_timeout=REQUEST_TIMEOUT_S)
-        elif kind == "Service":
-            self.core.patch_namespaced_service(meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER,
-                                               force=True, _content_type=APPLY, _request_timeout=REQUEST_TIMEOUT_S)
-        else:
+        opts: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY,
+                                "_request_timeout": REQUEST_TIMEOUT_S}
+        if kind == "PodMonitor":
+            self.custom.patch_namespaced_custom_object("monitoring.coreos.com", "v1", meta["namespace"], "podmonitors",
+                                                       meta["name"], obj, **opts)
+            return
+        appliers = {"Deployment": self.apps.patch_namespaced_deployment,
+                    "Service": self.core.patch_namespaced_service,
+                    "ServiceAccount": self.core.patch_namespaced_service_account,
+                    "Role": self.rbac.patch_namespaced_role,
+                    "RoleBinding": self.rbac.patch_namespaced_role_binding}
+        if kind not in appliers:
             raise ValueError(f"the operator does not apply {kind}")
+        appliers[kind](meta["name"], meta["namespace"], obj, **opts)
+
+    def has_pod_monitor_crd(self) -> bool:
+        """Whether the Prometheus Operator's API group (which serves PodMonitor) is installed."""
+        try:
+            groups = client.ApisApi(self.api).get_api_versions(_request_timeout=REQUEST_TIMEOUT_S).groups or []
+        except (ApiException, OSError) as exc:
+            log.info("cannot tell whether PodMonitors are served (%s): none applied", exc)
+            return False
+        return any(g.name == "monitoring.coreos.com" and any(v.version == "v1" for v in g.versions or [])
+                   for g in groups)
+
+    def pool_pods(self, namespace: str, name: str, role: str) -> list[PodState]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{OWNER_LABEL}={name},{ROLE_LABEL}={role}",
+                                             _request_timeout=REQUEST_TIMEOUT_S)
+        return [pod_state(p) for p in pods.items if p.metadata is not None]
+
+    def mark_leaving_pods(self, namespace: str, name: str, role: str, target: int,
+                          in_flight: dict[str, float] | None) -> ScaleDownPlan:
+        """Before a pool drops to ``target`` replicas: write pod-deletion costs so that the pods
+        with the fewest requests in flight are the ones the ReplicaSet deletes."""
+        plan = plan_scale_down(self.pool_pods(namespace, name, role), target, in_flight)
+        for pod, cost in sorted(plan.costs.items()):
+            try:
+                body = {"metadata": {"annotations": {DELETION_COST: str(cost)}}}
+                self.core.patch_namespaced_pod(pod, namespace, body, _request_timeout=REQUEST_TIMEOUT_S)
+            except ApiException as exc:
+                if exc.status != 404:  # gone meanwhile: one fewer to choose from
+                    raise
+        return plan
 
     def delete_pool(self, namespace: str, name: str, role: str) -> None:
+        # The router's ServiceAccount, Role and binding stay until the resource goes (owner reference).
         for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
             try:
                 delete(pool_name(name, role), namespace, propagation_policy="Background",
@@ -172,6 +211,14 @@ class Kube:
             body["metadata"] = {"resourceVersion": resource_version}
         custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,
                                                      _request_timeout=REQUEST_TIMEOUT_S)
+
+
+def pod_state(pod: Any) -> PodState:
+    meta, status = pod.metadata, pod.status
+    ready = bool(status is not None and status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in (status.conditions or [])))
+    created = meta.creation_timestamp.timestamp() if meta.creation_timestamp is not None else 0.0
+    return PodState(str(meta.name), ready, meta.deletion_timestamp is not None, created)
 
 
 def unschedulable(pod: Any) -> str | None:

@@ -298,6 +298,22 @@ class PrometheusCollector:
         return self._observe(matchers, "{" + render_matchers(given) + "}", now, window_s, long_window_s, quantile,
                              blank_role="aggregated")
 
+    def pod_in_flight(self, namespace: str, name: str, role: str, now: dt.datetime) -> dict[str, float] | None:
+        """Requests running plus waiting now, per pod of one pool (the pods that should leave a
+        scale-down first are those with the fewest). None when Prometheus cannot say; a pod that
+        reports no series is absent. Never raises."""
+        try:
+            matchers = (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
+                        Matcher(ROLE_LABEL, "=", role), *self.extra_matchers)
+            sel = render_matchers(matchers)
+            promql = (f"max by ({POD_LABEL}) ({REQUESTS_RUNNING}{{{sel}}}) + "
+                      f"max by ({POD_LABEL}) ({REQUESTS_WAITING}{{{sel}}})")
+            samples = self._query(promql, _unix(now), time.monotonic() + self.timeout_s)
+        except Exception as exc:  # _Unavailable or a surprise: the caller lets Kubernetes choose
+            log.info("per-pod load of %s/%s %s unavailable: %s", namespace, name, role, exc)
+            return None
+        return {s.labels[POD_LABEL]: s.value for s in samples if POD_LABEL in s.labels and math.isfinite(s.value)}
+
     # -- internals ------------------------------------------------------------------------------
     def _observe(self, matchers: Sequence[Matcher], target: str, now: dt.datetime, window_s: float,
                  long_window_s: float, quantile: float, blank_role: str | None) -> Observation:

@@ -27,6 +27,14 @@ from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, weight_precision
 from goodput.model.replica import TP_DEGREES, ReplicaModel
+from goodput.model.serving import (
+    Checkpoint,
+    checkpoint_by_name,
+    checkpoint_for,
+    context_length,
+    known_precisions,
+    vendor_of,
+)
 from goodput.model.sizing import Budget, Candidate, Plan, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
 
@@ -45,6 +53,10 @@ class ResolvedSpec:
     tp_degrees: tuple[int, ...]
     # (role, TP) pairs pinned for a running fleet (see autoscale.recommend_keeping); a tuple keeps this hashable
     pool_tp: tuple[tuple[str, int], ...] | None = None
+    vendor: str = "nvidia"
+    # The checkpoint vLLM loads (its precision is `precision`: the weight bytes planned are its bytes).
+    checkpoint: Checkpoint | None = None
+    max_model_len: int = 0
 
 
 def _arch(spec: InferenceDeploymentSpec) -> ModelArch:
@@ -100,6 +112,8 @@ def resolve(spec: InferenceDeploymentSpec, name: str) -> ResolvedSpec:
     gpu = _gpu(spec)
     precision = weight_precision(spec.precision.weights)
     check_supported(precision, gpu)
+    vendor = gpu_vendor(spec)
+    checkpoint = choose_checkpoint(spec, arch, precision.name)
     degrees = (spec.scaling.tensor_parallel,) if spec.scaling.tensor_parallel else TP_DEGREES
     context = max_model_len(spec)
     if not any(arch.valid_tp(tp) and ReplicaModel(arch, gpu, precision, tp, spec.precision.kv_cache).fits(context)
@@ -107,15 +121,56 @@ def resolve(spec: InferenceDeploymentSpec, name: str) -> ResolvedSpec:
         tp_text = f"TP={degrees[0]}" if len(degrees) == 1 else f"any TP up to {max(degrees)}"
         raise DoesNotFitError(
             f"{arch.model_id} in {precision.name} does not fit on {gpu.name} ({gpu.memory_gib:.0f} GiB) with a "
-            f"{context}-token context at {tp_text}; choose a larger GPU, a smaller precision or a shorter "
-            "model.maxModelLen")
+            f"{context}-token context at {tp_text} (vLLM needs the KV cache of one full-length sequence); choose a "
+            "larger GPU, a smaller precision or a shorter spec.model.maxModelLen")
     return ResolvedSpec(
         arch=arch, gpu=gpu, precision=precision.name, kv_cache_dtype=spec.precision.kv_cache,
         slo=SLO(spec.slo.ttft_ms, spec.slo.itl_ms, spec.slo.percentile),
-        hugging_face_name=spec.model.hugging_face_name or arch.hf_name or arch.model_id,
+        hugging_face_name=checkpoint.hf_name,
         served_model_name=spec.model.served_model_name or name,
         tp_degrees=degrees,
+        vendor=vendor,
+        checkpoint=checkpoint,
+        max_model_len=context,
     )
+
+
+def gpu_vendor(spec: InferenceDeploymentSpec) -> str:
+    """The spec's vendor, else the catalog GPU's, else NVIDIA (a custom accelerator)."""
+    facts = vendor_of(spec.accelerator.gpu)
+    return spec.accelerator.vendor or (facts.vendor if facts is not None else "nvidia")
+
+
+def _same_weights(a: str, b: str) -> bool:
+    return a == b or {a, b} <= {"bf16", "fp16"}  # vLLM casts between the two 16-bit types with --dtype
+
+
+def choose_checkpoint(spec: InferenceDeploymentSpec, arch: ModelArch, precision: str) -> Checkpoint:
+    """The checkpoint vLLM loads: spec.model.huggingFaceName, else the catalog's for the precision.
+    A named checkpoint the catalog knows in another precision, or a precision the catalog has no
+    checkpoint for, is an error the user can fix (Degraded=True with this message)."""
+    given = spec.model.hugging_face_name
+    if given:
+        known = checkpoint_by_name(given)
+        if known is None:  # trusted to hold `precision` weights (vLLM reads its quantization_config)
+            return Checkpoint(arch.model_id, precision, given, "", "spec.model.huggingFaceName")
+        if _same_weights(known.precision, precision):
+            return known
+        online = checkpoint_for(known.model_id, precision)
+        if known.precision in ("bf16", "fp16") and online is not None and online.hf_name == known.hf_name:
+            return online
+        raise CapacityModelError(
+            f"spec.model.huggingFaceName {given} holds {known.precision} weights, but spec.precision.weights is "
+            f"{precision}: set precision.weights to {known.precision}, or name a {precision} checkpoint")
+    found = checkpoint_for(arch.model_id, precision)
+    if found is None:
+        have = known_precisions(arch.model_id)
+        raise CapacityModelError(
+            f"no {precision} checkpoint of {arch.model_id} is known"
+            + (f" (the catalog has {', '.join(have)})" if have else "")
+            + f": set spec.model.huggingFaceName to a pre-quantized {precision} checkpoint of "
+            f"{arch.hf_name or arch.model_id}, or choose another spec.precision.weights")
+    return found
 
 
 def _lengths(mean: float, p99: float | None) -> LengthDistribution:
@@ -129,10 +184,26 @@ def hinted_workload(spec: InferenceDeploymentSpec) -> Workload:
                     _lengths(h.output_tokens.mean, h.output_tokens.p99), h.prefix_cache_hit_rate)
 
 
+def model_context_length(spec: InferenceDeploymentSpec) -> int | None:
+    """The model's own context length (max_position_embeddings), when known."""
+    a = spec.model.architecture
+    if a is not None:
+        return a.max_position_embeddings
+    try:
+        return context_length(get_model(spec.model.id or "").model_id)
+    except CapacityModelError:  # an unknown id: resolve() says so
+        return None
+
+
 def max_model_len(spec: InferenceDeploymentSpec) -> int:
-    """--max-model-len: the spec's, or the hinted workload's longest request rounded up to 1024."""
+    """--max-model-len: the spec's cap, else the model's context length (what vLLM serves without
+    the flag), else (an inline architecture without maxPositionEmbeddings) the hinted workload's
+    longest request rounded up to 1024."""
     if spec.model.max_model_len:
         return spec.model.max_model_len
+    context = model_context_length(spec)
+    if context:
+        return context
     return int(math.ceil(hinted_workload(spec).max_context / 1024.0) * 1024)
 
 

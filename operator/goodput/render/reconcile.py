@@ -33,7 +33,14 @@ from goodput.model.errors import CapacityModelError
 from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PoolDecision, RunningShape, autoscale
 from goodput.planner.observation import Observation
 from goodput.planner.recommend import Recommendation, resolve
-from goodput.render.vllm import desired_objects, obsolete_pools, pool_name
+from goodput.render.vllm import (
+    DEFAULT_RENDER_CONFIG,
+    RenderConfig,
+    desired_objects,
+    obsolete_pools,
+    pool_name,
+    resource_name,
+)
 
 MAX_DECISIONS = 20
 
@@ -177,9 +184,11 @@ def _observed_summary(result: AutoscaleResult, obs: Observation | None) -> dict[
 
 
 def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt.datetime,
-              observation: Observation | None = None) -> Outcome:
+              observation: Observation | None = None,
+              render_config: RenderConfig = DEFAULT_RENDER_CONFIG) -> Outcome:
     """One step. `observed`: the owned Deployments as the cluster shows them. `observation`: live
-    metrics (None when no metrics source is configured)."""
+    metrics (None when no metrics source is configured). `render_config`: the operator's defaults
+    for what it deploys (images, PodMonitor)."""
     meta = obj.get("metadata", {})
     name, namespace = meta.get("name", ""), meta.get("namespace", "default")
     uid = meta.get("uid", "")
@@ -283,6 +292,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         status["lastScaleTime"] = previous["lastScaleTime"]
     plan_status = _plan_status(rec)
     plan_status["reason"] = "; ".join(d.message for d in pool_decisions)
+    plan_status.update(maxModelLen=resolved.max_model_len, checkpoint=resolved.hugging_face_name)
 
     if spec.dry_run:
         cond("ScalingActive", "False", "DryRun", "spec.dryRun is true: the plan is reported, not applied")
@@ -293,7 +303,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
                      if p.role in observed and observed[p.role].pending_replicas > 0}
     if unschedulable and not spec.dry_run:
         message = capacity_message(unschedulable, caps, {d.role: d.recommended for d in pool_decisions},
-                                   spec.accelerator.resource_name)
+                                   resource_name(spec, resolved))
         if (_condition(previous, "ScalingLimited") or {}).get("reason") != "InsufficientCapacity":
             events.append(Event("Warning", "InsufficientCapacity", message))
         cond("ScalingLimited", "True", "InsufficientCapacity", message)
@@ -321,7 +331,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
     apply: list[dict[str, Any]] = []
     delete: list[str] = []
     if not spec.dry_run:
-        apply = desired_objects(name, namespace, uid, spec, resolved, rec)
+        apply = desired_objects(name, namespace, uid, spec, resolved, rec, render_config)
         delete = [role for role in obsolete_pools(rec) if role in observed]
         events += restore_events(name, rec, observed, current)
     ready = not spec.dry_run and all(
