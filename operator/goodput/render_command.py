@@ -40,7 +40,8 @@ def add_render_parser(sub: Any) -> argparse.ArgumentParser:
         description="Plan an InferenceDeployment from its spec.workload hints and print every object the operator "
                     "would apply (the operator's own reconcile step, no cluster needed).")
     p.add_argument("-f", "--filename", required=True, metavar="FILE", help="InferenceDeployment YAML/JSON ('-': stdin)")
-    p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml",
+                   help="the objects as a YAML stream or a JSON List")
     p.add_argument("-n", "--namespace", help="default: the file's metadata.namespace, else default")
     p.add_argument("--uid", help="the InferenceDeployment's uid: adds ownerReferences (as the operator sets them)")
     p.add_argument("--pod-monitor", action="store_true",
