@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from goodput.model.architecture import ModelArch, arch_from_hf_config_file, get_model, model_catalog
+from goodput.model.efficiency import DEFAULT_ENGINE, ENGINE_CLASSES, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import Accelerator, accelerator_catalog, get_accelerator
 from goodput.model.measurements import evaluate, summarize
 from goodput.model.precision import WEIGHT_PRECISIONS
-from goodput.model.replica import ReplicaModel, smallest_tp
+from goodput.model.replica import TP_DEGREES, ReplicaModel, smallest_tp
 from goodput.model.report import plan_report, predict_report
 from goodput.model.sizing import MODES, Budget, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
@@ -130,21 +131,34 @@ def _emit(data: Any) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     arch = _model(args)
     gpu = _gpus(args.gpu, _prices(args))[0]
-    tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype)
-    r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype)
+    eff = calibrated_efficiency(args.engine)
+    if args.tp is not None and args.tp not in TP_DEGREES:
+        raise CapacityModelError(f"--tp {args.tp}: the InferenceDeployment CRD allows tensor-parallel degrees "
+                                 f"{', '.join(map(str, TP_DEGREES))}")
+    tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype, eff)
+    r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype, eff)
     report = predict_report(r, args.batch, args.input_len, args.output_len)
+    if not report["fits"]:
+        raise CapacityModelError(
+            f"{arch.model_id} in {r.precision.name} does not fit at TP{tp} on {gpu.name}: "
+            f"{report['weights_per_gpu_gib']} GiB of weights per GPU leave no room for one sequence of "
+            f"{args.input_len + args.output_len} tokens; use a larger --tp")
+    if not report["batch_fits"]:
+        raise CapacityModelError(
+            f"--batch {args.batch} does not fit: the KV cache of {arch.model_id} at TP{tp} on {gpu.name} holds "
+            f"{report['max_batch']} sequences of {args.input_len + args.output_len} tokens "
+            f"({report['kv_capacity_tokens']:,} tokens); "
+            f"use --batch {max(report['max_batch'], 1)} or less, or a larger --tp")
     if args.json:
         _emit(report)
         return 0
-    fits = "yes" if report["fits"] else "NO: weights leave no room for one sequence"
     lines = [
-        f"{arch.model_id} · {r.precision.name} weights · KV {r.kv_cache_dtype} · {gpu.name} × TP{tp}",
-        f"  fits                 {fits}",
+        f"{arch.model_id} · {r.precision.name} weights · KV {r.kv_cache_dtype} · {gpu.name} × TP{tp} · {args.engine}",
+        "  fits                 yes",
         f"  weights              {report['weights_per_gpu_gib']} GiB per GPU ({report['weights_total_gib']} GiB total)",
         f"  KV cache             {report['kv_cache_per_gpu_gib']} GiB per GPU = "
         f"{report['kv_capacity_tokens']:,} tokens ({report['kv_bytes_per_token']:.0f} B/token)",
-        f"  largest batch        {report['max_batch']} sequences of {args.input_len + args.output_len} tokens"
-        + ("" if report["batch_fits"] else f"  (batch {args.batch} does NOT fit)"),
+        f"  largest batch        {report['max_batch']} sequences of {args.input_len + args.output_len} tokens",
         f"  decode step          {report['decode_step_ms']} ms at batch {args.batch} ({report['decode_bound']}-bound)",
         f"  prefill of the batch {report['prefill_batch_ms']} ms ({args.batch} × {args.input_len} tokens)",
         f"  TTFT at batch 1      {report['ttft_batch1_ms']} ms",
@@ -395,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--tp", type=_positive_int, help="tensor-parallel degree (default: the smallest that fits)")
     p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--engine", choices=list(ENGINE_CLASSES), default=DEFAULT_ENGINE,
+                   help="the engine whose efficiency factors apply (default vllm; vllm-eager: no CUDA graphs)")
     p.add_argument("--input-len", type=_positive_int, required=True)
     p.add_argument("--output-len", type=_positive_int, required=True)
     p.add_argument("--json", action="store_true")

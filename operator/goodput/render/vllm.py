@@ -66,6 +66,8 @@ def vllm_args(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, pool: PoolT
         args += ["--dtype", "bfloat16" if precision.name == "bf16" else "float16"]
     if precision.vllm_quantization:
         args += ["--quantization", precision.vllm_quantization]
+    if spec.engine == "vllm-eager":  # sized with the no-CUDA-graph factors: run it that way
+        args.append("--enforce-eager")
     if pool.role in ("prefill", "decode"):
         role = "kv_producer" if pool.role == "prefill" else "kv_consumer"
         args += ["--kv-transfer-config", json.dumps({"kv_connector": "NixlConnector", "kv_role": role},
