@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from goodput.model.architecture import ModelArch, arch_from_hf_config_file, get_model, model_catalog
+from goodput.model.efficiency import DEFAULT_ENGINE, ENGINE_CLASSES, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import Accelerator, accelerator_catalog, get_accelerator
 from goodput.model.measurements import MEASUREMENT_COLUMNS, evaluate, summarize
 from goodput.model.precision import WEIGHT_PRECISIONS
-from goodput.model.replica import ReplicaModel, smallest_tp
+from goodput.model.replica import TP_DEGREES, ReplicaModel, smallest_tp
 from goodput.model.report import plan_report, predict_report
 from goodput.model.sizing import MODES, Budget, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
@@ -221,6 +222,22 @@ def emit(data: Any, fmt: str = "json") -> None:
 # ------------------------------------------------------------------------------------------
 # predict
 # ------------------------------------------------------------------------------------------
+def _check_predicted_fit(report: dict[str, Any], arch: ModelArch, r: ReplicaModel, gpu: Accelerator,
+                         args: argparse.Namespace) -> None:
+    """predict refuses a configuration that cannot run rather than print figures for it."""
+    tokens = args.input_len + args.output_len
+    if not report["fits"]:
+        raise CapacityModelError(
+            f"{arch.model_id} in {r.precision.name} does not fit at TP{r.tp} on {gpu.name}: "
+            f"{report['weights_per_gpu_gib']} GiB of weights per GPU leave no room for one sequence of "
+            f"{tokens} tokens; use a larger --tp")
+    if not report["batch_fits"]:
+        raise CapacityModelError(
+            f"--batch {args.batch} does not fit: the KV cache of {arch.model_id} at TP{r.tp} on {gpu.name} holds "
+            f"{report['max_batch']} sequences of {tokens} tokens ({report['kv_capacity_tokens']:,} tokens); "
+            f"use --batch {max(report['max_batch'], 1)} or less, or a larger --tp")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     arch = _model(args)
     gpus = _gpus(args.gpu, _prices(args))
@@ -228,21 +245,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CapacityModelError(f"predict takes one --gpu, got {', '.join(g.gpu_id for g in gpus)} "
                                  "(`goodput plan` compares several)")
     gpu = gpus[0]
-    tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype)
-    r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype)
+    eff = calibrated_efficiency(args.engine)
+    if args.tp is not None and args.tp not in TP_DEGREES:
+        raise CapacityModelError(f"--tp {args.tp}: the InferenceDeployment CRD allows tensor-parallel degrees "
+                                 f"{', '.join(map(str, TP_DEGREES))}")
+    tp = args.tp or smallest_tp(arch, gpu, args.precision, args.input_len + args.output_len, args.kv_dtype, eff)
+    r = ReplicaModel(arch, gpu, args.precision, tp, args.kv_dtype, eff)
     report = predict_report(r, args.batch, args.input_len, args.output_len)
+    _check_predicted_fit(report, arch, r, gpu, args)
     if structured(args):
         emit(report, args.output)
         return 0
-    fits = "yes" if report["fits"] else "NO: weights leave no room for one sequence"
     lines = [
-        f"{arch.model_id} · {r.precision.name} weights · KV {r.kv_cache_dtype} · {gpu.name} × TP{tp}",
-        f"  fits                 {fits}",
+        f"{arch.model_id} · {r.precision.name} weights · KV {r.kv_cache_dtype} · {gpu.name} × TP{tp} · {args.engine}",
+        "  fits                 yes",
         f"  weights              {report['weights_per_gpu_gib']} GiB per GPU ({report['weights_total_gib']} GiB total)",
         f"  KV cache             {report['kv_cache_per_gpu_gib']} GiB per GPU = "
         f"{report['kv_capacity_tokens']:,} tokens ({report['kv_bytes_per_token']:.0f} B/token)",
-        f"  largest batch        {report['max_batch']} sequences of {args.input_len + args.output_len} tokens"
-        + ("" if report["batch_fits"] else f"  (batch {args.batch} does NOT fit)"),
+        f"  largest batch        {report['max_batch']} sequences of {args.input_len + args.output_len} tokens",
         f"  decode step          {report['decode_step_ms']} ms at batch {args.batch} ({report['decode_bound']}-bound)",
         f"  prefill of the batch {report['prefill_batch_ms']} ms ({args.batch} × {args.input_len} tokens)",
         f"  TTFT at batch 1      {report['ttft_batch1_ms']} ms",
@@ -593,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", "--tensor-parallel-size", type=_positive_int,
                    help="tensor-parallel degree (default: the smallest that fits)")
     p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
+    p.add_argument("--engine", choices=list(ENGINE_CLASSES), default=DEFAULT_ENGINE,
+                   help="the engine whose efficiency factors apply (vllm-eager: no CUDA graphs)")
     p.add_argument("--input-len", type=_positive_int, required=True, help="prompt tokens per sequence")
     p.add_argument("--output-len", type=_positive_int, required=True, help="output tokens per sequence")
     add_output_args(p)

@@ -117,10 +117,29 @@ def test_predict_text_output(capsys):
 
 
 def test_predict_explicit_tp_that_does_not_fit_reports_it(capsys):
-    rc, out = run_json(capsys, ["predict", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb",
-                                "--precision", "bf16", "--tp", "1", "--input-len", "1000", "--output-len", "100"])
-    assert rc == 0
-    assert out["fits"] is False and out["kv_capacity_tokens"] == 0 and out["max_batch"] == 0
+    # Bad input (issue 15): one line saying why, exit 2, nothing on stdout.
+    rc = main(["predict", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--precision", "bf16", "--tp", "1",
+               "--input-len", "1000", "--output-len", "100", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "does not fit at TP1" in captured.err and "GiB of weights per GPU" in captured.err
+
+
+def test_predict_refuses_a_tp_the_crd_does_not_allow(capsys):
+    rc = main(["predict", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--precision", "fp8", "--tp", "3",
+               "--input-len", "1000", "--output-len", "100"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tp 3" in err and "1, 2, 4, 8" in err and err.count("\n") == 1
+
+
+def test_predict_batch_beyond_the_kv_cache_exits_2(capsys):
+    rc = main(["predict", "--model", "llama-3.1-70b", "--gpu", "h100-sxm-80gb", "--precision", "fp8", "--tp", "2",
+               "--batch", "5000", "--input-len", "1000", "--output-len", "1000"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert "--batch 5000 does not fit" in captured.err and "use --batch" in captured.err
+    assert captured.err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

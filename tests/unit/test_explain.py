@@ -38,9 +38,12 @@ def event_dicts(out: Outcome, at: dt.datetime) -> list[dict[str, Any]]:
 
 
 def reconciled(filename: str, observed: dict[str, PoolObservation] | None = None,
-               steps: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The example after `steps` reconciles at T0 (the cluster showing `observed` after the first)."""
+               steps: int = 1, request_rate: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The example after `steps` reconciles at T0 (the cluster showing `observed` after the first),
+    planned for `request_rate` instead of its own hint when given."""
     obj = example(filename)
+    if request_rate is not None:
+        obj["spec"]["workload"]["requestRate"] = request_rate
     events: list[dict[str, Any]] = []
     for i in range(steps):
         out = reconcile(obj, observed if (observed and i) else {}, T0)
@@ -102,8 +105,13 @@ def test_examples_explained(manifest: str, headline: str, healthy: bool, expecte
     assert [d["reason"] for d in data["decisions"]] == ["Initial"] * len(obj["status"]["decisions"])
 
 
+# The example's demand doubled: 40 req/s needs two replicas of Llama-3.1-8B on H100 (about 26 req/s each).
+TWO_REPLICA_RPS = 40.0
+
+
 def test_settled_deployment_is_healthy_and_uses_the_deployments_read() -> None:
-    obj, events = reconciled("aggregated-small.yaml", {"aggregated": PoolObservation(2, 2)}, steps=2)
+    obj, events = reconciled("aggregated-small.yaml", {"aggregated": PoolObservation(2, 2)}, steps=2,
+                             request_rate=TWO_REPLICA_RPS)
     deployments = {"aggregated": PoolObservation(2, 2)}
     data = explain_data(obj, events, NOW, deployments=deployments)
     assert data["healthy"]
@@ -295,7 +303,8 @@ def test_apiserver_time_formats() -> None:
 
 
 def test_scale_down_held_by_the_stabilization_window() -> None:
-    obj, events = reconciled("aggregated-small.yaml", {"aggregated": PoolObservation(2, 2)}, steps=2)
+    obj, events = reconciled("aggregated-small.yaml", {"aggregated": PoolObservation(2, 2)}, steps=2,
+                             request_rate=TWO_REPLICA_RPS)
     obj["spec"]["prometheus"] = {"url": "http://prometheus:9090"}
     t = T0 + dt.timedelta(seconds=30)
     idle = PoolMetrics("aggregated", pods_reporting=2, request_rate_rps=0.5, queue_growth_rps=0.0, ttft_ms=90,

@@ -118,6 +118,40 @@ def test_decode_step_prediction_matches_replica_model():
     assert predict(m) == pytest.approx(float(r.decode_step_s(1.0, 1024.0)) * 1e3)
 
 
+@pytest.mark.parametrize(("model", "gpu", "precision", "tp", "batch", "input_len", "output_len"), [
+    ("llama-3.1-70b", "h100-sxm-80gb", "fp8", 2, 64.0, 5000.0, 500.0),
+    ("llama-3.1-8b", "h100-sxm-80gb", "fp8", 1, 300.0, 128.0, 2048.0),
+    ("llama-3.1-405b", "b200-180gb", "fp4", 4, 16.0, 20000.0, 2000.0),
+    ("mixtral-8x7b", "a100-sxm-80gb", "bf16", 4, 1.0, 1000.0, 1000.0),
+])
+def test_validate_and_planner_run_one_steady_state(monkeypatch, model, gpu, precision, tp, batch, input_len,
+                                                    output_len):
+    """Issue 15: `validate` (closed-loop/offline rows) and the planner (aggregated goodput) price the
+    chunked-prefill steady state through the same function and get the same number."""
+    from goodput.model import goodput as gp
+    from goodput.model.architecture import get_model
+    from goodput.model.hardware import get_accelerator
+    from goodput.model.measurements import continuous_batching
+    from goodput.model.replica import ReplicaModel
+    from goodput.model.workload import LengthDistribution, Workload
+
+    calls: list[str] = []
+    original = gp.aggregated_steady_state
+
+    def spy(r, shape, b):
+        calls.append("called")
+        return original(r, shape, b)
+
+    monkeypatch.setattr(gp, "aggregated_steady_state", spy)
+    r = ReplicaModel(get_model(model), get_accelerator(gpu), precision, tp, "fp8" if precision != "bf16" else "auto")
+    validate = continuous_batching(r, batch, input_len, output_len)
+    assert calls == ["called"]
+    w = Workload(1.0, LengthDistribution.fixed(input_len), LengthDistribution.fixed(output_len))
+    planner = gp.mean_step_at_batch(r, w, "aggregated", validate.batch)
+    assert calls == ["called", "called"]
+    assert planner == pytest.approx(validate.step_mean_s, rel=1e-12)
+
+
 def test_per_gpu_throughput_is_divided_by_tp():
     total = parse_row(row(metric="output_tokens_per_s", load="8", value="500"))
     per_gpu = parse_row(row(metric="output_tokens_per_s", load="8", value="250", notes="out tok/s/GPU"))

@@ -23,6 +23,8 @@ SHORT_NAMES = ["infd"]
 WeightPrecisionName = Literal["bf16", "fp16", "fp8", "int8", "int4-awq", "int4-gptq", "fp4", "mxfp4"]
 KVCacheDtype = Literal["auto", "fp8"]
 Mode = Literal["auto", "aggregated", "disaggregated"]
+# Serving engines by the capacity model's engine classes (goodput.model.efficiency.ENGINE_CLASSES).
+Engine = Literal["vllm", "vllm-eager", "sglang", "tensorrt-llm", "nim"]
 
 
 def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, JsonValue]:
@@ -276,6 +278,10 @@ class InferenceDeploymentSpec(_Model):
     accelerator: AcceleratorSpec
     slo: SLOSpec
     mode: Mode = "auto"
+    engine: Engine = Field(
+        "vllm", description="The engine whose efficiency factors size the pools: vllm (V1, CUDA graphs), sglang, "
+        "tensorrt-llm and nim share the CUDA-graph class; vllm-eager (--enforce-eager) has no CUDA graphs, "
+        "so its steps cost more. The operator renders vLLM pods.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     workload: WorkloadHints = Field(default_factory=WorkloadHints)
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)

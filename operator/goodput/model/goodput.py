@@ -6,9 +6,10 @@ few numpy passes rather than a loop of scalar model calls.
 
 Aggregated replica (vLLM continuous batching with chunked prefill), at per-replica rate lambda:
 
-* Little's law gives the running decode batch B = lambda * E[output] * mean step time, and
-  the prompt tokens each step must absorb, p = lambda * E[prompt, after prefix-cache hits] * step;
-  a fixed point in the step time, solved by iteration.
+* ``aggregated_steady_state`` gives everything at a running batch B explicitly: the prompt tokens
+  each step must absorb, B * E[prompt, after prefix-cache hits] / E[output], the step times and,
+  by Little's law, the rate B / (E[output] * mean step). A rate is inverted to its batch by
+  bisection. ``validate`` predicts closed-loop and offline measurements with the same function.
 * A fraction f of steps carries a prefill chunk (slower); the rest decode only. Tokens emitted
   in chunk steps see the chunk step's latency, so the ITL percentile is the chunk step once
   f exceeds 1 - percentile.
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from goodput.model.replica import ReplicaModel
-from goodput.model.workload import SLO, Workload
+from goodput.model.workload import SLO, LengthDistribution, Workload
 
 FloatArray = npt.NDArray[np.float64]
 # Running close to full KV cache triggers preemptions: keep a margin.
@@ -106,10 +107,11 @@ def _waiting_quantile(
 
 
 @dataclass(frozen=True)
-class _Shape:
+class RequestShape:
     """Per-workload constants of the aggregated and decode models."""
 
     prompt: FloatArray  # prompt tokens computed per request class (after prefix-cache hits)
+    inputs: FloatArray  # prompt tokens per request class (what attention spans)
     weights: FloatArray
     mean_prompt: float
     token_weighted_prompt: float
@@ -118,23 +120,38 @@ class _Shape:
     context: float  # time-averaged context of a running sequence
 
     @classmethod
-    def of(cls, w: Workload) -> _Shape:
+    def of(cls, w: Workload) -> RequestShape:
         prompt = w.input_len.values * (1.0 - w.prefix_cache_hit_rate)
         weights = w.input_len.weights
         mean_prompt = float(prompt @ weights)
         mean_out = w.output_len.mean
-        return cls(prompt, weights, mean_prompt, float((prompt**2) @ weights) / max(mean_prompt, 1e-9),
-                   w.input_len.mean, mean_out,
+        return cls(prompt, w.input_len.values, weights, mean_prompt,
+                   float((prompt**2) @ weights) / max(mean_prompt, 1e-9), w.input_len.mean, mean_out,
                    # Longer outputs stay longer in the batch: weight contexts by time spent.
                    w.input_len.mean + w.output_len.mean_square / (2.0 * mean_out))
 
+    @classmethod
+    def fixed(cls, input_len: float, output_len: float) -> RequestShape:
+        """Every request alike (the published benchmarks)."""
+        return cls.of(Workload(1.0, LengthDistribution.fixed(input_len), LengthDistribution.fixed(output_len)))
 
-def _aggregated_at_batch(r: ReplicaModel, shape: _Shape, batch: FloatArray) -> dict[str, FloatArray]:
-    """Steady state of an aggregated replica whose mean running batch is ``batch``.
 
-    Given the batch, everything is explicit: each output token brings E[prompt]/E[output]
-    prompt tokens, so a step must absorb batch * E[prompt]/E[output] of them; the rate follows
-    from Little's law, rate = batch / (E[output] * mean step).
+def sustainable_batch(r: ReplicaModel, shape: RequestShape) -> float:
+    """The largest running batch whose prompts the token budget keeps up with: each step must
+    absorb batch x E[prompt]/E[output] prompt tokens beside its batch decode tokens."""
+    return float(r.max_num_batched_tokens) / (1.0 + shape.mean_prompt / max(shape.mean_out, 1.0))
+
+
+def aggregated_steady_state(r: ReplicaModel, shape: RequestShape, batch: FloatArray) -> dict[str, FloatArray]:
+    """Steady state of continuous batching with chunked prefill at a mean running batch ``batch``.
+
+    The one formula both the planner (goodput of an aggregated replica) and ``validate``
+    (closed-loop and offline rows) use. Given the batch, everything is explicit: each output
+    token brings E[prompt]/E[output] prompt tokens, so steps must absorb batch x E[prompt]/E[output]
+    of them, in chunks of at most the token budget left after the decode tokens; a fraction of
+    steps carries a chunk, the rest decode only; the rate follows from Little's law,
+    rate = batch / (E[output] x mean step). A chunk of a long prompt re-reads the KV of the prompt's
+    earlier chunks (and of its prefix-cache hit) and attends over the whole prompt.
     """
     budget = float(r.max_num_batched_tokens)
     running = np.maximum(batch, 1.0)  # a step that runs at all runs at least one sequence
@@ -142,25 +159,37 @@ def _aggregated_at_batch(r: ReplicaModel, shape: _Shape, batch: FloatArray) -> d
     room = np.maximum(budget - running, 1.0)
     chunk = np.clip(np.maximum(shape.token_weighted_prompt, demand), 1.0, room)
     frac = np.minimum(demand / chunk, 1.0)
+    cached = shape.mean_input - shape.mean_prompt
+    earlier = np.maximum(shape.token_weighted_prompt - chunk, 0.0) / 2.0 + cached
     t_dec = r.step_time_s(running, running * shape.context)
     t_chunk = r.step_time_s(running, running * shape.context, chunk, chunk * shape.mean_input / 2.0,
-                            chunk / max(shape.mean_prompt, 1.0))
+                            chunk / max(shape.mean_prompt, 1.0), earlier)
     step = frac * t_chunk + (1.0 - frac) * t_dec
     return {"batch": batch, "rate": batch / (shape.mean_out * step), "step": step, "t_dec": t_dec,
             "t_chunk": t_chunk, "frac": frac, "room": room, "demand": demand, "running": running}
 
 
-def _aggregated_points(r: ReplicaModel, w: Workload, slo: SLO, shape: _Shape,
+def prompt_service_s(r: ReplicaModel, shape: RequestShape, st: dict[str, FloatArray]) -> FloatArray:
+    """Prefill of one prompt of each class in the steady state ``st`` (rows) : (L, K).
+
+    It takes ceil(prompt / room) steps, each carrying at most ``room`` of its tokens beside the
+    running decodes; each chunk re-reads the KV of the prompt's earlier chunks."""
+    room = st["room"][:, None]
+    prompt = shape.prompt[None, :]
+    own_chunk = np.minimum(prompt, room)
+    steps_needed = np.ceil(prompt / room)
+    earlier = np.maximum(prompt - own_chunk, 0.0) / 2.0 + (shape.inputs - shape.prompt)[None, :]
+    running = st["running"]
+    per_step = r.step_time_s(running[:, None], (running * shape.context)[:, None], own_chunk,
+                             own_chunk * shape.inputs[None, :] / 2.0, 1.0, earlier)
+    return np.asarray(steps_needed * per_step, dtype=np.float64)
+
+
+def _aggregated_points(r: ReplicaModel, w: Workload, slo: SLO, shape: RequestShape,
                        st: dict[str, FloatArray]) -> list[OperatingPoint]:
     rates, batch, step, room = st["rate"], st["batch"], st["step"], st["room"]
     itl = np.where(st["frac"] > 1.0 - slo.quantile, st["t_chunk"], st["t_dec"])
-    # A prompt's prefill: ceil(prompt / room) steps, each carrying at most `room` of its tokens.
-    own_chunk = np.minimum(shape.prompt[None, :], room[:, None])
-    steps_needed = np.ceil(shape.prompt[None, :] / room[:, None])
-    running = st["running"]
-    per_step = r.step_time_s(running[:, None], (running * shape.context)[:, None], own_chunk,
-                             own_chunk * w.input_len.values[None, :] / 2.0, 1.0)
-    service = steps_needed * per_step
+    service = prompt_service_s(r, shape, st)
     # Arriving mid-step, a request waits for the running step to end before it is scheduled.
     extra = service + step[:, None]
     ttft, rho = _waiting_quantile(rates, service, extra, shape.weights, slo.quantile)
@@ -186,13 +215,13 @@ def _aggregated_points(r: ReplicaModel, w: Workload, slo: SLO, shape: _Shape,
     return points
 
 
-def _decode_at_batch(r: ReplicaModel, shape: _Shape, batch: FloatArray) -> dict[str, FloatArray]:
+def _decode_at_batch(r: ReplicaModel, shape: RequestShape, batch: FloatArray) -> dict[str, FloatArray]:
     running = np.maximum(batch, 1.0)
     step = np.asarray(r.step_time_s(running, running * shape.context), dtype=np.float64)
     return {"batch": batch, "rate": batch / (shape.mean_out * step), "step": step}
 
 
-def _decode_points(r: ReplicaModel, slo: SLO, shape: _Shape, st: dict[str, FloatArray]) -> list[OperatingPoint]:
+def _decode_points(r: ReplicaModel, slo: SLO, shape: RequestShape, st: dict[str, FloatArray]) -> list[OperatingPoint]:
     kv_tokens = float(r.kv_capacity_tokens)
     points = []
     for i in range(st["rate"].size):
@@ -214,9 +243,9 @@ def _decode_points(r: ReplicaModel, slo: SLO, shape: _Shape, st: dict[str, Float
 def mean_step_at_batch(r: ReplicaModel, w: Workload, role: str, batch: float) -> float:
     """Mean engine step (s) of a replica running `batch` sequences: decode-only steps for a decode
     pool, the chunk/decode mix of continuous batching for an aggregated one."""
-    shape = _Shape.of(w)
+    shape = RequestShape.of(w)
     b = np.array([max(batch, 1.0)])
-    state = _aggregated_at_batch(r, shape, b) if role == "aggregated" else _decode_at_batch(r, shape, b)
+    state = aggregated_steady_state(r, shape, b) if role == "aggregated" else _decode_at_batch(r, shape, b)
     return float(state["step"][0])
 
 
@@ -233,7 +262,7 @@ def _batch_for_rates(at_batch: Callable[[FloatArray], dict[str, FloatArray]], ra
     return np.asarray(np.sqrt(lo * hi), dtype=np.float64)
 
 
-def _batch_cap(r: ReplicaModel, shape: _Shape) -> float:
+def _batch_cap(r: ReplicaModel, shape: RequestShape) -> float:
     """No feasible batch exceeds what the KV cache, max_num_seqs and the token budget allow."""
     kv = r.kv_capacity_tokens / max(shape.context, 1.0)
     return float(max(min(r.max_num_seqs, kv, r.max_num_batched_tokens), 1.0))
@@ -241,17 +270,17 @@ def _batch_cap(r: ReplicaModel, shape: _Shape) -> float:
 
 def evaluate_aggregated(r: ReplicaModel, w: Workload, slo: SLO, rates: FloatArray) -> list[OperatingPoint]:
     """Operating points of an aggregated replica at the given per-replica request rates."""
-    shape = _Shape.of(w)
+    shape = RequestShape.of(w)
     rates = np.maximum(np.asarray(rates, dtype=np.float64), 1e-12)
-    batch = _batch_for_rates(lambda b: _aggregated_at_batch(r, shape, b), rates, _batch_cap(r, shape))
-    st = _aggregated_at_batch(r, shape, batch)
+    batch = _batch_for_rates(lambda b: aggregated_steady_state(r, shape, b), rates, _batch_cap(r, shape))
+    st = aggregated_steady_state(r, shape, batch)
     st["rate"] = rates
     return _aggregated_points(r, w, slo, shape, st)
 
 
 def evaluate_decode(r: ReplicaModel, w: Workload, slo: SLO, rates: FloatArray) -> list[OperatingPoint]:
     """Operating points of a decode-only replica of a disaggregated deployment."""
-    shape = _Shape.of(w)
+    shape = RequestShape.of(w)
     rates = np.maximum(np.asarray(rates, dtype=np.float64), 1e-12)
     batch = _batch_for_rates(lambda b: _decode_at_batch(r, shape, b), rates, _batch_cap(r, shape))
     st = _decode_at_batch(r, shape, batch)
@@ -321,17 +350,17 @@ def _capacity(role: str, r: ReplicaModel, points_at: Callable[[FloatArray], list
 
 
 def aggregated_capacity(r: ReplicaModel, w: Workload, slo: SLO) -> ReplicaCapacity:
-    shape = _Shape.of(w)
+    shape = RequestShape.of(w)
 
     def at(batch: FloatArray) -> list[OperatingPoint]:
-        return _aggregated_points(r, w, slo, shape, _aggregated_at_batch(r, shape, batch))
+        return _aggregated_points(r, w, slo, shape, aggregated_steady_state(r, shape, batch))
 
     return _capacity("aggregated", r, at, 1e-3, _batch_cap(r, shape),
                      "largest batch the KV cache, max_num_seqs and token budget allow")
 
 
 def decode_capacity(r: ReplicaModel, w: Workload, slo: SLO) -> ReplicaCapacity:
-    shape = _Shape.of(w)
+    shape = RequestShape.of(w)
 
     def at(batch: FloatArray) -> list[OperatingPoint]:
         return _decode_points(r, slo, shape, _decode_at_batch(r, shape, batch))

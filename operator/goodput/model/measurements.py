@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from goodput.model import goodput as steady  # the planner's own steady state (called through the module)
 from goodput.model.architecture import get_model
-from goodput.model.efficiency import Efficiency
+from goodput.model.efficiency import AcceleratorScale, Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import get_accelerator
 from goodput.model.replica import ReplicaModel
@@ -67,7 +68,12 @@ class Measurement:
     metric: str
     value: float
     notes: str = ""
+    engine: str = ""
     row: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def engine_class(self) -> str:
+        return engine_class_of(self.engine, self.row.get("engine_class", ""))
 
     @property
     def per_gpu(self) -> bool:
@@ -116,11 +122,41 @@ def parse_row(row: Mapping[str, str]) -> Measurement:
         metric=metric,
         value=value,
         notes=row.get("notes", "") or "",
+        engine=row.get("engine", "") or "",
         row=dict(row),
     )
 
 
-def replica_for(m: Measurement, efficiency: Efficiency | None = None) -> ReplicaModel:
+# Engines named in published reports, by class. An engine without CUDA graphs launches every
+# kernel from the host. The Splitwise profiling engine is not named; it is classed by what its
+# profile shows: a decode step of Llama-2-70B at TP8 on A100 takes 43 ms where the bandwidth
+# roofline gives 11 ms, the per-step overhead of eager execution, 4x any engine with graphs.
+_EAGER_MARKERS = ("eager", "without cuda graph", "no cuda graph", "transformers", "unspecified (splitwise")
+
+
+def engine_class_of(engine: str, explicit: str = "") -> str:
+    """The engine class of a measurement: an explicit ``engine_class`` column, else from its
+    ``engine`` text; engines with CUDA graphs (vLLM V1, TensorRT-LLM, SGLang, NIM) by default."""
+    if explicit.strip():
+        return explicit.strip()
+    text = engine.lower()
+    return "eager" if any(marker in text for marker in _EAGER_MARKERS) else "cuda-graph"
+
+
+Factors = Efficiency | Mapping[str, Efficiency] | None
+
+
+def _efficiency_for(m: Measurement, efficiency: Factors) -> Efficiency:
+    """One set of factors for every row, one per engine class, or the shipped ones of the row's class."""
+    if isinstance(efficiency, Efficiency):
+        return efficiency
+    klass = m.engine_class
+    if efficiency is not None and klass in efficiency:
+        return efficiency[klass]
+    return calibrated_efficiency("vllm-eager" if klass == "eager" else "vllm")
+
+
+def replica_for(m: Measurement, efficiency: Factors = None, scale: AcceleratorScale | None = None) -> ReplicaModel:
     kv = "fp8" if m.precision in ("fp8", "fp4") else "auto"
     return ReplicaModel(
         get_model(m.model_id),
@@ -128,9 +164,10 @@ def replica_for(m: Measurement, efficiency: Efficiency | None = None) -> Replica
         m.precision,
         m.tp,
         kv_cache_dtype=kv,
-        efficiency=efficiency,
+        efficiency=_efficiency_for(m, efficiency),
         max_num_seqs=OFFLINE_MAX_BATCH if m.load_mode == "offline_max" else 256,
         max_num_batched_tokens=STEP_TOKEN_BUDGET,
+        scale=scale,
     )
 
 
@@ -159,28 +196,16 @@ class SteadyState:
 def continuous_batching(r: ReplicaModel, batch: float, input_len: float, output_len: float) -> SteadyState:
     """A replica that keeps ``batch`` sequences running; every finished sequence is replaced.
 
-    Per output token the engine must also prefill input/output prompt tokens. They arrive in
-    chunks of at most the token budget left after the decode tokens: a fraction f of steps
-    carries a chunk, the rest decode only. If even every step carrying a full chunk cannot keep
-    up, the batch shrinks to what the budget sustains.
+    The planner's own steady state (``goodput.aggregated_steady_state``) for requests all alike,
+    so ``validate`` scores the formula the planner plans with. If even every step carrying a
+    full chunk cannot keep up with the prompts, the batch shrinks to what the budget sustains.
     """
-    ratio = input_len / max(output_len, 1.0)
-    budget = float(r.max_num_batched_tokens)
-    batch = max(min(batch, budget / (1.0 + ratio)), 1.0)
-    # A step carries one prompt under light load, several (up to the budget) under heavy load.
-    chunk = min(budget - batch, max(input_len, batch * ratio)) if input_len > 0 else 0.0
-    context = input_len + output_len / 2.0
-    decode_only = float(r.step_time_s(batch, batch * context))
-    if chunk <= 0:
-        return SteadyState(batch, decode_only, decode_only, 0.0, batch / (output_len * decode_only))
-    with_chunk = float(
-        r.step_time_s(batch, batch * context, chunk, chunk * (input_len / 2.0), chunk / input_len)
-    )
-    fraction = min(batch * ratio / chunk, 1.0)
-    step_mean = fraction * with_chunk + (1.0 - fraction) * decode_only
-    # A prompt's own prefill: it gets at most the budget left by the decode tokens per step.
-    prefill = math.ceil(input_len / (budget - batch)) * with_chunk
-    return SteadyState(batch, step_mean, with_chunk, prefill, batch / (output_len * step_mean))
+    shape = steady.RequestShape.fixed(max(input_len, 1.0), max(output_len, 1.0))
+    b = max(min(batch, steady.sustainable_batch(r, shape)), 1.0)
+    st = steady.aggregated_steady_state(r, shape, np.array([b]))
+    prefill = float(steady.prompt_service_s(r, shape, st)[0, 0])
+    step = float(st["step"][0])
+    return SteadyState(b, step, float(st["t_chunk"][0]), prefill, float(st["rate"][0]))
 
 
 def _closed_loop(r: ReplicaModel, clients: int, input_len: int, output_len: int) -> dict[str, float]:
@@ -202,9 +227,9 @@ def _closed_loop(r: ReplicaModel, clients: int, input_len: int, output_len: int)
     return {"ttft_s": ttft, "itl_s": itl, "output_tokens_per_s": rate * output_len}
 
 
-def predict(m: Measurement, efficiency: Efficiency | None = None) -> float:
+def predict(m: Measurement, efficiency: Factors = None, scale: AcceleratorScale | None = None) -> float:
     """The model's prediction of one measurement, in the row's unit."""
-    r = replica_for(m, efficiency)
+    r = replica_for(m, efficiency, scale)
     replica_share = 1.0 / m.tp if m.per_gpu else 1.0
     if m.load_mode == "offline_max":
         if m.metric != "max_output_tokens_per_s":
@@ -249,13 +274,16 @@ class RowResult:
     error: str | None = None
 
 
-def evaluate(rows: Iterable[Mapping[str, str]], efficiency: Efficiency | None = None) -> list[RowResult]:
-    """Predict every row. A row that cannot be predicted is reported with its error, never dropped."""
+def evaluate(rows: Iterable[Mapping[str, str]], efficiency: Factors = None,
+             scale: AcceleratorScale | None = None) -> list[RowResult]:
+    """Predict every row. A row that cannot be predicted is reported with its error, never dropped.
+    ``efficiency``: one set for all rows, a mapping engine class -> set, or None for the shipped
+    factors of each row's engine class. ``scale`` overrides the accelerator scale (fitting it)."""
     results = []
     for row in rows:
         try:
             m = parse_row(row)
-            predicted = predict(m, efficiency)
+            predicted = predict(m, efficiency, scale)
             if not math.isfinite(predicted) or predicted <= 0:
                 raise CapacityModelError(f"prediction is not a positive number ({predicted})")
             ape = abs(predicted - m.value) / abs(m.value) if m.value else math.inf

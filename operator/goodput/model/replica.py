@@ -7,7 +7,10 @@ Memory (what fits) and time (how long an engine step takes), from first principl
 * Every token costs 2 FLOPs per active parameter in the GEMMs, plus attention FLOPs that grow
   with its context: compute time = FLOPs / achievable tensor-core throughput.
 * The two overlap; the step takes the soft maximum of them, plus a fixed engine overhead and,
-  with tensor parallelism, two all-reduces per layer.
+  with tensor parallelism, two all-reduces per layer, timed as the engines do them (custom
+  one-shot/two-shot kernels for small messages, NCCL for large ones: ``interconnect.py``).
+* A prompt chunk also reads the KV of the prompt's earlier chunks, and attends over them:
+  attention FLOPs grow with the square of the prompt (10k-100k-token prompts are mostly attention).
 
 Decode (one token per sequence) is bound by bandwidth at small batch and batching amortizes
 the weight read; prefill (thousands of tokens at once) is bound by compute. One formula covers
@@ -25,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from goodput.model.architecture import ModelArch
-from goodput.model.efficiency import Efficiency, calibrated_efficiency
+from goodput.model.efficiency import AcceleratorScale, Efficiency, accelerator_scale, calibrated_efficiency
 from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import GIB, Accelerator
+from goodput.model.interconnect import ACTIVATION_BYTES, allreduce_s, get_interconnect
 from goodput.model.precision import (
     KV_BYTES_PER_ELEMENT,
     WeightPrecision,
@@ -69,6 +73,7 @@ class ReplicaModel:
         efficiency: Efficiency | None = None,
         max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
         max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        scale: AcceleratorScale | None = None,
     ) -> None:
         self.arch = arch
         self.gpu = gpu
@@ -105,28 +110,34 @@ class ReplicaModel:
         self.attention_flops_per_pair = arch.attention_flops_per_pair
 
         # --- rates ---------------------------------------------------------------------------
+        # The engine's fractions apply to what this accelerator reaches of its datasheet figures.
+        self.scale = scale or accelerator_scale(gpu.gpu_id)
+        compute = eff.compute_fraction * self.scale.compute
         derate = 1.0 if self.precision.compute_dtype in ("bf16", "fp16") else eff.low_precision_compute_derate
-        self.gemm_flops_s = self.tp * gpu.flops(self.precision.compute_dtype) * eff.compute_fraction * derate
-        self.attention_flops_s = self.tp * gpu.flops("bf16") * eff.compute_fraction
-        self.lm_head_flops_s = self.tp * gpu.flops("bf16") * eff.compute_fraction
-        self.bandwidth_bytes_s = gpu.hbm_bandwidth_bytes_s * eff.bandwidth_fraction
+        self.gemm_flops_s = self.tp * gpu.flops(self.precision.compute_dtype) * compute * derate
+        self.attention_flops_s = self.tp * gpu.flops("bf16") * compute * eff.attention_fraction
+        self.lm_head_flops_s = self.tp * gpu.flops("bf16") * compute
+        self.bandwidth_bytes_s = gpu.hbm_bandwidth_bytes_s * eff.bandwidth_fraction * self.scale.bandwidth
         self.sharpness = eff.roofline_sharpness
 
         # --- fixed and communication costs ---------------------------------------------------
         self.fixed_overhead_s = eff.step_overhead_s + eff.layer_overhead_s * arch.layers
         self.per_sequence_overhead_s = eff.sequence_overhead_s
-        if self.tp > 1:
-            # Ring all-reduce (alpha-beta model): 2(p-1) hops of latency alpha, and each GPU sends
-            # 2(p-1)/p of the message. Two all-reduces per layer (attention out, MLP out).
-            allreduces = 2 * arch.layers
-            self.comm_latency_s = allreduces * 2 * (self.tp - 1) * eff.allreduce_hop_latency_s
-            ring_bytes_per_token = 2.0 * (self.tp - 1) / self.tp * arch.hidden_size * 2.0
-            self.comm_s_per_token = (
-                allreduces * ring_bytes_per_token / (gpu.link_bandwidth_bytes_s * eff.link_fraction)
-            )
-        else:
-            self.comm_latency_s = 0.0
-            self.comm_s_per_token = 0.0
+        self.interconnect = get_interconnect(gpu.interconnect)
+        # Two all-reduces per layer (attention output, MLP output) of tokens x hidden 16-bit values.
+        self.allreduces_per_step = 2 * arch.layers if self.tp > 1 else 0
+        self.allreduce_bytes_per_token = arch.hidden_size * ACTIVATION_BYTES
+        # The latency part of a step's communication (one token's all-reduces): the floor TP adds.
+        self.comm_latency_s = float(self.comm_s(1.0))
+
+    def comm_s(self, tokens: Num) -> Num:
+        """Communication of one step computing ``tokens`` tokens: its 2 x layers all-reduces."""
+        if self.tp <= 1:
+            return 0.0 * tokens
+        per_call = allreduce_s(self.interconnect, self.gpu.link_bandwidth_bytes_s, self.tp,
+                               tokens * self.allreduce_bytes_per_token, self.eff.allreduce_latency_scale,
+                               self.eff.allreduce_bandwidth_scale, self.eff.custom_allreduce_max_bytes)
+        return self.allreduces_per_step * per_call
 
     # ------------------------------------------------------------------------------------------
     # Memory
@@ -176,21 +187,23 @@ class ReplicaModel:
         prefill_tokens: Num | float = 0.0,
         prefill_pairs: Num | float = 0.0,
         prefill_seqs: Num | float = 0.0,
+        prefill_context_tokens: Num | float = 0.0,
     ) -> Num:
         """Time of one engine step.
 
         decode_seqs: sequences producing one token each; decode_context_tokens: the sum of their
         context lengths (the KV they read). prefill_tokens: prompt tokens computed in the step;
         prefill_pairs: (query, key) pairs of their causal attention; prefill_seqs: prompts that
-        complete in the step (each samples its first token).
+        complete in the step (each samples its first token); prefill_context_tokens: KV tokens of
+        earlier chunks of these prompts, which the step reads again (chunked prefill).
         """
         tokens = decode_seqs + prefill_tokens
         weights: Num = self.dense_bytes_per_gpu
         if self.expert_miss:
             # Each token routes to k of E experts: the step reads the experts any token touched.
             weights = weights + self.expert_bytes_per_gpu * (1.0 - self.expert_miss**tokens)
-        mem_bytes = weights + self.kv_bytes_per_token_per_gpu * (decode_context_tokens + prefill_tokens)
-        t_mem = mem_bytes / self.bandwidth_bytes_s
+        kv_tokens = decode_context_tokens + prefill_tokens + prefill_context_tokens
+        t_mem = (weights + self.kv_bytes_per_token_per_gpu * kv_tokens) / self.bandwidth_bytes_s
         t_compute = (
             self.gemm_flops_per_token * tokens / self.gemm_flops_s
             + self.attention_flops_per_pair * (decode_context_tokens + prefill_pairs) / self.attention_flops_s
@@ -198,9 +211,8 @@ class ReplicaModel:
         )
         n = self.sharpness
         t_core: Num = (t_mem**n + t_compute**n) ** (1.0 / n)
-        t_comm = self.comm_latency_s + self.comm_s_per_token * tokens
         overhead = self.fixed_overhead_s + self.per_sequence_overhead_s * (decode_seqs + prefill_seqs)
-        return t_core + t_comm + overhead
+        return t_core + self.comm_s(tokens) + overhead
 
     def decode_step_s(self, batch: Num, context_len: Num) -> Num:
         """One decode iteration of ``batch`` sequences, each holding ``context_len`` tokens."""

@@ -181,14 +181,7 @@ def _parse(t: str) -> dt.datetime:
 
 def scaled_efficiency(scale: float, base: Efficiency | None = None) -> Efficiency:
     """The efficiency factors with every step `scale` times slower (or faster)."""
-    e = base or calibrated_efficiency()
-    return e.replace(
-        bandwidth_fraction=min(e.bandwidth_fraction / scale, 1.0),
-        compute_fraction=min(e.compute_fraction / scale, 1.0),
-        step_overhead_s=e.step_overhead_s * scale,
-        layer_overhead_s=e.layer_overhead_s * scale,
-        allreduce_hop_latency_s=e.allreduce_hop_latency_s * scale,
-    )
+    return (base or calibrated_efficiency()).slower(scale)
 
 
 def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
@@ -316,7 +309,7 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     demand = estimate_demand(spec, obs, long_window_full)
     workload = observed_workload(spec, obs, demand.rate_rps)
 
-    eff = scaled_efficiency(state.step_time_scale)
+    eff = scaled_efficiency(state.step_time_scale, resolved.efficiency)
     keep = None if immediate else shape
     rec = recommend_keeping(spec, resolved, workload, eff, keep)
     # Calibrate against what the model predicts for the pools as they run now, at the observed load.
@@ -335,7 +328,7 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
             scale = calibrate(state, predicted, serving)
             if abs(scale - state.step_time_scale) > 1e-3:
                 state.step_time_scale = scale
-                eff = scaled_efficiency(scale)
+                eff = scaled_efficiency(scale, resolved.efficiency)
                 rec = recommend_keeping(spec, resolved, workload, eff, keep)
 
     if outage:

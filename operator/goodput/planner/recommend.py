@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
 from goodput.model.architecture import MLA_LATENT_ELEMENTS, ModelArch, get_model, kv_bytes_per_token_16bit
-from goodput.model.efficiency import Efficiency
+from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, weight_precision
@@ -51,6 +51,8 @@ class ResolvedSpec:
     hugging_face_name: str
     served_model_name: str
     tp_degrees: tuple[int, ...]
+    # spec.engine's calibrated factors: what every ReplicaModel of this resource is built with
+    efficiency: Efficiency = dataclasses.field(default_factory=calibrated_efficiency)
     # (role, TP) pairs pinned for a running fleet (see autoscale.recommend_keeping); a tuple keeps this hashable
     pool_tp: tuple[tuple[str, int], ...] | None = None
     vendor: str = "nvidia"
@@ -116,7 +118,9 @@ def resolve(spec: InferenceDeploymentSpec, name: str) -> ResolvedSpec:
     checkpoint = choose_checkpoint(spec, arch, precision.name)
     degrees = (spec.scaling.tensor_parallel,) if spec.scaling.tensor_parallel else TP_DEGREES
     context = max_model_len(spec)
-    if not any(arch.valid_tp(tp) and ReplicaModel(arch, gpu, precision, tp, spec.precision.kv_cache).fits(context)
+    efficiency = calibrated_efficiency(spec.engine)
+    if not any(arch.valid_tp(tp) and ReplicaModel(arch, gpu, precision, tp, spec.precision.kv_cache,
+                                                  efficiency).fits(context)
                for tp in degrees):
         tp_text = f"TP={degrees[0]}" if len(degrees) == 1 else f"any TP up to {max(degrees)}"
         raise DoesNotFitError(
@@ -132,6 +136,7 @@ def resolve(spec: InferenceDeploymentSpec, name: str) -> ResolvedSpec:
         vendor=vendor,
         checkpoint=checkpoint,
         max_model_len=context,
+        efficiency=efficiency,
     )
 
 
@@ -333,7 +338,7 @@ def _recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Wo
                efficiency: Efficiency | None) -> Recommendation:
     budget = Budget(spec.scaling.max_gpus, spec.scaling.max_cost_per_hour)
     result: Plan = plan(resolved.arch, [resolved.gpu], resolved.precision, demand, resolved.slo,
-                        resolved.kv_cache_dtype, spec.mode, budget, efficiency=efficiency,
+                        resolved.kv_cache_dtype, spec.mode, budget, efficiency=efficiency or resolved.efficiency,
                         tp_degrees=resolved.tp_degrees,
                         pool_tp=dict(resolved.pool_tp) if resolved.pool_tp is not None else None,
                         context_tokens=max_model_len(spec))

@@ -197,6 +197,8 @@ def vllm_args(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, pool: PoolT
     flag = checkpoint.vllm_quantization(resolved.vendor) if checkpoint is not None else None
     if flag:
         args += ["--quantization", flag]
+    if spec.engine == "vllm-eager":  # sized with the no-CUDA-graph factors: run it that way
+        args.append("--enforce-eager")
     if pool.role in ("prefill", "decode"):
         # NixlConnector does not act on kv_role (vLLM's NixlConnector guide): the router decides per
         # request who prefills (kv_transfer_params.do_remote_decode) and who decodes; kv_both is
