@@ -100,7 +100,8 @@ def test_amd_gets_rocm_kernels_resource_label_and_image() -> None:
     c = vllm_container(objs, "aggregated")
     assert arg(c, "--quantization") == "awq"  # not the CUDA-only awq_marlin vLLM picks on NVIDIA
     assert {"name": "VLLM_USE_TRITON_AWQ", "value": "1"} in c["env"]
-    assert c["image"].startswith("rocm/vllm:") and c["resources"]["limits"] == {"amd.com/gpu": 1}
+    tp = int(arg(c, "--tensor-parallel-size"))
+    assert c["image"].startswith("rocm/vllm:") and c["resources"]["limits"] == {"amd.com/gpu": tp}
     pod = next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"]
     term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
     assert term["matchExpressions"][0]["key"] == "amd.com/gpu.product-name"

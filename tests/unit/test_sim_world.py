@@ -38,8 +38,10 @@ def test_parse_scale_names_and_numbers() -> None:
 
 
 def test_a_product_out_of_bounds_names_the_factor_and_the_way_out() -> None:
-    with pytest.raises(CapacityModelError, match=r"bandwidth_fraction=1.25: 0.86823 x 1.25 = 1.08529 is out of "
-                                                 r"bounds .*must be in \(0, 1\]\); .*use decode_speed"):
+    shipped = calibrated_efficiency().bandwidth_fraction
+    product = f"{shipped:g} x 1.25 = {shipped * 1.25:g}"
+    with pytest.raises(CapacityModelError, match=rf"bandwidth_fraction=1.25: {product} is out of bounds "
+                                                 r".*must be in \(0, 1\].*\); .*use decode_speed"):
         build_world(scale="bandwidth_fraction=1.25")
     with pytest.raises(CapacityModelError, match="roofline_sharpness"):
         build_world(scale="roofline_sharpness=0.5")

@@ -118,8 +118,10 @@ class WorldReplicaModel(ReplicaModel):
         self.step_time_scale = 1.0 / world.speed
 
     def step_time_s(self, decode_seqs: Num, decode_context_tokens: Num, prefill_tokens: Num | float = 0.0,
-                    prefill_pairs: Num | float = 0.0, prefill_seqs: Num | float = 0.0) -> Num:
-        t = super().step_time_s(decode_seqs, decode_context_tokens, prefill_tokens, prefill_pairs, prefill_seqs)
+                    prefill_pairs: Num | float = 0.0, prefill_seqs: Num | float = 0.0,
+                    prefill_context_tokens: Num | float = 0.0) -> Num:
+        t = super().step_time_s(decode_seqs, decode_context_tokens, prefill_tokens, prefill_pairs, prefill_seqs,
+                                prefill_context_tokens)
         return t * self.step_time_scale if self.step_time_scale != 1.0 else t
 
 
