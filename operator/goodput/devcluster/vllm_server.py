@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -79,7 +81,8 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 class VllmCpuServer:
     def __init__(self, env: VllmCpuEnv, model_dir: Path, work_dir: Path, *, port: int | None = None,
                  core: int | None = None, kv_cache_gib: float = 1.0, args: Sequence[str] = (),
-                 served_model_name: str = DEFAULT_SERVED_NAME, eager: bool = True, log_name: str = "vllm.log") -> None:
+                 served_model_name: str = DEFAULT_SERVED_NAME, eager: bool = True, log_name: str = "vllm.log",
+                 nice: int = 10) -> None:
         self.env = env
         self.model_dir = Path(model_dir)
         self.work_dir = Path(work_dir)
@@ -89,6 +92,7 @@ class VllmCpuServer:
         self.args = list(args)
         self.served_model_name = served_model_name
         self.eager = eager
+        self.nice = nice  # the machine is shared: vLLM yields to interactive work
         self.log_path = self.work_dir / log_name
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_mono: float | None = None
@@ -102,7 +106,8 @@ class VllmCpuServer:
 
     def argv(self) -> list[str]:
         assert self.port is not None
-        return [str(self.env.vllm), "serve", str(self.model_dir), "--host", _LOOPBACK, "--port", str(self.port),
+        niced = ["nice", "-n", str(self.nice)] if self.nice else []
+        return [*niced, str(self.env.vllm), "serve", str(self.model_dir), "--host", _LOOPBACK, "--port", str(self.port),
                 "--served-model-name", self.served_model_name, *(["--enforce-eager"] if self.eager else []),
                 *self.args]
 
@@ -203,3 +208,70 @@ def _stop_all_at_exit() -> None:
     for server in list(_LIVE):
         with contextlib.suppress(Exception):
             server.stop(grace_s=5.0)
+
+
+# --------------------------------------------------------------------------------------------
+# a load generator that measures what vLLM's metrics claim
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One streamed completion as the client saw it."""
+
+    prompt_tokens: int  # from the final usage chunk
+    output_tokens: int
+    ttft_s: float  # request sent to the first token received
+    e2e_s: float
+    token_times_s: tuple[float, ...]  # arrival of each streamed token, from the request's start
+
+    @property
+    def itl_mean_s(self) -> float:
+        gaps = self.output_tokens - 1
+        return (self.token_times_s[-1] - self.token_times_s[0]) / gaps if gaps > 0 else 0.0
+
+
+def stream_completion(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float = 120.0) -> Completion:
+    """POST /v1/completions with ``stream`` and ``ignore_eos`` (the random model seldom says EOS),
+    timing each server-sent event; usage (prompt and output token counts) from the last one."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                       "temperature": 0.0, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    times: list[float] = []
+    usage: dict[str, int] = {}
+    with _OPENER.open(req, timeout=timeout_s) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[5:])
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or []:
+                if choice.get("text"):
+                    times.append(time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    if not times or not usage:
+        raise VllmServerError(f"a streamed completion brought no tokens or no usage ({len(times)} tokens)")
+    return Completion(prompt_tokens=int(usage["prompt_tokens"]), output_tokens=int(usage["completion_tokens"]),
+                      ttft_s=times[0], e2e_s=elapsed, token_times_s=tuple(times))
+
+
+def run_load(url: str, model: str, prompts: Sequence[str], max_tokens: int, concurrency: int = 1,
+             timeout_s: float = 120.0) -> list[Completion]:
+    """Every prompt once, ``concurrency`` at a time (threads: the server does the work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(lambda p: stream_completion(url, model, p, max_tokens, timeout_s), prompts))
+
+
+def synthetic_prompt(words: int, seed: int) -> str:
+    """Pseudo-English of about ``words`` words (the tiny model's tokenizer was trained on the like);
+    distinct per seed so the prefix cache does not serve it."""
+    import random
+
+    rng = random.Random(seed)
+    syllables = ["ba", "ko", "mi", "tu", "se", "ra", "no", "vi", "le", "pa", "du", "gi"]
+    return " ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(words))
