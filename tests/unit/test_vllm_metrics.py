@@ -198,6 +198,7 @@ def reference_text(stats: vm.ReplicaStats, legacy: bool = False, cache: Mapping[
 
 
 def ours(stats: vm.ReplicaStats, **kw: Any) -> str:
+    kw.setdefault("generation", "0.11")  # the prometheus_client reference below registers 0.11's families
     return vm.exposition(stats, running=int(GAUGES["running"]), waiting=int(GAUGES["waiting"]),
                          kv_usage=GAUGES["kv_usage"], model_name=MODEL, max_model_len=MAX_MODEL_LEN, **kw)
 
@@ -332,9 +333,44 @@ def test_engine_replica_metrics_reflect_its_state() -> None:
     assert value["vllm:kv_cache_usage_perc"][0].value == pytest.approx(e.kv_usage)
     assert value["vllm:prefix_cache_hits"][0].value == e.stats.prefix_cache_hits > 0
     succ = {s.labels["finished_reason"]: s.value for s in value["vllm:request_success"]}
-    assert succ == {"stop": len(done), "length": 0.0, "abort": 0.0}
+    assert succ == {"stop": len(done), "length": 0.0, "abort": 0.0, "error": 0.0, "repetition": 0.0}
     ttft_count = next(s.value for s in value["vllm:time_to_first_token_seconds"] if s.name.endswith("_count"))
     assert ttft_count == e.stats.time_to_first_token.count >= len(done)
     info = value["vllm:cache_config_info"][0].labels
     assert info["num_gpu_blocks"] == str(e.total_blocks) and info["block_size"] == "16"
     assert info["cache_dtype"] == "fp8"
+
+
+def test_engine_replica_0_32_families_reflect_its_state() -> None:
+    """The families vLLM 0.32 added carry the replica's state: prompt tokens split by source,
+    waiting by reason, per-request TPOT / preemptions / prefill KV computed, the KV size."""
+    r = ReplicaModel(get_model("llama-3.1-8b"), get_accelerator("h100-sxm-80gb"), "bf16", 1, "auto")
+    e = EngineReplica(r, rng=np.random.default_rng(0), noise_cv=0.0)
+    for i in range(40):
+        e.submit(i, 0.05 * i, 800, 50, cached_tokens=200)
+    done = e.advance(60.0)
+    assert len(done) == 40
+    value = {n: f.samples for n, f in families(e.metrics_text("m")).items()}
+    source = {s.labels["source"]: s.value for s in value["vllm:prompt_tokens_by_source"]}
+    assert source == {"local_compute": 40 * 600, "local_cache_hit": 40 * 200, "external_kv_transfer": 0}
+    assert sum(source.values()) == value["vllm:prompt_tokens"][0].value
+    assert value["vllm:prompt_tokens_cached"][0].value == 40 * 200
+    by_reason = {s.labels["reason"]: s.value for s in value["vllm:num_requests_waiting_by_reason"]}
+    assert sum(by_reason.values()) == value["vllm:num_requests_waiting"][0].value
+    def hist(name: str, suffix: str) -> float:
+        return next(s.value for s in value[name] if s.name.endswith(suffix))
+    assert hist("vllm:request_prefill_kv_computed_tokens", "_sum") == 40 * 600
+    tpot = hist("vllm:request_time_per_output_token_seconds", "_sum") / 40
+    assert tpot == pytest.approx(np.mean([f.itl_mean_s for f in done]), rel=1e-6)
+    assert hist("vllm:request_num_preemptions", "_count") == 40
+    info = value["vllm:cache_config_info"][0].labels
+    assert int(info["kv_cache_size_tokens"]) == e.total_blocks * 16
+    assert "engine" in info and "_block_size_resolved" in info
+    decode = EngineReplica(r, rng=np.random.default_rng(0), noise_cv=0.0, role="decode")
+    assert "vllm:num_requests_kv_fetch_by_stage" in decode.metrics_text("m")
+    assert "vllm:num_requests_kv_fetch_by_stage" not in e.metrics_text("m")
+
+
+def test_unknown_generation_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"0\.32, 0\.11, 0\.8"):
+        ours(vm.ReplicaStats(), generation="0.10")

