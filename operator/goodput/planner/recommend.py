@@ -22,13 +22,14 @@ from dataclasses import dataclass
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec, PoolScaling
 from goodput.model.architecture import MLA_LATENT_ELEMENTS, ModelArch, get_model, kv_bytes_per_token_16bit
-from goodput.model.efficiency import Efficiency
+from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError, DoesNotFitError
 from goodput.model.hardware import Accelerator, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, weight_precision
 from goodput.model.replica import TP_DEGREES, ReplicaModel
 from goodput.model.sizing import Budget, Candidate, Plan, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
+from goodput.planner import engine_args
 
 ROLES = ("aggregated", "prefill", "decode")
 
@@ -295,5 +296,7 @@ def _recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Wo
                f"ITL ≤ {resolved.slo.itl_ms:g} ms")
     if clamp_notes:
         summary += "; " + "; ".join(clamp_notes)
-    return Recommendation(chosen.mode, tuple(pools), gpus, usd, per_million, chosen.ttft_ms, chosen.itl_ms,
-                          demand.rate_rps, served, limited, summary)
+    rec = Recommendation(chosen.mode, tuple(pools), gpus, usd, per_million, chosen.ttft_ms, chosen.itl_ms,
+                         demand.rate_rps, served, limited, summary)
+    # --max-num-seqs for the range the fleet scales over, not the batch of this one load.
+    return engine_args.for_load(rec, resolved, demand, efficiency or calibrated_efficiency())
