@@ -7,7 +7,15 @@ import datetime as dt
 import pytest
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
-from goodput.planner.autoscale import AutoscalerState, autoscale, estimate_demand, scaled_efficiency
+from goodput.planner.autoscale import (
+    AutoscaleResult,
+    AutoscalerState,
+    PlannerInput,
+    RunningShape,
+    autoscale,
+    estimate_demand,
+    scaled_efficiency,
+)
 from goodput.planner.observation import Observation, PoolMetrics
 from goodput.planner.recommend import recommend, resolve
 
@@ -37,9 +45,14 @@ def obs(rate: float, long_rate: float | None = None, at: dt.datetime = T0, **ext
     return Observation(at, 60.0, 600.0, {"aggregated": short}, {"aggregated": long})
 
 
+def decide(s: InferenceDeploymentSpec, o: Observation | None, current: dict[str, int], state: AutoscalerState,
+           now: dt.datetime, shape: RunningShape | None = None) -> AutoscaleResult:
+    return autoscale(PlannerInput(s, resolve(s, "x"), o, {}, current, state, now, shape=shape))
+
+
 def run(s: InferenceDeploymentSpec, o: Observation | None, current: int, state: AutoscalerState,
         now: dt.datetime) -> tuple[int, str, AutoscalerState, str]:
-    res = autoscale(s, resolve(s, "x"), o, {"aggregated": current}, state, now)
+    res = decide(s, o, {"aggregated": current}, state, now)
     d = res.pools[0]
     return d.target, d.reason, res.state, d.message
 
@@ -135,7 +148,7 @@ def test_no_emergency_replica_while_earlier_ones_are_still_starting() -> None:
 def test_outage_holds_replicas_and_never_scales_down() -> None:
     state = AutoscalerState(metrics_seen=True)
     outage = Observation.unavailable(T0, "Prometheus at http://prom:9090 unreachable: connection refused")
-    res = autoscale(spec(), resolve(spec(), "x"), outage, {"aggregated": 7}, state, T0)
+    res = decide(spec(), outage, {"aggregated": 7}, state, T0)
     assert res.pools[0].target == 7 and res.pools[0].reason == "Hold"
     assert not res.metrics_available
     assert "unreachable" in res.metrics_message
@@ -143,14 +156,14 @@ def test_outage_holds_replicas_and_never_scales_down() -> None:
 
 def test_before_any_metrics_the_hints_plan() -> None:
     outage = Observation.unavailable(T0, "no data yet")
-    res = autoscale(spec(), resolve(spec(), "x"), outage, {}, AutoscalerState(), T0)
+    res = decide(spec(), outage, {}, AutoscalerState(), T0)
     assert res.demand.source == "spec.workload"
     assert res.pools[0].target == res.pools[0].recommended >= 1
 
 
 def test_budget_caps_the_plan() -> None:
     s = spec(maxGpus=2, scaleUpMaxPercentPerMinute=1000)
-    res = autoscale(s, resolve(s, "x"), obs(200), {"aggregated": 1}, AutoscalerState(metrics_seen=True), T0)
+    res = decide(s, obs(200), {"aggregated": 1}, AutoscalerState(metrics_seen=True), T0)
     assert res.recommendation.gpus <= 2
     assert res.recommendation.limited
 
@@ -177,9 +190,9 @@ def test_fresh_history_does_not_scale_down() -> None:
 def test_no_trend_before_metrics_cover_the_long_window() -> None:
     s = spec(scaleUpMaxPercentPerMinute=1000)
     state = AutoscalerState(metrics_seen=True)
-    res = autoscale(s, resolve(s, "x"), obs(30, long_rate=10), {"aggregated": 1}, state, T0)
+    res = decide(s, obs(30, long_rate=10), {"aggregated": 1}, state, T0)
     assert res.demand.rate_rps == pytest.approx(30) and "no trend yet" in res.demand.note
-    later = autoscale(s, resolve(s, "x"), obs(30, long_rate=10), {"aggregated": 1}, res.state,
+    later = decide(s, obs(30, long_rate=10), {"aggregated": 1}, res.state,
                       T0 + dt.timedelta(seconds=600))
     assert later.demand.rate_rps > 30
 
@@ -192,44 +205,20 @@ def test_forecast_uses_the_trend_over_the_cold_start() -> None:
     assert estimate_demand(spec(), falling).rate_rps == pytest.approx(30), "the safer (long) rate is kept"
 
 
-def test_calibration_moves_toward_observed_and_is_bounded() -> None:
-    s = spec()
-    state = AutoscalerState(metrics_seen=True)
-    slow = obs(20, itl_ms=200.0, itl_mean_ms=200.0)  # far slower than any prediction
-    for minute in range(30):
-        res = autoscale(s, resolve(s, "x"), slow, {"aggregated": 2}, state, T0 + dt.timedelta(minutes=minute))
-        state = res.state
-    assert state.step_time_scale == pytest.approx(2.0, abs=0.05), "bounded at 2x"
-    e = scaled_efficiency(2.0)
-    assert e.step_overhead_s > scaled_efficiency(1.0).step_overhead_s
-
-
 def test_state_round_trips_through_status() -> None:
-    state = AutoscalerState([{"time": "2026-11-23T12:00:00Z", "replicas": {"decode": 3}}], [], 1.2345, True)
+    state = AutoscalerState([{"time": "2026-11-23T12:00:00Z", "replicas": {"decode": 3}}], [], metrics_seen=True,
+                            slo_headroom={"decode": (1.3, "2026-11-23T12:00:00Z")})
     again = AutoscalerState.from_status(state.to_status())
     assert again.recommendations == state.recommendations and again.metrics_seen
-    assert again.step_time_scale == pytest.approx(1.2345)
+    assert again.slo_headroom == state.slo_headroom
 
 
-def test_calibration_does_not_run_away_when_the_model_is_right() -> None:
-    """Observed mean ITL equal to the model's mean step for the pools as they run: the scale stays 1,
-    whatever the planner would recommend next (the feedback that once drove it to its bound)."""
-    from goodput.planner.autoscale import observed_workload, predicted_mean_step_ms
-
-    s = spec()
-    r = resolve(s, "x")
-    current = 2  # equal to the pods reporting in obs(): all replicas serve
-    rate = 20.0
-    workload = observed_workload(s, obs(rate), rate)
-    pool = recommend(s, r, workload).pools[0]
-    batch = 10.0 / current  # obs() reports 10 running requests over the serving replicas
-    step = predicted_mean_step_ms(r, pool, workload, rate / current, scaled_efficiency(1.0), batch)
-    state = AutoscalerState(metrics_seen=True)
-    for minute in range(20):
-        res = autoscale(s, r, obs(rate, itl_mean_ms=step), {"aggregated": current}, state,
-                        T0 + dt.timedelta(minutes=minute))
-        state = res.state
-    assert state.step_time_scale == pytest.approx(1.0, abs=0.02)
+def test_a_status_from_before_the_terms_seeds_decode_and_prefill() -> None:
+    """An older operator kept one step-time scale for everything."""
+    old = AutoscalerState.from_status({"stepTimeScale": 1.2345, "metricsSeen": True})
+    assert old.calibration.scale("decode") == pytest.approx(1.2345)
+    assert old.calibration.scale("prefill") == pytest.approx(1.2345)
+    assert old.calibration.scale("ttft") == 1.0 and old.calibration.scale("kv") == 1.0
 
 
 def test_an_emergency_scale_up_is_not_undone_by_the_next_decision() -> None:

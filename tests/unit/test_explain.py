@@ -132,6 +132,20 @@ def test_ready_replicas_from_deployments_override_the_condition() -> None:
 
 
 # --- live metrics: the model against what was observed ----------------------------------------
+def ttft_buckets(p99_ms: float, count: float) -> tuple[tuple[float, float], ...]:
+    """Cumulative TTFT buckets (vLLM's bounds, ms) whose p99, read with an exponential tail, is p99_ms:
+    2% of the requests above the bound below it, decaying to the next bound."""
+    import math
+
+    from goodput.engine.vllm_metrics import TTFT_BUCKETS
+
+    bounds = [b * 1000.0 for b in TTFT_BUCKETS]
+    hi = next(b for b in bounds if b > p99_ms)
+    lo = bounds[bounds.index(hi) - 1]
+    above_hi = 0.02 * math.exp(-math.log(2.0) * (hi - lo) / (p99_ms - lo))
+    return (*((b, count * (0.98 if b <= lo else 1.0 - above_hi)) for b in bounds), (math.inf, count))
+
+
 def live_obj() -> tuple[dict[str, Any], list[dict[str, Any]], dt.datetime]:
     """aggregated-small with a Prometheus: load rises and latency goes over the SLO."""
     obj = example("aggregated-small.yaml")
@@ -143,7 +157,8 @@ def live_obj() -> tuple[dict[str, Any], list[dict[str, Any]], dt.datetime]:
         t += dt.timedelta(minutes=2)
         pool = PoolMetrics("aggregated", pods_reporting=2, request_rate_rps=rate, queue_growth_rps=0.0, ttft_ms=ttft,
                            itl_ms=itl, itl_mean_ms=itl * 0.8, kv_cache_usage=0.8, running=60, waiting=5,
-                           input_len_mean=1000, output_len_mean=200)
+                           input_len_mean=1000, output_len_mean=200, generation_tokens_tps=rate * 200.0,
+                           ttft_buckets=ttft_buckets(ttft, rate * 60.0))
         out = reconcile(obj, seen, t, Observation(t, 60, 600, {"aggregated": pool}, {"aggregated": pool}))
         obj["status"] = out.status
         events += event_dicts(out, t)
@@ -166,7 +181,8 @@ def test_live_metrics_compare_predicted_with_observed() -> None:
     assert data["decisions"][0]["ago"] == "30s ago"
     text = explain_text(obj, events, now)
     assert "<-- off by" in text and "<-- over target" in text
-    assert "SLOAtRisk=True SLOAtRisk" in text and "observed TTFT 1400 ms > 1000 ms" in text
+    assert "SLOAtRisk=True SLOAtRisk" in text
+    assert "observed TTFT p99 1400 ms (histogram: 1000-2500 ms) > 1000 ms" in text
     assert "calibrated from the observed mean ITL" in text
 
 

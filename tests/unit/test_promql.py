@@ -34,8 +34,10 @@ from goodput.metrics.prometheus import (
     ROLE_LABEL,
     PoolQuery,
     PrometheusCollector,
+    build_labelled_queries,
     build_queries,
     deployment_matchers,
+    labelled_values,
 )
 from goodput.metrics.promql import (
     MalformedResult,
@@ -188,10 +190,38 @@ def _by_field(long: bool = False, window: float = 60) -> dict[str, PoolQuery]:
     return {pq.field: pq for pq in build_queries(MATCHERS, window, 0.99, long=long)}
 
 
+LABELLED = {"ttft_buckets", "itl_buckets", "kv_capacity_tokens"}
+
+
 def test_one_query_per_pool_metrics_field() -> None:
     fields = {f for f in PoolMetrics.__dataclass_fields__ if f != "role"}
-    assert set(_by_field()) == fields
-    assert set(_by_field(long=True)) == fields
+    assert set(_by_field()) == fields - LABELLED
+    assert set(_by_field(long=True)) == fields - LABELLED
+    assert {lq.field for lq in build_labelled_queries(MATCHERS, 60)} == LABELLED
+
+
+def test_labelled_queries_read_buckets_and_the_kv_capacity() -> None:
+    q = {lq.field: lq for lq in build_labelled_queries(MATCHERS, 60)}
+    assert q["itl_buckets"].promql.startswith(f"sum by ({ROLE_LABEL}, le) (max without (job) (rate({ITL}_bucket{{")
+    assert f"[60s]) or rate({ITL_OLD}_bucket{{" in q["itl_buckets"].promql
+    assert "vllm:cache_config_info{" in q["kv_capacity_tokens"].promql
+    assert "num_gpu_blocks, block_size" in q["kv_capacity_tokens"].promql
+
+    def s(value: float, **labels: str) -> Any:
+        from goodput.metrics.promql import Sample
+
+        return Sample({ROLE_LABEL: "decode", **labels}, value, 0.0)
+
+    # rates per second x the window: counts; le in seconds -> ms; sorted with +Inf last
+    buckets = labelled_values(q["itl_buckets"], [s(1.0, le="+Inf"), s(0.5, le="0.025"), s(0.9, le="0.05")], 60)
+    assert buckets == {"decode": ((25.0, 30.0), (50.0, 54.0), (math.inf, 60.0))}
+    assert labelled_values(q["itl_buckets"], [s(0.0, le="0.025"), s(0.0, le="+Inf")], 60) == {"decode": None}
+    assert labelled_values(q["itl_buckets"], [s(math.nan, le="0.025"), s(1, le="+Inf")], 60) == {"decode": None}
+    # the smallest pod's blocks x block size; an engine still profiling says "None"
+    info = [s(1, pod="a", num_gpu_blocks="1000", block_size="16"), s(1, pod="b", num_gpu_blocks="900", block_size="16"),
+            s(1, pod="c", num_gpu_blocks="None", block_size="16")]
+    assert labelled_values(q["kv_capacity_tokens"], info, 60) == {"decode": 14400.0}
+    assert labelled_values(q["kv_capacity_tokens"], info[2:], 60) == {"decode": None}
 
 
 def test_queries_select_the_deployment_and_group_by_role() -> None:
@@ -255,6 +285,7 @@ def by_field(short: Mapping[str, list[dict[str, Any]]], long: Mapping[str, list[
     """An answer function: the query's field → its result list (default: no series)."""
     fields = {pq.promql: (True, pq.field) for pq in build_queries(matchers, 600, 0.99, long=True)}
     fields |= {pq.promql: (False, pq.field) for pq in build_queries(matchers, 60, 0.99)}  # shared: now
+    fields |= {lq.promql: (False, lq.field) for lq in build_labelled_queries(matchers, 60)}
     long = short if long is None else long
 
     def answer(query: str) -> Any:
@@ -282,6 +313,8 @@ FULL = {
     "waiting": [role("decode", 5), role("prefill", 2)],
     "preemptions_rps": [role("decode", 0.1), role("prefill", 0)],
     "prefix_cache_hit_rate": [role("decode", 0.2), role("prefill", 0.5)],
+    "ttft_mean_ms": [role("decode", 0.4), role("prefill", 0.3)],
+    "prefill_time_mean_ms": [role("decode", 0.01), role("prefill", 0.2)],
 }
 
 
@@ -301,7 +334,7 @@ def test_full_answer_becomes_pools() -> None:
                             input_len_p99=3500.0, output_len_mean=210.0, output_len_p99=750.0, ttft_ms=875.0,
                             itl_ms=87.5, itl_mean_ms=50.0, kv_cache_usage=0.7, running=30.0, waiting=5.0,
                             preemptions_rps=0.1,
-                            prefix_cache_hit_rate=0.2)
+                            prefix_cache_hit_rate=0.2, ttft_mean_ms=400.0, prefill_time_mean_ms=10.0)
     assert isinstance(d.pods_reporting, int)
     assert obs.long_pools["decode"] == d
     assert obs.available and obs.serving_pool() is d
@@ -310,7 +343,8 @@ def test_full_answer_becomes_pools() -> None:
     assert obs.missing == tuple(f"{field}: no series of {ITL} (or {ITL_OLD}) for the prefill pool of "
                                 "prod/llama-70b (60 s and 600 s windows)" for field in ("itl_ms", "itl_mean_ms"))
     # every query is evaluated at `now`, with Prometheus' own query timeout, and the client timeout
-    assert len(client.calls) == 2 * 17 - 1  # pods_reporting is the same query in both windows: asked once
+    # pods_reporting is the same query in both windows: asked once; buckets and KV capacity: short only
+    assert len(client.calls) == 2 * 19 - 1 + 3
     assert all(p is not None and p["time"] == f"{NOW.timestamp():.3f}" and p["timeout"] == "5s" and t == 5.0
                for _, p, t in client.calls)
 

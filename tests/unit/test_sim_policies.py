@@ -121,12 +121,13 @@ def test_dynamo_ignores_scaling_while_a_replica_starts() -> None:
     policy.decide(180.0, fleet)  # the first interval: a start-up artefact, skipped
     fleet.advance(200.0)
     fleet.set_replicas("aggregated", 2, 300.0)  # one more, serving from t = 500 s
-    # 40 req/s finished over the last interval: Dynamo wants several replicas...
-    fleet.completions += [Completion(300.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (40 * 180)
+    # 120 req/s finished over the last interval (an engine serves ~35 at these targets): Dynamo wants
+    # several replicas...
+    fleet.completions += [Completion(300.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (120 * 180)
     fleet.advance(360.0)
     assert policy.decide(360.0, fleet) == {"aggregated": 2}  # ...but the deployment is not ready
     assert any("not ready, ignoring this scaling" in note for note in policy.notes)
-    fleet.completions += [Completion(520.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (40 * 180)
+    fleet.completions += [Completion(520.0, 0.2, 0.02, 149, 3.0, 1500, 150)] * (120 * 180)
     fleet.advance(540.0)
     assert policy.decide(540.0, fleet)["aggregated"] > 2  # ready: the scaling goes through
 

@@ -29,8 +29,8 @@ from urllib3.exceptions import HTTPError
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.handlers import exporter
 from goodput.kube.actions import Kube, load_config
-from goodput.planner.observation import Observation
-from goodput.render.reconcile import Event, Outcome, PoolObservation, reconcile
+from goodput.planner.observation import Observation, PoolObservation
+from goodput.render.reconcile import Event, Outcome, reconcile
 from goodput.render.vllm import ROLE_LABEL, RenderConfig
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]

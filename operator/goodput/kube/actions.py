@@ -22,7 +22,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from goodput.render.reconcile import Event, PoolObservation
+from goodput.planner.observation import PoolObservation
+from goodput.render.reconcile import Event
 from goodput.render.scale_down import DELETION_COST, PodState, ScaleDownPlan, plan_scale_down
 from goodput.render.vllm import FIELD_MANAGER, OWNER_LABEL, ROLE_LABEL, pool_name
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from goodput.cli import add_output_args, emit, number_arg, structured
+from goodput.planner.observation import PoolObservation
 from goodput.render.explain import explain_data, explain_text
-from goodput.render.reconcile import PoolObservation
 
 REQUEST_TIMEOUT_S = (5.0, 15.0)  # connect, read
 

@@ -32,6 +32,10 @@ preemptions_rps             rate(vllm:num_preemptions_total)                    
 prefix_cache_hit_rate       rate(prefix_cache_hits_total) / rate(prefix_cache_queries_total)
                             (or the gpu_prefix_cache_* counters of vLLM 0.7-0.10)        ratio of sums
 pods_reporting              pods with a live vllm:num_requests_running series            count
+ttft_mean_ms,               rate(..._sum) / rate(..._count) of time_to_first_token_      ratio of sums
+prefill_time_mean_ms        seconds and request_prefill_time_seconds (same name in both)
+ttft_buckets, itl_buckets   rate(..._bucket[W]) by le, x W (short window only)           sum per le
+kv_capacity_tokens          num_gpu_blocks x block_size labels of vllm:cache_config_info  min
 ==========================  =========================================================  ==========
 
 Both generations of names work, pod by pod: ``new{S} or old{S}`` (and the same of their rates)
@@ -68,6 +72,7 @@ Edge cases, decided
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -128,6 +133,8 @@ PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 PREFIX_HITS = "vllm:prefix_cache_hits_total"
 PREFIX_QUERIES_OLD = "vllm:gpu_prefix_cache_queries_total"  # vLLM 0.7-0.10
 PREFIX_HITS_OLD = "vllm:gpu_prefix_cache_hits_total"
+PREFILL_TIME = "vllm:request_prefill_time_seconds"  # histogram: scheduled -> first token (both generations)
+CACHE_CONFIG_INFO = "vllm:cache_config_info"  # gauge 1, the CacheConfig as labels (num_gpu_blocks, block_size)
 
 DEFAULT_TIMEOUT_S = 5.0
 BUDGET_FACTOR = 6.0  # default whole-observation limit: this many per-query timeouts
@@ -217,6 +224,10 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
         PoolQuery("itl_ms", quantile_of(ITL, ITL_OLD), f"{ITL} (or {ITL_OLD})", "max", scale=1000.0),
         PoolQuery("itl_mean_ms", f"({rate_sum(f'{ITL}_sum', f'{ITL_OLD}_sum')} / "
                   f"{rate_sum(f'{ITL}_count', f'{ITL_OLD}_count')})", f"{ITL} (or {ITL_OLD})", "max", scale=1000.0),
+        PoolQuery("ttft_mean_ms", f"({rate_sum(f'{TTFT}_sum')} / {rate_sum(f'{TTFT}_count')})", TTFT, "max",
+                  scale=1000.0),
+        PoolQuery("prefill_time_mean_ms", f"({rate_sum(f'{PREFILL_TIME}_sum')} / {rate_sum(f'{PREFILL_TIME}_count')})",
+                  PREFILL_TIME, "max", scale=1000.0),
         PoolQuery("kv_cache_usage", kv, f"{KV_USAGE} (or {KV_USAGE_OLD})", "max"),
         PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
         PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),
@@ -225,6 +236,67 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
                   f"{PREFIX_HITS}/{PREFIX_QUERIES} (or {PREFIX_HITS_OLD}/{PREFIX_QUERIES_OLD})", "max",
                   hint=" (vLLM's V0 engine exports no prefix-cache counters)"),
     ]
+
+
+@dataclass(frozen=True)
+class LabelledQuery:
+    """A PoolMetrics field that needs label values, not one number per role: a histogram's buckets
+    (``le``) or vllm:cache_config_info's configuration labels. Asked over the short window only."""
+
+    field: str
+    promql: str
+    metric: str
+    labels: tuple[str, ...]  # grouped by the role and these
+
+
+def build_labelled_queries(matchers: Sequence[Matcher], window_s: float) -> list[LabelledQuery]:
+    """The TTFT and ITL buckets (rates per ``le``, both name generations pod by pod) and the KV
+    capacity each pod's engine allocated."""
+    sel = render_matchers(matchers)
+    w = duration(window_s)
+    r = ROLE_LABEL
+
+    def buckets(*hists: str) -> str:
+        rates = " or ".join(f"rate({h}_bucket{{{sel}}}[{w}])" for h in hists)
+        return f"sum by ({r}, le) (max without ({JOB_LABEL}) ({rates}))"
+
+    info = (f"group by ({r}, {POD_LABEL}, num_gpu_blocks, block_size) "
+            f"({CACHE_CONFIG_INFO}{{{sel}}})")
+    return [LabelledQuery("ttft_buckets", buckets(TTFT), TTFT, ("le",)),
+            LabelledQuery("itl_buckets", buckets(ITL, ITL_OLD), f"{ITL} (or {ITL_OLD})", ("le",)),
+            LabelledQuery("kv_capacity_tokens", info, CACHE_CONFIG_INFO, ("num_gpu_blocks", "block_size"))]
+
+
+def labelled_values(lq: LabelledQuery, samples: Sequence[Sample], window_s: float) -> dict[str, Any]:
+    """role -> the field's value from one labelled answer. Buckets: cumulative counts over the
+    window by upper bound in ms (+Inf last), None when nothing was observed or a value is not
+    finite. KV capacity: the smallest num_gpu_blocks x block_size of the pool's pods (an engine
+    still profiling reports num_gpu_blocks="None": skipped)."""
+    per_role: dict[str, list[Sample]] = {}
+    for sample in samples:
+        per_role.setdefault(sample.labels.get(ROLE_LABEL, ""), []).append(sample)
+    out: dict[str, Any] = {}
+    for role, items in per_role.items():
+        if lq.field == "kv_capacity_tokens":
+            tokens = [blocks * size for x in items
+                      if (blocks := _label_number(x, "num_gpu_blocks")) and (size := _label_number(x, "block_size"))]
+            out[role] = float(min(tokens)) if tokens else None
+            continue
+        pairs = [(_label_number(x, "le"), x.value * window_s) for x in items]
+        if any(le is None or not math.isfinite(v) for le, v in pairs):
+            out[role] = None
+            continue
+        ordered = sorted((float(le) * 1000.0, v) for le, v in pairs if le is not None)
+        out[role] = tuple(ordered) if ordered and ordered[-1][0] == math.inf and ordered[-1][1] > 0 else None
+    return out
+
+
+def _label_number(sample: Sample, label: str) -> float | None:
+    try:
+        value = float(sample.labels.get(label, ""))
+    except ValueError:
+        return None
+    return value if value == math.inf or (math.isfinite(value) and value > 0) else None
 
 
 def deployment_matchers(namespace: str, name: str,
@@ -341,6 +413,8 @@ class PrometheusCollector:
                     for role_name, values in per_role.items():
                         results.setdefault(role_name, {})[pq.field] = combine(values, pq.how)
                 windows[long] = _pools(results, queries, span, notes)
+            windows[False] = self._with_labelled(windows[False], matchers, float(window_s), at, deadline,
+                                                 blank_role, notes)
             if not windows[False] and not windows[True]:
                 notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
                               f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
@@ -356,6 +430,19 @@ class PrometheusCollector:
             log.exception("reading Prometheus failed unexpectedly")
             return Observation.unavailable(now, f"reading Prometheus at {self.url} failed: "
                                                 f"{type(exc).__name__}: {exc}", w_s, lw_s)
+
+    def _with_labelled(self, pools: dict[str, PoolMetrics], matchers: Sequence[Matcher], window_s: float,
+                       at: float, deadline: float, blank_role: str | None, notes: _Notes) -> dict[str, PoolMetrics]:
+        """The short window's pools with their buckets and KV capacity. A pool without these keeps
+        None (the planner then does without): they refine calibration, the plan does not need them."""
+        out = dict(pools)
+        for lq in build_labelled_queries(matchers, window_s):
+            samples = [Sample({**x.labels, ROLE_LABEL: _role(x.labels.get(ROLE_LABEL, ""), blank_role, notes) or ""},
+                              x.value, x.timestamp) for x in self._query(lq.promql, at, deadline)]
+            for role, value in labelled_values(lq, samples, window_s).items():
+                if role in out and value is not None:
+                    out[role] = dataclasses.replace(out[role], **{lq.field: value})
+        return out
 
     def _query(self, promql: str, at: float, deadline: float) -> list[Sample]:
         left = deadline - time.monotonic()

@@ -1,34 +1,38 @@
-"""The autoscaler: from an Observation, the history kept in status and `now`, to replicas per pool.
+"""The planner's one entry point: from the whole observation to replicas per pool, with reasons.
 
-Pure. Every number comes with its reason. The semantics, in order:
+    result = autoscale(PlannerInput(spec, resolved, observation, pods, current, state, now, ...))
 
-1. **Demand.** With live metrics: the short-window arrival rate (completions plus queue growth),
-   forecast over the cold-start horizon along the trend between the long and the short window;
-   the larger (safer) of that forecast and the long-window rate is planned for — once metrics cover
-   a whole long window (before that a long window over partial data would read as a rising trend). Prompt/output
-   lengths come from the observed histograms (mean and p99) when present. Without metrics ever
-   seen: the spec's workload hints.
-2. **Calibration.** The observed mean inter-token latency (exact, from the histogram's sum and
-   count) against the model's mean step for the pools as they run now, at their observed
-   per-replica load, gives a step-time scale (observed / predicted), smoothed (EWMA 0.3) and
-   bounded to [0.5, 2]; the capacity model runs with its efficiency scaled by it. (Comparing with
-   the fleet about to be recommended, or with a percentile read inside coarse buckets, would feed
-   back on itself.)
-3. **Recommendation.** The cheapest configuration for the forecast (`recommend`).
-4. **Stabilization** (Kubernetes HPA semantics): recommendations are remembered for the longest
-   window; scaling up goes to the *lowest* recommendation of the scale-up window, scaling down to
-   the *highest* of the scale-down window. A change within `tolerance` of the current replicas is
-   ignored. Rate limits: per minute at most +max(1, up% of current) and -max(1, down% of current).
-5. **Emergency.** KV cache above 90%, preemptions, or a queue growing by over 5% of the arrivals (with
-   more than one request waiting per replica) in a pool scale it up by at
-   least one replica at once, past the scale-up window and the tolerance (never past max bounds),
-   unless replicas of that pool are still starting (capacity already on its way).
-6. **Shape.** Metric-driven decisions change replicas only: the running mode, TP degrees and vLLM
-   engine arguments are kept (changing them restarts every pod); they are re-chosen when a person
-   edits the spec, or when the running shape can no longer be planned at all.
-7. **Safety.** On a metrics outage, or stale data: hold the current replicas; never scale down
-   on missing data. After an operator restart the history in status is used as it is; if it does
-   not cover the scale-down window yet, no scale-down happens until it does.
+Pure: `now` is passed in, nothing is read or written. The operator's reconcile
+(`goodput.render.reconcile`) and the simulator's goodput policy (`goodput.sim.policies.GoodputPolicy`)
+call this same function with the same inputs: the metrics (`Observation`, None when no source is
+configured), the pods of every pool as the cluster shows them (running, ready, pending), the
+replicas last decided, the planner's own history (`AutoscalerState`, kept in
+``status.autoscaler``), and the shape the fleet runs (mode, TP, engine arguments).
+
+The steps, in order, each named for what it does (every number comes with its reason):
+
+1. **demand** (`estimate_demand`, `observed_workload`): the short-window arrival rate
+   (completions plus queue growth), forecast over the cold start along the trend between the long
+   and the short window once metrics cover a whole long window; the larger (safer) of that forecast
+   and the long-window rate is planned for. Lengths from the observed histograms. Without metrics
+   ever seen: the spec's workload hints.
+2. **calibration** (`goodput.planner.calibration`): decode step, prefill throughput, the TTFT
+   queueing term and KV capacity, each from vLLM's own metrics for the pools as they run, bounded,
+   smoothed, trusted only with evidence. The model then plans with the calibrated factors and the
+   TTFT target divided by the queueing term.
+3. **recommendation** (`recommend`): the cheapest configuration for the demand; metric-driven
+   decisions keep the running mode and TP. Where no configuration meets the SLOs on the engines
+   as calibrated (an ITL below the batch-1 step, say), the plan is for the closest SLOs they can
+   meet, and the result says so (`unattainable`): more replicas cannot buy what one replica cannot do.
+4. **engine arguments** (`goodput.planner.engine_args`): --max-num-seqs for the range the fleet
+   scales over; on a running fleet the running arguments are kept unless a rollout pays for itself.
+5. **SLO headroom**: the model's count times what earlier SLO misses taught (step 7), decaying once
+   the pool is comfortably within its SLOs.
+6. **stabilization** (`goodput.planner.stabilize`): HPA windows, tolerance, rate limits, emergencies.
+7. **SLO feedback** (`goodput.planner.slo`): a pool whose observed TTFT or ITL percentile is over
+   its SLO while the model says it is not gets capacity on the observation (reason ``SLOMiss``);
+   no pool is scaled down while it misses its SLO.
+8. **outage hold**, 9. **settling**, 10. **capacity cap** (`goodput.planner.guards`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -45,47 +51,38 @@ from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
-from goodput.model.goodput import evaluate_aggregated, evaluate_decode, mean_step_at_batch
-from goodput.model.replica import DEFAULT_MAX_NUM_SEQS, ReplicaModel
-from goodput.model.sizing import DECODE_MAX_NUM_SEQS
-from goodput.model.workload import LengthDistribution, Workload, p99_behind_bucketed_quantile
-from goodput.planner.observation import Observation, PoolMetrics
+from goodput.model.goodput import evaluate_aggregated, evaluate_decode
+from goodput.model.workload import SLO, LengthDistribution, Workload, p99_behind_bucketed_quantile
+from goodput.planner import calibration as cal_terms
+from goodput.planner import engine_args, guards
+from goodput.planner.calibration import Calibration, PoolConfig
+from goodput.planner.observation import Observation, PoolObservation
 from goodput.planner.recommend import (
-    PoolTarget,
     Recommendation,
     ResolvedSpec,
     hinted_workload,
     max_model_len,
     recommend,
 )
+from goodput.planner.slo import SloReading, feedback, slo_readings
+from goodput.planner.stabilize import (
+    RATE_LIMIT_PERIOD_S,
+    DemandEstimate,
+    History,
+    PoolDecision,
+    iso,
+    parse_iso,
+    stabilize,
+)
 
-CALIBRATION_BOUNDS = (0.5, 2.0)
-CALIBRATION_SMOOTHING = 0.3
-KV_PRESSURE = 0.90
-# Queue growth that counts as an emergency: 5% of the pool's arrival rate, and at least 0.2 req/s.
-QUEUE_GROWTH_SHARE = 0.05
-QUEUE_GROWTH_MIN_RPS = 0.2
-RATE_LIMIT_PERIOD_S = 60.0
+__all__ = ["AutoscaleResult", "AutoscalerState", "DemandEstimate", "PlannerInput", "PoolDecision", "RunningShape",
+           "autoscale", "estimate_demand", "observed_workload", "recommend_keeping", "scaled_efficiency"]
 
-
-@dataclass(frozen=True)
-class PoolDecision:
-    role: str
-    current: int
-    recommended: int  # what the capacity model asks for now
-    target: int  # after stabilization, tolerance, rate limits, emergency and bounds
-    reason: str  # code: ScaleUp, ScaleDown, Hold, Emergency, Stabilizing, RateLimited, WithinTolerance
-    message: str
-
-
-@dataclass(frozen=True)
-class DemandEstimate:
-    rate_rps: float
-    source: str  # "metrics" or "spec.workload"
-    short_rps: float | None = None
-    long_rps: float | None = None
-    horizon_s: float = 0.0
-    note: str = ""
+# Relaxations tried, in order, when no configuration meets the SLOs on the calibrated engines.
+SLO_RELAXATIONS = (1.25, 1.5, 2.0, 3.0, 4.0)
+DECODE_SEQS_PROBE = 1024  # the largest batch a decode replica is asked about (sizing.DECODE_MAX_NUM_SEQS)
+_parse = parse_iso
+_iso = iso
 
 
 @dataclass
@@ -93,95 +90,75 @@ class AutoscalerState:
     """Kept in status.autoscaler so that decisions survive an operator restart."""
 
     recommendations: list[dict[str, Any]] = field(default_factory=list)  # {"time": iso, "replicas": {role: n}}
-    scale_events: list[dict[str, Any]] = field(default_factory=list)  # {"time": iso, "replicas": {role: n}}
-    step_time_scale: float = 1.0
+    scale_events: list[dict[str, Any]] = field(default_factory=list)  # {"time", "replicas", "before"}
+    calibration: Calibration = field(default_factory=Calibration)
     metrics_seen: bool = False
     metrics_since: str | None = None  # when metrics were first available: the trend needs a full long window
+    metrics_available: bool = False  # at the last decision
+    available_since: str | None = None  # since when they are available without a gap (settling)
+    slo_headroom: dict[str, tuple[float, str]] = field(default_factory=dict)  # role -> (factor, since)
+    last_rollout: str | None = None
+    rollout_candidates: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)  # role -> (args, since)
+
+    @property
+    def step_time_scale(self) -> float:
+        """The decode step-time scale (the one calibration term older operators had)."""
+        return self.calibration.scale("decode")
 
     @classmethod
     def from_status(cls, data: dict[str, Any] | None) -> AutoscalerState:
         data = data or {}
-        scale = data.get("stepTimeScale", 1.0)
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return value if isinstance(value, str) else None
+
+        legacy = data.get("stepTimeScale")
+        legacy_scale = float(legacy) if isinstance(legacy, int | float) and math.isfinite(legacy) else None
+        headroom: dict[str, tuple[float, str]] = {}
+        for role, v in (data.get("sloHeadroom") or {}).items():
+            if isinstance(v, dict) and isinstance(v.get("factor"), int | float) and isinstance(v.get("since"), str):
+                headroom[str(role)] = (min(max(float(v["factor"]), 1.0), 2.0), v["since"])
+        candidates: dict[str, tuple[tuple[int, int], str]] = {}
+        for role, v in (data.get("rolloutCandidates") or {}).items():
+            args = v.get("args") if isinstance(v, dict) else None
+            if isinstance(args, list) and len(args) == 2 and all(isinstance(a, int) for a in args) \
+                    and isinstance(v.get("since"), str):
+                candidates[str(role)] = ((int(args[0]), int(args[1])), v["since"])
         return cls(
             recommendations=list(data.get("recommendations", [])),
             scale_events=list(data.get("scaleEvents", [])),
-            step_time_scale=float(scale) if isinstance(scale, int | float) and math.isfinite(scale) else 1.0,
+            calibration=Calibration.from_status(data.get("calibration"), legacy_scale),
             metrics_seen=bool(data.get("metricsSeen", False)),
-            metrics_since=data.get("metricsSince") if isinstance(data.get("metricsSince"), str) else None,
+            metrics_since=text("metricsSince"),
+            metrics_available=bool(data.get("metricsAvailable", False)),
+            available_since=text("availableSince"),
+            slo_headroom=headroom,
+            last_rollout=text("lastRollout"),
+            rollout_candidates=candidates,
         )
 
     def to_status(self) -> dict[str, Any]:
-        return {"recommendations": self.recommendations, "scaleEvents": self.scale_events,
-                "stepTimeScale": round(self.step_time_scale, 4), "metricsSeen": self.metrics_seen,
-                **({"metricsSince": self.metrics_since} if self.metrics_since else {})}
+        out: dict[str, Any] = {"recommendations": self.recommendations, "scaleEvents": self.scale_events,
+                               "stepTimeScale": round(self.step_time_scale, 4),
+                               "calibration": self.calibration.to_status(),
+                               "metricsSeen": self.metrics_seen, "metricsAvailable": self.metrics_available}
+        for key, value in (("metricsSince", self.metrics_since), ("availableSince", self.available_since),
+                           ("lastRollout", self.last_rollout)):
+            if value:
+                out[key] = value
+        if self.rollout_candidates:
+            out["rolloutCandidates"] = {role: {"args": list(args), "since": since}
+                                        for role, (args, since) in sorted(self.rollout_candidates.items())}
+        if self.slo_headroom:
+            out["sloHeadroom"] = {role: {"factor": round(f, 4), "since": since}
+                                  for role, (f, since) in sorted(self.slo_headroom.items())}
+        return out
 
-
-@dataclass(frozen=True)
-class RunningShape:
-    """What runs now and is kept by metric-driven decisions: mode, TP per pool, engine arguments."""
-
-    mode: str
-    tp: dict[str, int]
-    engine_args: dict[str, tuple[int, int]]  # role -> (max_num_batched_tokens, max_num_seqs)
-
-    @classmethod
-    def from_plan(cls, plan: dict[str, Any] | None) -> RunningShape | None:
-        if not plan or "mode" not in plan:
-            return None
-        tp: dict[str, int] = {}
-        if plan["mode"] == "aggregated":
-            tp["aggregated"] = int(plan.get("tensorParallel", 1))
-        else:
-            tp["decode"] = int(plan.get("tensorParallel", 1))
-            tp["prefill"] = int(plan.get("prefillTensorParallel", plan.get("tensorParallel", 1)))
-        args = {role: (int(v["maxNumBatchedTokens"]), int(v["maxNumSeqs"]))
-                for role, v in (plan.get("engineArgs") or {}).items()
-                if isinstance(v, dict) and "maxNumBatchedTokens" in v and "maxNumSeqs" in v}
-        return cls(str(plan["mode"]), tp, args)
-
-
-def recommend_keeping(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload,
-                      eff: Efficiency, shape: RunningShape | None) -> Recommendation:
-    """`recommend`, restricted to the running mode and TP degrees, with the running engine args."""
-    if shape is None:
-        return recommend(spec, resolved, workload, eff)
-    try:
-        pinned_spec = spec.model_copy(update={"mode": shape.mode})
-        pinned = dataclasses.replace(resolved, tp_degrees=tuple(sorted(set(shape.tp.values()))),
-                                     pool_tp=tuple(sorted(shape.tp.items())))
-        rec = recommend(pinned_spec, pinned, workload, eff)
-    except CapacityModelError:
-        return recommend(spec, resolved, workload, eff)  # the running shape cannot be planned any more
-    pools = tuple(
-        dataclasses.replace(p, max_num_batched_tokens=shape.engine_args[p.role][0],
-                            max_num_seqs=shape.engine_args[p.role][1])
-        if p.role in shape.engine_args and shape.tp.get(p.role) == p.tp else p
-        for p in rec.pools)
-    return dataclasses.replace(rec, pools=pools)
-
-
-@dataclass(frozen=True)
-class AutoscaleResult:
-    recommendation: Recommendation
-    pools: tuple[PoolDecision, ...]
-    demand: DemandEstimate
-    state: AutoscalerState
-    metrics_available: bool
-    metrics_message: str
-    efficiency: Efficiency
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(t: str) -> dt.datetime:
-    return dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-
-
-def scaled_efficiency(scale: float, base: Efficiency | None = None) -> Efficiency:
-    """The efficiency factors with every step `scale` times slower (or faster)."""
-    return (base or calibrated_efficiency()).slower(scale)
+    def copy(self) -> AutoscalerState:
+        return dataclasses.replace(self, recommendations=list(self.recommendations),
+                                   scale_events=list(self.scale_events), slo_headroom=dict(self.slo_headroom),
+                                   rollout_candidates=dict(self.rollout_candidates))
 
 
 def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
@@ -234,114 +211,334 @@ def observed_workload(spec: InferenceDeploymentSpec, obs: Observation | None, ra
                     min(max(hit, 0.0), 0.95))
 
 
-def calibrate(state: AutoscalerState, predicted_step_ms: float | None, observed: PoolMetrics | None) -> float:
-    """New step-time scale from the observed mean ITL against the predicted mean step of the same
-    pools at the same load (the mean ITL is the mean step a decoding sequence sees)."""
-    if observed is None or observed.itl_mean_ms is None or not predicted_step_ms or predicted_step_ms <= 0:
-        return state.step_time_scale
-    if not (observed.running or 0) > 0:
-        return state.step_time_scale  # an idle replica says nothing about its step time
-    ratio = observed.itl_mean_ms / predicted_step_ms * state.step_time_scale
-    lo, hi = CALIBRATION_BOUNDS
-    ratio = min(max(ratio, lo), hi)
-    return (1 - CALIBRATION_SMOOTHING) * state.step_time_scale + CALIBRATION_SMOOTHING * ratio
+@dataclass(frozen=True)
+class RunningShape:
+    """What runs now and is kept by metric-driven decisions: mode, TP per pool, engine arguments."""
+
+    mode: str
+    tp: dict[str, int]
+    engine_args: dict[str, tuple[int, int]]  # role -> (max_num_batched_tokens, max_num_seqs)
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any] | None) -> RunningShape | None:
+        if not plan or "mode" not in plan:
+            return None
+        tp: dict[str, int] = {}
+        if plan["mode"] == "aggregated":
+            tp["aggregated"] = int(plan.get("tensorParallel", 1))
+        else:
+            tp["decode"] = int(plan.get("tensorParallel", 1))
+            tp["prefill"] = int(plan.get("prefillTensorParallel", plan.get("tensorParallel", 1)))
+        args = {role: (int(v["maxNumBatchedTokens"]), int(v["maxNumSeqs"]))
+                for role, v in (plan.get("engineArgs") or {}).items()
+                if isinstance(v, dict) and "maxNumBatchedTokens" in v and "maxNumSeqs" in v}
+        return cls(str(plan["mode"]), tp, args)
+
+    def pools(self) -> dict[str, PoolConfig]:
+        """The pools whose engine arguments are known: what calibration predicts for."""
+        return {role: PoolConfig(role, tp, *self.engine_args[role]) for role, tp in self.tp.items()
+                if role in self.engine_args}
 
 
-def predicted_mean_step_ms(resolved: ResolvedSpec, pool: PoolTarget, workload: Workload, per_replica_rps: float,
-                           eff: Efficiency, batch: float | None = None) -> float:
-    """The model's mean engine step for one replica of `pool` (its TP and engine arguments), at the
-    observed running batch when given, else at the batch `per_replica_rps` implies."""
-    max_seqs = max(pool.max_num_seqs, DECODE_MAX_NUM_SEQS if pool.role == "decode" else DEFAULT_MAX_NUM_SEQS)
-    r = ReplicaModel(resolved.arch, resolved.gpu, resolved.precision, pool.tp, resolved.kv_cache_dtype, eff,
-                     max_num_seqs=max_seqs, max_num_batched_tokens=pool.max_num_batched_tokens)
-    if batch is not None:
-        return mean_step_at_batch(r, workload, pool.role, batch) * 1e3
-    rate = np.array([max(per_replica_rps, 1e-9)])
-    evaluate = evaluate_aggregated if pool.role == "aggregated" else evaluate_decode
-    return evaluate(r, workload, resolved.slo, rate)[0].step_ms
+def recommend_keeping(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload,
+                      eff: Efficiency, shape: RunningShape | None) -> Recommendation:
+    """`recommend`, restricted to the running mode and TP degrees (engine arguments: `keep_args`)."""
+    if shape is None:
+        return recommend(spec, resolved, workload, eff)
+    try:
+        pinned_spec = spec.model_copy(update={"mode": shape.mode})
+        pinned = dataclasses.replace(resolved, tp_degrees=tuple(sorted(set(shape.tp.values()))),
+                                     pool_tp=tuple(sorted(shape.tp.items())))
+        return recommend(pinned_spec, pinned, workload, eff)
+    except CapacityModelError:
+        return recommend(spec, resolved, workload, eff)  # the running shape cannot be planned any more
 
 
-def _window(history: list[dict[str, Any]], now: dt.datetime, seconds: float, role: str) -> list[int]:
-    cutoff = now - dt.timedelta(seconds=seconds)
-    return [int(h["replicas"][role]) for h in history
-            if role in h.get("replicas", {}) and _parse(h["time"]) >= cutoff]
+@dataclass(frozen=True)
+class PlannerInput:
+    """Everything the planner sees. The operator builds it from status, the cluster and Prometheus;
+    the simulator from its fleet; `autoscale` cannot tell them apart."""
+
+    spec: InferenceDeploymentSpec
+    resolved: ResolvedSpec
+    observation: Observation | None  # None: no metrics source configured
+    pods: Mapping[str, PoolObservation]  # per pool, the Deployment's replicas, ready and pending pods
+    current: Mapping[str, int]  # replicas last decided per pool (pods still starting included)
+    state: AutoscalerState
+    now: dt.datetime
+    spec_changed: bool = False  # a person edited the spec: its plan applies at once (bounds hold)
+    shape: RunningShape | None = None  # what runs; None before the first plan
 
 
-def _base_for_rate_limit(state: AutoscalerState, now: dt.datetime, role: str, current: int) -> int:
-    """Replicas at the start of the rate-limit period: the limit applies per minute, not per decision."""
-    cutoff = now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)
-    earlier = [h for h in state.scale_events if role in h.get("replicas", {}) and _parse(h["time"]) >= cutoff]
-    return int(earlier[0]["before"][role]) if earlier and role in earlier[0].get("before", {}) else current
+@dataclass(frozen=True)
+class AutoscaleResult:
+    recommendation: Recommendation
+    pools: tuple[PoolDecision, ...]
+    demand: DemandEstimate
+    state: AutoscalerState
+    metrics_available: bool
+    metrics_message: str
+    efficiency: Efficiency
+    slo: tuple[SloReading, ...] = ()  # the observed SLO percentiles, with the model's prediction
+    unattainable: dict[str, str] = field(default_factory=dict)  # "TTFT"/"ITL" -> why no replica count meets it
+    rollouts: tuple[engine_args.Rollout, ...] = ()  # engine-argument changes that pay for themselves
+    structural: bool = False  # a first plan, a mode or TP change: not a replica count step
+    steps: tuple[str, ...] = ()  # the named steps that changed a decision, in order
 
 
-def _emergency(pool: PoolMetrics | None) -> str:
-    if pool is None:
-        return ""
-    if pool.kv_cache_usage is not None and pool.kv_cache_usage > KV_PRESSURE:
-        return f"KV cache {pool.kv_cache_usage:.0%} full"
-    if pool.preemptions_rps is not None and pool.preemptions_rps > 0:
-        return f"{pool.preemptions_rps:.2f} preemptions/s"
-    # A queue is an emergency when the pool falls behind by a material share of its arrivals and more
-    # than one request waits per replica. A prefill pool runs a handful of prompts at a time, so a few
-    # waiting requests and a queue that grows by 0.1 req/s at 50 req/s are noise, not a shortfall.
-    growth = pool.queue_growth_rps or 0.0
-    material = max(QUEUE_GROWTH_SHARE * (pool.request_rate_rps or 0.0), QUEUE_GROWTH_MIN_RPS)
-    if growth > material and (pool.waiting or 0) > max(pool.pods_reporting or 1, 1):
-        return f"queue growing {growth:.2f} req/s ({pool.waiting:.0f} waiting)"
-    return ""
+def scaled_efficiency(scale: float, base: Efficiency | None = None) -> Efficiency:
+    """The efficiency factors with every step `scale` times slower (or faster)."""
+    return (base or calibrated_efficiency()).slower(scale)
 
 
-def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observation | None,
-              current: dict[str, int], state: AutoscalerState, now: dt.datetime,
-              immediate: bool = False, shape: RunningShape | None = None) -> AutoscaleResult:
-    """Decide replicas per pool. `current`: replicas of each pool's Deployment now (pods still
-    starting included). `obs` None: no metrics source configured. `immediate`: a person changed
-    the spec; its plan applies at once (bounds still hold), without stabilization or rate limits."""
-    state = dataclasses.replace(state, recommendations=list(state.recommendations),
-                                scale_events=list(state.scale_events))
-    have_metrics = obs is not None and obs.available
-    outage = obs is not None and not obs.available
-    if have_metrics:
+# --- the steps ---------------------------------------------------------------------------------
+def track_availability(state: AutoscalerState, obs: Observation | None, now: dt.datetime) -> None:
+    """Metrics seen, since when, and since when without a gap (for settling and calibration)."""
+    have = obs is not None and obs.available
+    if have:
         state.metrics_seen = True
         state.metrics_since = state.metrics_since or _iso(now)
-    long_window_full = (obs is not None and state.metrics_since is not None
-                        and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
-    demand = estimate_demand(spec, obs, long_window_full)
-    workload = observed_workload(spec, obs, demand.rate_rps)
-
-    eff = scaled_efficiency(state.step_time_scale, resolved.efficiency)
-    keep = None if immediate else shape
-    rec = recommend_keeping(spec, resolved, workload, eff, keep)
-    # Calibrate against what the model predicts for the pools as they run now, at the observed load.
-    if have_metrics and obs is not None:
-        serving = obs.serving_pool()
-        decoding = rec.pool("aggregated") or rec.pool("decode")
-        # Per-replica load over the replicas that serve: pods still loading weights export no
-        # metrics and take no requests, so counting them would under-state the load per replica.
-        replicas_now = (serving.pods_reporting if serving is not None and serving.pods_reporting
-                        else current.get(decoding.role, 0) if decoding is not None else 0)
-        if serving is not None and serving.request_rate_rps and decoding is not None and replicas_now:
-            # At the observed batch (running ÷ serving replicas): the completion rate lags a load step.
-            batch = (serving.running or 0.0) / replicas_now
-            predicted = predicted_mean_step_ms(resolved, decoding, workload, serving.request_rate_rps / replicas_now,
-                                               eff, batch if batch >= 1.0 else None)
-            scale = calibrate(state, predicted, serving)
-            if abs(scale - state.step_time_scale) > 1e-3:
-                state.step_time_scale = scale
-                eff = scaled_efficiency(scale, resolved.efficiency)
-                rec = recommend_keeping(spec, resolved, workload, eff, keep)
-
-    if outage:
-        metrics_message = f"metrics unavailable, holding replicas: {obs.error if obs else ''}"
-    elif have_metrics:
-        metrics_message = f"live metrics: {demand.note}"
+        if not state.metrics_available or state.available_since is None:
+            state.available_since = _iso(now)
     else:
-        metrics_message = f"no metrics source: planning for spec.workload hints ({spec.workload.request_rate:g} req/s)"
-    # Holding on an outage only makes sense once something runs; before that, plan from hints.
-    hold_all = outage and state.metrics_seen
+        state.available_since = None
+    state.metrics_available = have
 
-    recorded = {p.role: p.replicas for p in rec.pools}
-    state.recommendations.append({"time": _iso(now), "replicas": recorded})
+
+def batch_fluctuation_ms(resolved: ResolvedSpec, workload: Workload, eff: Efficiency, tp: int) -> float:
+    """How much the decode step grows between the batch a decode replica is sized for and the batch
+    it meets at the SLO percentile. The model sizes a decode replica for its mean batch (Little's
+    law), but the sequences in decode at once are a count of independent requests: Poisson about
+    that mean (M/G/inf), so at the SLO percentile the batch is z standard deviations larger. A
+    decode pool sized to its ITL-bound goodput runs into the ITL target at the mean batch, and every
+    request misses at once when the batch swings up: the cliff needs this margin, whatever the model's
+    other errors."""
+    z = NormalDist().inv_cdf(resolved.slo.quantile)
+    r = cal_terms.replica(resolved, PoolConfig("decode", tp, DECODE_SEQS_PROBE, DECODE_SEQS_PROBE), eff)
+    context = workload.input_len.mean + workload.output_len.mean_square / (2.0 * max(workload.output_len.mean, 1.0))
+    at_slo = engine_args.max_batch_within_itl(r, workload, resolved.slo.itl_ms, DECODE_SEQS_PROBE)
+    if at_slo < 4:
+        return 0.0
+    # The mean batch whose percentile reaches the SLO's batch: b + z sqrt(b) = at_slo.
+    planned = ((-z + math.sqrt(z * z + 4.0 * at_slo)) / 2.0) ** 2
+    return float(r.decode_step_s(float(at_slo), context) - r.decode_step_s(planned, context)) * 1e3
+
+
+def planning_resolved(resolved: ResolvedSpec, cal: Calibration, margin_ms: float = 0.0) -> ResolvedSpec:
+    """The SLOs the model sizes for: the TTFT target divided by the calibrated queueing term, and the
+    ITL target less the batch-fluctuation margin of a decode pool (`batch_fluctuation_ms`)."""
+    q = cal.scale("ttft")
+    if abs(q - 1.0) < 1e-6 and margin_ms <= 0.0:
+        return resolved
+    slo = resolved.slo
+    itl = max(slo.itl_ms - margin_ms, slo.itl_ms * 0.5)
+    return dataclasses.replace(resolved, slo=SLO(slo.ttft_ms / q, itl, slo.percentile))
+
+
+def unattainable_slos(resolved: ResolvedSpec, rec: Recommendation, workload: Workload, eff: Efficiency,
+                      cal: Calibration) -> dict[str, str]:
+    """The SLOs no replica count can meet on the engines as calibrated: one sequence's decode step
+    over the ITL target, or one p99 prompt's prefill alone over the TTFT target."""
+    out: dict[str, str] = {}
+    slo = resolved.slo
+    context = workload.input_len.mean + workload.output_len.mean
+    for p in rec.pools:
+        r = cal_terms.replica(resolved, PoolConfig(p.role, p.tp, p.max_num_batched_tokens, p.max_num_seqs), eff)
+        if p.role != "prefill":
+            step = float(r.decode_step_s(1.0, context)) * 1e3
+            if step > slo.itl_ms:
+                out["ITL"] = (f"one sequence alone takes {step:.1f} ms per token at TP{p.tp} on these engines "
+                              f"(decode steps ×{cal.scale('decode'):.2f} the model's, calibrated), over the "
+                              f"{slo.itl_ms:g} ms ITL target")
+        if p.role != "decode":
+            prompt = workload.input_len.quantile(slo.quantile) * (1.0 - workload.prefix_cache_hit_rate)
+            alone = float(r.prefill_s(1.0, max(prompt, 1.0))) * 1e3
+            if alone > slo.ttft_ms:
+                out["TTFT"] = (f"a {slo.label} prompt ({prompt:.0f} tokens) alone takes {alone:.0f} ms to prefill "
+                               f"at TP{p.tp} on these engines (prefill ×{cal.scale('prefill'):.2f} the model's, "
+                               f"calibrated), over the {slo.ttft_ms:g} ms TTFT target")
+    return out
+
+
+def recommend_for(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload, eff: Efficiency,
+                  keep: RunningShape | None, cal: Calibration) -> tuple[Recommendation, str]:
+    """The recommendation, and (non-empty) why it is for relaxed SLOs: on the engines as calibrated no
+    configuration meets the SLOs, so it is sized for the closest ones they can meet. A spec that no
+    engine could serve even as modelled is still an error."""
+    target = planning_resolved(resolved, cal)
+    try:
+        rec = recommend_keeping(spec, target, workload, eff, keep)
+        decode = rec.pool("decode")
+        if decode is None:
+            return rec, ""
+        margin = batch_fluctuation_ms(resolved, workload, eff, decode.tp)
+        if margin <= 0.0:
+            return rec, ""
+        try:
+            return recommend_keeping(spec, planning_resolved(resolved, cal, margin), workload, eff, keep), ""
+        except CapacityModelError:
+            return rec, ""  # no room for the margin: the plan without it
+    except CapacityModelError as exc:
+        calibrated = any(abs(t.scale - 1.0) > 0.01 for t in cal.terms.values())
+        if not calibrated:
+            raise
+        first = str(exc)
+    slo = target.slo
+    for factor in SLO_RELAXATIONS:
+        relaxed = dataclasses.replace(target, slo=SLO(slo.ttft_ms * factor, slo.itl_ms * factor, slo.percentile))
+        try:
+            rec = recommend_keeping(spec, relaxed, workload, eff, keep)
+        except CapacityModelError:
+            continue
+        return rec, (f"no configuration meets the SLOs on these engines as calibrated ({first}); sized for "
+                     f"TTFT {slo.label} ≤ {relaxed.slo.ttft_ms:.0f} ms and ITL ≤ {relaxed.slo.itl_ms:.1f} ms, the "
+                     f"closest they meet")
+    raise CapacityModelError(first)
+
+
+def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: Efficiency,
+              state: AutoscalerState) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
+    """Metric-driven decisions keep the running engine arguments (a change restarts every pod),
+    unless a rollout pays for itself (`goodput.planner.engine_args`); a kept pool's capacity is
+    the running arguments' own."""
+    shape, obs = inp.shape, inp.observation
+    if shape is None or inp.spec_changed:
+        state.rollout_candidates.clear()
+        return rec, ()
+    # A rollout restarts every pod: the case for it must hold for a whole scale-down window first.
+    settle_s = max(float(inp.spec.scaling.scale_down_stabilization_seconds), engine_args.ROLLOUT_EVIDENCE_S)
+    cooling = (state.last_rollout is not None
+               and (inp.now - _parse(state.last_rollout)).total_seconds() < engine_args.ROLLOUT_COOLDOWN_S)
+    live = obs is not None and obs.available
+    pools, rollouts = [], []
+    for p in rec.pools:
+        running = shape.engine_args.get(p.role)
+        if running is None or shape.tp.get(p.role) != p.tp or running == (p.max_num_batched_tokens, p.max_num_seqs):
+            pools.append(p)
+            continue
+        why = ""
+        wanted = (p.max_num_batched_tokens, p.max_num_seqs)
+        if live and not cooling:
+            pm = obs.pools.get(p.role) if obs is not None else None
+            why = engine_args.batch_at_cap(pm, running[1]) or engine_args.rollout_gain(
+                inp.resolved, p, workload, eff, running, inp.current.get(p.role, p.replicas),
+                float(inp.spec.scaling.cold_start_seconds), rec.demand_rps)
+        if why and _persistent(state, p.role, wanted, inp.now, settle_s):
+            change = engine_args.changed_args(running, wanted)
+            rollouts.append(engine_args.Rollout(p.role, wanted, f"{p.role} {change}: {why}"))
+            pools.append(p)
+            continue
+        if not why:
+            state.rollout_candidates.pop(p.role, None)
+        kept = dataclasses.replace(p, max_num_batched_tokens=running[0], max_num_seqs=running[1])
+        goodput = engine_args.goodput_with_args(inp.resolved, p, workload, eff, *running)
+        if goodput is not None and goodput > 0:
+            bounds = getattr(inp.spec.scaling, p.role)
+            need = max(1, math.ceil(rec.demand_rps / goodput - 1e-9))
+            kept = dataclasses.replace(kept, goodput_rps=goodput,
+                                       replicas=min(max(need, bounds.min_replicas), bounds.max_replicas))
+        pools.append(kept)
+    if rollouts:
+        state.last_rollout = _iso(inp.now)
+        state.rollout_candidates.clear()
+    return with_pools(rec, tuple(pools)), tuple(rollouts)
+
+
+def _persistent(state: AutoscalerState, role: str, wanted: tuple[int, int], now: dt.datetime,
+                seconds: float) -> bool:
+    """The same arguments have been worth a rollout for `seconds` (remembered from call to call)."""
+    since = state.rollout_candidates.get(role)
+    if since is None or since[0] != wanted:
+        state.rollout_candidates[role] = (wanted, _iso(now))
+        return False
+    return (now - _parse(since[1])).total_seconds() >= seconds
+
+
+def with_pools(rec: Recommendation, pools: tuple[Any, ...]) -> Recommendation:
+    """`rec` with its pools replaced, GPUs, cost and served rate recomputed."""
+    gpus = sum(p.tp * p.replicas for p in pools)
+    price = rec.usd_per_hour / rec.gpus if rec.gpus else 0.0
+    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
+    return dataclasses.replace(rec, pools=pools, gpus=gpus, usd_per_hour=gpus * price, served_rps=served)
+
+
+def with_headroom(rec: Recommendation, spec: InferenceDeploymentSpec, headroom: Mapping[str, float]) -> Recommendation:
+    """The model's counts times the factors earlier SLO misses left (within maxReplicas)."""
+    if not any(f > 1.0 + 1e-9 for f in headroom.values()):
+        return rec
+    pools = []
+    for p in rec.pools:
+        f = headroom.get(p.role, 1.0)
+        n = min(math.ceil(p.replicas * f - 1e-9), getattr(spec.scaling, p.role).max_replicas)
+        pools.append(dataclasses.replace(p, replicas=max(n, p.replicas)))
+    return with_pools(rec, tuple(pools))
+
+
+def decayed_headroom(state: AutoscalerState, readings: tuple[SloReading, ...], now: dt.datetime,
+                     half_life_s: float) -> dict[str, float]:
+    """Headroom factors now: halved toward 1 per half-life while a pool is comfortably within its SLOs."""
+    out: dict[str, float] = {}
+    for role, (factor, since) in list(state.slo_headroom.items()):
+        mine = [r for r in readings if r.role == role]
+        if mine and all(r.comfortable for r in mine):
+            elapsed = max((now - _parse(since)).total_seconds(), 0.0)
+            factor = 1.0 + (factor - 1.0) * 0.5 ** (elapsed / max(half_life_s, 60.0))
+            since = _iso(now)
+        if factor > 1.01:
+            state.slo_headroom[role] = (factor, since)
+            out[role] = factor
+        else:
+            state.slo_headroom.pop(role, None)
+    return out
+
+
+def predicted_at_load(reading: SloReading, inp: PlannerInput, workload: Workload, eff: Efficiency,
+                      ttft_scale: float) -> float | None:
+    """The calibrated model's percentile for a pool as it runs, at its observed arrival rate."""
+    obs = inp.observation
+    config = (inp.shape.pools() if inp.shape is not None else {}).get(reading.role)
+    pm = obs.pools.get(reading.role) if obs is not None else None
+    serving = obs.serving_pool() if obs is not None else None
+    if config is None or pm is None or serving is None or not pm.pods_reporting or not serving.arrival_rate_rps:
+        return None
+    rate = np.array([serving.arrival_rate_rps / pm.pods_reporting])
+    r = cal_terms.replica(inp.resolved, config, eff)
+    slo = inp.resolved.slo
+    if reading.quantity == "TTFT":
+        if reading.role == "decode":
+            return None
+        ttft, _ = cal_terms.predicted_ttft(r, workload, reading.role, inp.resolved, float(rate[0]))
+        return ttft * ttft_scale
+    evaluate = evaluate_aggregated if reading.role == "aggregated" else evaluate_decode
+    return evaluate(r, workload, slo, rate)[0].itl_ms
+
+
+def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...], rec: Recommendation,
+                 inp: PlannerInput, state: AutoscalerState, unattainable: Mapping[str, str]) -> list[PoolDecision]:
+    """Capacity on an observed SLO miss, and no scale-down while a pool misses (see goodput.planner.slo)."""
+    out = []
+    for d in decisions:
+        misses = [r for r in readings if r.role == d.role and r.missing]
+        pods = inp.pods.get(d.role)
+        pm = inp.observation.pools.get(d.role) if inp.observation is not None else None
+        reporting = pm.pods_reporting if pm is not None and pm.pods_reporting is not None else None
+        starting = d.current - reporting if reporting is not None else (
+            d.current - pods.ready_replicas if pods is not None else 0)
+        model = rec.pool(d.role)
+        fb = feedback(d.role, d.current, d.target, model.replicas if model else d.current, max(starting, 0),
+                      state.slo_headroom.get(d.role, (1.0, ""))[0], misses, unattainable,
+                      getattr(inp.spec.scaling, d.role).max_replicas) if d.current > 0 and d.reason != "Emergency" \
+            else None
+        if fb is None or not fb.reason:
+            out.append(d)
+            continue
+        if fb.headroom > state.slo_headroom.get(d.role, (1.0, ""))[0]:
+            state.slo_headroom[d.role] = (fb.headroom, _iso(inp.now))
+        out.append(dataclasses.replace(d, target=fb.target, reason=fb.reason, message=fb.message))
+    return out
+
+
+def _history(state: AutoscalerState, spec: InferenceDeploymentSpec, now: dt.datetime) -> History:
     longest = max(spec.scaling.scale_down_stabilization_seconds, spec.scaling.scale_up_stabilization_seconds,
                   RATE_LIMIT_PERIOD_S)
     # Keep the window plus the newest entry before it: that entry proves the history reaches back
@@ -349,96 +546,90 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
     cutoff = now - dt.timedelta(seconds=longest)
     older = [h for h in state.recommendations if _parse(h["time"]) < cutoff]
     state.recommendations = older[-1:] + [h for h in state.recommendations if _parse(h["time"]) >= cutoff]
-    history_start = _parse(state.recommendations[0]["time"])
-    history_covers_down_window = (now - history_start).total_seconds() >= spec.scaling.scale_down_stabilization_seconds
+    start = _parse(state.recommendations[0]["time"])
+    covers = (now - start).total_seconds() >= spec.scaling.scale_down_stabilization_seconds
+    return History(state.recommendations, state.scale_events, covers, start)
 
-    decisions = []
-    for p in rec.pools:
-        role = p.role
-        bounds = getattr(spec.scaling, role)
-        cur = current.get(role)
-        if cur is None:  # a new pool (first plan, or a mode change): start where the model says
-            decisions.append(PoolDecision(role, 0, p.replicas, p.replicas, "ScaleUp",
-                                          f"{role} 0→{p.replicas}: {_why(p.role, rec, demand)}"))
-            continue
-        pool_metrics = obs.pools.get(role) if have_metrics and obs is not None else None
-        emergency = _emergency(pool_metrics) if have_metrics else ""
-        if hold_all:
-            decisions.append(PoolDecision(role, cur, p.replicas, cur, "Hold",
-                                          f"{role} holds {cur}: {metrics_message}"))
-            continue
-        if immediate:
-            target = min(max(p.replicas, bounds.min_replicas), bounds.max_replicas)
-            verb = "→".join((str(cur), str(target)))
-            decisions.append(PoolDecision(role, cur, p.replicas, target, "SpecChanged" if target != cur else "Hold",
-                                          f"{role} {verb} after a spec change: {_why(role, rec, demand)}"))
-            continue
-        target, reason, message = p.replicas, "", ""
-        if p.replicas > cur:
-            window = _window(state.recommendations, now, spec.scaling.scale_up_stabilization_seconds, role)
-            target = min(window) if window else p.replicas
-            target = max(target, cur)
-        elif p.replicas < cur:
-            window = _window(state.recommendations, now, spec.scaling.scale_down_stabilization_seconds, role)
-            target = max(window) if window else cur
-            target = min(target, cur)
-            if not history_covers_down_window and target < cur:
-                target, reason = cur, "Stabilizing"
-                message = (f"{role} stays at {cur}: the model asks {p.replicas}, but recommendations since "
-                           f"{_iso(history_start)} do not cover the {spec.scaling.scale_down_stabilization_seconds} s "
-                           "scale-down window yet")
-        # Replicas asked for earlier and still loading (no metrics yet) are capacity on its way: an
-        # emergency adds one more only when none is, or every decision of a cold start would add one.
-        reporting = pool_metrics.pods_reporting if pool_metrics is not None else None
-        starting = cur - reporting if reporting is not None else 0
-        if emergency and target <= cur and starting > 0:
-            target, reason = cur, "Hold"
-            message = f"{role} stays at {cur}: {emergency}, and {starting} replica(s) are still starting"
-        elif emergency and target <= cur:
-            target = cur + 1
-            reason, message = "Emergency", f"{role} {cur}→{cur + 1} now: {emergency}"
-        if not reason and target != cur and abs(target - cur) / cur <= spec.scaling.tolerance:
-            target, reason = cur, "WithinTolerance"
-            message = (f"{role} stays at {cur}: the model asks {p.replicas}, within the "
-                       f"{spec.scaling.tolerance:.0%} tolerance")
-        # Rate limits (a per-minute budget measured from the replicas a minute ago).
-        base = _base_for_rate_limit(state, now, role, cur)
-        up_limit = base + max(1, math.ceil(base * spec.scaling.scale_up_max_percent_per_minute / 100))
-        down_limit = base - max(1, math.floor(base * spec.scaling.scale_down_max_percent_per_minute / 100))
-        # A limit only slows a move down, never turns it around: counted from the replicas a minute
-        # ago, it could otherwise make a scale-up 6→2 right after a person moved the pool 1→6.
-        if target > cur:
-            limited = max(cur, min(target, up_limit))
-        elif target < cur:
-            limited = min(cur, max(target, down_limit))
-        else:
-            limited = target
-        if limited != target:
-            target, reason = limited, "RateLimited"
-            message = (f"{role} {cur}→{limited}: {_why(role, rec, demand)}; the model asks {p.replicas}, "
-                       f"the rate limit allows {limited} this minute")
-        clamped = min(max(target, bounds.min_replicas), bounds.max_replicas)
-        if clamped != target:
-            target = clamped
-            message = (message + "; " if message else "") + f"clamped to [{bounds.min_replicas}, {bounds.max_replicas}]"
-        if not reason:
-            if target > cur:
-                reason, message = "ScaleUp", f"{role} {cur}→{target}: {_why(role, rec, demand)}"
-            elif target < cur:
-                reason, message = "ScaleDown", f"{role} {cur}→{target}: {_why(role, rec, demand)}"
-            else:
-                reason = "Hold"
-                if p.replicas != cur:
-                    message = (f"{role} stays at {cur}: the model asks {p.replicas}; waiting for the "
-                               "stabilization window")
-                else:
-                    message = f"{role} stays at {cur}: {_why(role, rec, demand)}"
-        decisions.append(PoolDecision(role, cur, p.replicas, target, reason, message))
 
-    # An emergency target is remembered like a recommendation, so the stabilization window keeps the
-    # replicas it added while they start instead of letting the next decision take them away.
+def _structural(rec: Recommendation, shape: RunningShape | None) -> bool:
+    return shape is None or rec.mode != shape.mode or any(shape.tp.get(p.role) != p.tp for p in rec.pools)
+
+
+def _metrics_message(spec: InferenceDeploymentSpec, obs: Observation | None, demand: DemandEstimate) -> str:
+    if obs is not None and not obs.available:
+        return f"metrics unavailable, holding replicas: {obs.error or ''}"
+    if obs is not None:
+        return f"live metrics: {demand.note}"
+    return f"no metrics source: planning for spec.workload hints ({spec.workload.request_rate:g} req/s)"
+
+
+# --- the entry point -----------------------------------------------------------------------------
+def autoscale(inp: PlannerInput) -> AutoscaleResult:
+    """Decide replicas per pool (and engine arguments when a rollout pays) from the whole observation."""
+    spec, obs, now = inp.spec, inp.observation, inp.now
+    state = inp.state.copy()
+    track_availability(state, obs, now)
+    have_metrics = obs is not None and obs.available
+    settle = guards.settling(_parse(state.available_since) if state.available_since else None, obs, now)
+    long_window_full = (obs is not None and state.metrics_since is not None
+                        and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
+    demand = estimate_demand(spec, obs, long_window_full)
+    workload = observed_workload(spec, obs, demand.rate_rps)
+
+    base = inp.resolved.efficiency  # spec.engine's shipped factors; the calibration corrects them
+    running = inp.shape.pools() if inp.shape is not None else {}
+    if have_metrics and running:
+        state.calibration = cal_terms.update(state.calibration, obs, running, inp.resolved, workload, base, now,
+                                             settled=not settle)
+    eff = state.calibration.efficiency(base)
+    keep = None if inp.spec_changed else inp.shape
+    rec, relaxed = recommend_for(spec, inp.resolved, workload, eff, keep, state.calibration)
+    rec, rollouts = keep_args(rec, inp, workload, eff, state)
+    ttft_scale = state.calibration.scale("ttft")
+    rec = dataclasses.replace(rec, predicted_ttft_ms=rec.predicted_ttft_ms * ttft_scale)
+    unattainable = unattainable_slos(inp.resolved, rec, workload, eff, state.calibration) if relaxed or \
+        state.calibration.terms["decode"].windows > 0 else {}
+    if relaxed and not unattainable:
+        unattainable = {"SLO": relaxed}
+
+    readings: tuple[SloReading, ...] = ()
+    if have_metrics and obs is not None:
+        slo = inp.resolved.slo
+        raw = slo_readings(obs.pools, slo.ttft_ms, slo.itl_ms, slo.quantile, slo.label)
+        readings = tuple(dataclasses.replace(r, predicted_ms=predicted_at_load(r, inp, workload, eff, ttft_scale))
+                         for r in raw)
+    headroom = decayed_headroom(state, readings, now, spec.scaling.scale_down_stabilization_seconds)
+    rec = with_headroom(rec, spec, headroom)
+
+    recorded = {p.role: p.replicas for p in rec.pools}
+    state.recommendations.append({"time": _iso(now), "replicas": recorded})
+    history = _history(state, spec, now)
+    current = dict(inp.current)
+    decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom)
+    steps: list[str] = []
+
+    def step(name: str, new: list[PoolDecision]) -> list[PoolDecision]:
+        if new != decisions:
+            steps.append(name)
+        return new
+
+    if have_metrics and not inp.spec_changed:
+        decisions = step("slo-feedback", slo_feedback(decisions, readings, rec, inp, state, unattainable))
+    hold_all = obs is not None and not obs.available and state.metrics_seen
+    metrics_message = _metrics_message(spec, obs, demand)
+    if hold_all:
+        decisions = step("outage-hold", guards.outage_hold(decisions, metrics_message))
+        recorded.update(guards.held_recommendations(recorded, current))
+    elif settle:
+        decisions = step("settling", guards.settling_hold(decisions, obs.window_s if obs else 0.0))
+    structural = _structural(rec, inp.shape)
+    if not structural:
+        decisions = step("capacity-cap", guards.capacity_cap(decisions, inp.pods))
+
+    # Targets added past the model (an emergency, SLO feedback) are remembered like a recommendation,
+    # so the stabilization window keeps the replicas they added while they start.
     for d in decisions:
-        if d.reason == "Emergency":
+        if d.reason in ("Emergency", "SLOMiss") and d.target > d.current:
             recorded[d.role] = max(recorded.get(d.role, 0), d.target)
     # New pools (current 0) start at their plan: they are not a step the rate limit counts.
     # A person's spec edit is not a step of the autoscaler's per-minute budget.
@@ -449,24 +640,8 @@ def autoscale(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, obs: Observ
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})
     state.scale_events = [e for e in state.scale_events
                           if _parse(e["time"]) >= now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)]
-    final = _with_targets(rec, decisions)
-    return AutoscaleResult(final, tuple(decisions), demand, state, have_metrics, metrics_message, eff)
-
-
-def _why(role: str, rec: Recommendation, demand: DemandEstimate) -> str:
-    p = rec.pool(role)
-    assert p is not None
-    source = "forecast" if demand.source == "metrics" else "hinted"
-    latency = f"ITL {rec.predicted_itl_ms:.1f} ms" if role != "prefill" else f"TTFT {rec.predicted_ttft_ms:.0f} ms"
-    horizon = f" in {demand.horizon_s:.0f} s" if demand.source == "metrics" and demand.horizon_s else ""
-    return (f"{source} {demand.rate_rps:.2f} req/s{horizon} needs {demand.rate_rps / max(p.goodput_rps, 1e-9):.1f} "
-            f"replicas at {p.goodput_rps:.2f} req/s each ({latency} predicted; then {p.limit})")
-
-
-def _with_targets(rec: Recommendation, decisions: list[PoolDecision]) -> Recommendation:
     targets = {d.role: d.target for d in decisions}
-    pools = tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas)) for p in rec.pools)
-    gpus = sum(p.tp * p.replicas for p in pools)
-    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
-    price = rec.usd_per_hour / rec.gpus if rec.gpus else 0.0
-    return dataclasses.replace(rec, pools=pools, gpus=gpus, usd_per_hour=gpus * price, served_rps=served)
+    final = with_pools(rec, tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas))
+                                  for p in rec.pools))
+    return AutoscaleResult(final, tuple(decisions), demand, state, have_metrics, metrics_message, eff, readings,
+                           unattainable, rollouts, structural, tuple(steps))

@@ -39,6 +39,16 @@ class PoolMetrics:
     waiting: float | None = None  # sum over pods
     preemptions_rps: float | None = None
     prefix_cache_hit_rate: float | None = None
+    # What calibration reads (goodput.planner.calibration). Means are exact (histogram sum / count).
+    ttft_mean_ms: float | None = None
+    prefill_time_mean_ms: float | None = None  # vllm:request_prefill_time_seconds: scheduled -> first token
+    # Cumulative bucket counts over the window, (upper bound in ms, observations <= it), +Inf last:
+    # the planner reads percentiles from these itself (goodput.planner.slo) instead of trusting a
+    # linear interpolation inside vLLM's wide latency buckets (25-50 ms for ITL).
+    ttft_buckets: tuple[tuple[float, float], ...] | None = None
+    itl_buckets: tuple[tuple[float, float], ...] | None = None
+    # KV-cache capacity in tokens: vllm:cache_config_info's num_gpu_blocks x block_size (min over pods).
+    kv_capacity_tokens: float | None = None
 
     @property
     def arrival_rate_rps(self) -> float | None:
@@ -76,3 +86,15 @@ class Observation:
     def unavailable(cls, time: dt.datetime, error: str, window_s: float = 60.0,
                     long_window_s: float = 600.0) -> Observation:
         return cls(time=time, window_s=window_s, long_window_s=long_window_s, error=error)
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """What the cluster shows for one pool's Deployment: the pods running and pending, as the
+    planner sees them beside the metrics."""
+
+    replicas: int
+    ready_replicas: int = 0
+    # Pods the scheduler could not place (Pending, PodScheduled=False/Unschedulable), and its message.
+    pending_replicas: int = 0
+    pending_message: str = ""

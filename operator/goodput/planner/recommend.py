@@ -37,6 +37,7 @@ from goodput.model.serving import (
 )
 from goodput.model.sizing import Budget, Candidate, Plan, plan
 from goodput.model.workload import SLO, LengthDistribution, Workload
+from goodput.planner import engine_args
 
 ROLES = ("aggregated", "prefill", "decode")
 
@@ -371,5 +372,7 @@ def _recommend(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Wo
                f"ITL ≤ {resolved.slo.itl_ms:g} ms")
     if clamp_notes:
         summary += "; " + "; ".join(clamp_notes)
-    return Recommendation(chosen.mode, tuple(pools), gpus, usd, per_million, chosen.ttft_ms, chosen.itl_ms,
-                          demand.rate_rps, served, limited, summary)
+    rec = Recommendation(chosen.mode, tuple(pools), gpus, usd, per_million, chosen.ttft_ms, chosen.itl_ms,
+                         demand.rate_rps, served, limited, summary)
+    # --max-num-seqs for the range the fleet scales over, not the batch of this one load.
+    return engine_args.for_load(rec, resolved, demand, efficiency or calibrated_efficiency())

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from goodput.api.v1alpha1 import ScalingSpec
-from goodput.render.reconcile import PoolObservation
+from goodput.planner.observation import PoolObservation
 
 # The status of each condition type when all is well.
 HEALTHY_STATUS = {"Ready": "True", "MetricsAvailable": "True", "ScalingActive": "True",

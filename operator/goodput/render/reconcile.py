@@ -10,19 +10,22 @@ Invariants:
 - every change of replicas, mode or TP produces a Decision in status and an Event with its reason;
 - an unchanged object reconciled again produces no Decision and no Event;
 - a Deployment deleted or scaled by hand is put back, with an Event saying so (unless paused);
-- a pool with pods the scheduler cannot place is not raised above its current replicas (more
-  Pending pods would add nothing), and ScalingLimited says which pool, how many and why;
-- missing metrics never lower replicas, and MetricsAvailable=False says what is missing; during
-  an outage the held replicas, not the spec's hints, are what the stabilization window remembers,
-  and for one short window after metrics come back (rate() over a window that starts in the gap
-  reads low) nothing is scaled down.
+- a pool with pods the scheduler cannot place is not raised above its current replicas (the
+  planner's capacity cap), and ScalingLimited says which pool, how many and why;
+- missing metrics never lower replicas (the planner's outage hold and settling window), and
+  MetricsAvailable=False says what is missing;
+- an observed SLO miss is said in SLOAtRisk, with the percentile the histogram proves; an SLO no
+  replica count can meet on the engines as calibrated is said plainly (SLOAtRisk=SLOUnattainable);
+- an engine-argument rollout the planner found worth its cost is a Reconfigure decision and Event.
+
+Deciding is the planner's (`goodput.planner.autoscale.autoscale`, the same call the simulator makes);
+here are the conditions, the Events and the desired objects.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +33,9 @@ from pydantic import ValidationError
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.model.errors import CapacityModelError
-from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PoolDecision, RunningShape, autoscale
-from goodput.planner.observation import Observation
+from goodput.planner import autoscale as planner
+from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PlannerInput, RunningShape
+from goodput.planner.observation import Observation, PoolObservation
 from goodput.planner.recommend import Recommendation, resolve
 from goodput.render.vllm import (
     DEFAULT_RENDER_CONFIG,
@@ -50,17 +54,6 @@ class Event:
     type: str  # "Normal" or "Warning"
     reason: str
     message: str
-
-
-@dataclass(frozen=True)
-class PoolObservation:
-    """What the cluster shows for one pool's Deployment."""
-
-    replicas: int
-    ready_replicas: int = 0
-    # Pods the scheduler could not place (Pending, PodScheduled=False/Unschedulable), and its message.
-    pending_replicas: int = 0
-    pending_message: str = ""
 
 
 @dataclass
@@ -163,8 +156,16 @@ def _structural_changes(previous: dict[str, Any] | None,
 
 def _observed_summary(result: AutoscaleResult, obs: Observation | None) -> dict[str, Any]:
     d = result.demand
+    cal = result.state.calibration
     out: dict[str, Any] = {"source": d.source, "plannedRequestRate": round(d.rate_rps, 4),
-                           "stepTimeScale": round(result.state.step_time_scale, 4)}
+                           "stepTimeScale": round(result.state.step_time_scale, 4),
+                           "calibration": {term: round(t.scale, 4) for term, t in cal.terms.items()}}
+    if result.slo:
+        out["slo"] = [{"pool": r.role, "quantity": r.quantity, "observedMs": round(r.reading.estimate, 2),
+                       "histogramMs": [r.reading.lo, r.reading.hi if r.reading.hi != float("inf") else None],
+                       "targetMs": r.target_ms, "missing": r.missing,
+                       **({"predictedMs": round(r.predicted_ms, 2)} if r.predicted_ms is not None else {})}
+                      for r in result.slo]
     if obs is not None:
         out["time"] = timestamp(obs.time)
         if obs.error:
@@ -225,8 +226,8 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         spec = InferenceDeploymentSpec.model_validate(obj.get("spec") or {})
         resolved = resolve(spec, name)
         state = AutoscalerState.from_status(previous.get("autoscaler"))
-        result = autoscale(spec, resolved, observation, current, state, now, immediate=spec_changed,
-                           shape=RunningShape.from_plan(previous_plan))
+        result = planner.autoscale(PlannerInput(spec, resolved, observation, observed, current, state, now,
+                                                spec_changed, RunningShape.from_plan(previous_plan)))
     except (ValidationError, CapacityModelError) as exc:
         message = _error_text(exc)
         old = _condition(previous, "Degraded")
@@ -251,9 +252,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         cond("MetricsAvailable", "False", "MetricsUnavailable",
              metrics_unavailable_message(observation, result.state.metrics_seen, spec.workload.request_rate))
     status["observed"] = _observed_summary(result, observation)
-    autoscaler = result.state.to_status()
-    holding = observation is not None and not result.metrics_available and result.state.metrics_seen
-    status["autoscaler"] = held_history(autoscaler, current, now) if holding else autoscaler
+    status["autoscaler"] = result.state.to_status()
 
     # 2. paused: report, change nothing.
     if spec.paused:
@@ -268,24 +267,16 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
 
     structural = _structural_changes(previous_plan, rec)
     pool_decisions = list(result.pools)
-    if metrics_settling(previous, observation, now):
-        pool_decisions = [settling_hold(d, observation.window_s if observation else 0.0) for d in pool_decisions]
-    # A pool whose pods cannot be scheduled is not raised further: more Pending pods add nothing.
-    caps = {} if structural else capacity_caps(pool_decisions, observed)
-    if caps:
-        pool_decisions = [dataclasses.replace(d, target=caps[d.role], reason="CapacityLimited",
-                                              message=f"{d.role} stays at {caps[d.role]}: the plan asks {d.target}, "
-                                                      "but pods of this pool cannot be scheduled")
-                          if d.role in caps else d for d in pool_decisions]
-    if pool_decisions != list(result.pools):
-        rec = with_replicas(rec, {d.role: d.target for d in pool_decisions})
+    caps = {d.role: d.target for d in pool_decisions if d.reason == "CapacityLimited"}
     for code, pool, frm, to, message in structural:
         decide(code, message, pool, frm, to)
     if not structural:
         for d in pool_decisions:
             if d.target != d.current:
                 decide(d.reason, d.message, d.role, d.current, d.target)
-    changed = bool(structural) or any(d.target != d.current for d in pool_decisions)
+        for rollout in result.rollouts:
+            decide("Reconfigure", rollout.message, rollout.role)
+    changed = bool(structural) or bool(result.rollouts) or any(d.target != d.current for d in pool_decisions)
     if changed:
         status["lastScaleTime"] = timestamp(now)
     elif previous.get("lastScaleTime"):
@@ -313,20 +304,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         cond("ScalingLimited", "True", "BudgetOrBounds" if rec.limited else "RateOrBounds", why)
     else:
         cond("ScalingLimited", "False", "WithinLimits", "the plan is within maxGpus, maxCostPerHour and replica bounds")
-    serving = observation.serving_pool() if observation is not None and result.metrics_available else None
-    slo = spec.slo
-    over = []
-    if serving is not None and serving.ttft_ms is not None and serving.ttft_ms > slo.ttft_ms:
-        over.append(f"observed TTFT {serving.ttft_ms:.0f} ms > {slo.ttft_ms:g} ms")
-    if serving is not None and serving.itl_ms is not None and serving.itl_ms > slo.itl_ms:
-        over.append(f"observed ITL {serving.itl_ms:.1f} ms > {slo.itl_ms:g} ms")
-    if rec.served_rps + 1e-9 < rec.demand_rps:
-        over.append(f"planned capacity {rec.served_rps:.2f} req/s below a demand of {rec.demand_rps:.4g} req/s")
-    if over:
-        cond("SLOAtRisk", "True", "SLOAtRisk", "; ".join(over))
-    else:
-        cond("SLOAtRisk", "False", "WithinSLO",
-             f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:.4g} req/s")
+    slo_condition(cond, result, rec)
 
     apply: list[dict[str, Any]] = []
     delete: list[str] = []
@@ -349,6 +327,23 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
     return Outcome(status, apply, delete, events)
 
 
+def slo_condition(cond: Any, result: AutoscaleResult, rec: Recommendation) -> None:
+    """SLOAtRisk: an observed miss (the percentile the histogram proves, and what the model
+    predicted), an SLO no replica count meets on these engines, or planned capacity below demand."""
+    over = [r.text() for r in result.slo if r.missing]
+    if rec.served_rps + 1e-9 < rec.demand_rps:
+        over.append(f"planned capacity {rec.served_rps:.2f} req/s below a demand of {rec.demand_rps:.4g} req/s")
+    if result.unattainable:
+        cannot = "; ".join(f"{what}: {why}" for what, why in result.unattainable.items())
+        cond("SLOAtRisk", "True", "SLOUnattainable",
+             "no replica count meets the SLO on these engines — " + cannot + ("; " + "; ".join(over) if over else ""))
+    elif over:
+        cond("SLOAtRisk", "True", "SLOAtRisk", "; ".join(over))
+    else:
+        cond("SLOAtRisk", "False", "WithinSLO",
+             f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:.4g} req/s")
+
+
 def restore_events(name: str, rec: Recommendation, observed: Mapping[str, PoolObservation],
                    current: Mapping[str, int]) -> list[Event]:
     """Drift that the apply puts back, said out loud: a Deployment deleted, or its replicas edited
@@ -368,49 +363,6 @@ def restore_events(name: str, rec: Recommendation, observed: Mapping[str, PoolOb
     return out
 
 
-def held_history(autoscaler: dict[str, Any], current: Mapping[str, int], now: dt.datetime) -> dict[str, Any]:
-    """While replicas are held for want of metrics, remember the held replicas as this moment's
-    recommendation. The planner records its plan from the spec's hints, and a scale-down window
-    full of those would let the first reading after the outage scale down at once."""
-    recs = list(autoscaler.get("recommendations", []))
-    if recs and recs[-1].get("time") == timestamp(now):
-        planned = dict(recs[-1].get("replicas", {}))
-        recs[-1] = {**recs[-1], "replicas": {role: current.get(role, n) for role, n in planned.items()}}
-    return {**autoscaler, "recommendations": recs}
-
-
-def metrics_settling(previous: dict[str, Any], observation: Observation | None, now: dt.datetime) -> bool:
-    """Metrics are back, or new, since less than one short window: rate() over a window that
-    starts before the series did (a Prometheus restart, a restarted exporter) reads low."""
-    if observation is None or not observation.available:
-        return False
-    cond = _condition(previous, "MetricsAvailable")
-    if cond is None or cond.get("status") != "True":
-        return True
-    try:
-        since = dt.datetime.strptime(cond["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    except (KeyError, TypeError, ValueError):
-        return False
-    return (now - since).total_seconds() < observation.window_s
-
-
-def settling_hold(d: PoolDecision, window_s: float) -> PoolDecision:
-    """No metric-driven scale-down while metrics settle (a person's spec edit still applies)."""
-    if d.target < d.current and d.reason in ("ScaleDown", "RateLimited"):
-        return dataclasses.replace(d, target=d.current, reason="Hold",
-                                   message=f"{d.role} stays at {d.current}: the model asks {d.recommended}, but "
-                                           f"metrics came back less than {window_s:g} s ago and the window still "
-                                           "spans the gap")
-    return d
-
-
-def capacity_caps(decisions: Sequence[PoolDecision], observed: Mapping[str, PoolObservation]) -> dict[str, int]:
-    """Pools that would be raised while some of their pods cannot be scheduled: role -> the
-    replicas they keep. Scaling down, and pools without unschedulable pods, are left alone."""
-    return {d.role: d.current for d in decisions
-            if d.target > d.current > 0 and (seen := observed.get(d.role)) is not None and seen.pending_replicas > 0}
-
-
 def capacity_message(unschedulable: Mapping[str, PoolObservation], caps: Mapping[str, int],
                      asked: Mapping[str, int], resource: str) -> str:
     """ScalingLimited=InsufficientCapacity: which pool, how many pods, the scheduler's words, what to do."""
@@ -422,15 +374,6 @@ def capacity_message(unschedulable: Mapping[str, PoolObservation], caps: Mapping
             part += f"; kept at {caps[role]} replicas (the plan asks {asked.get(role, caps[role])}) until they are"
         parts.append(part)
     return "; ".join(parts) + f". Add nodes with free {resource}, or lower the demand or maxReplicas"
-
-
-def with_replicas(rec: Recommendation, targets: Mapping[str, int]) -> Recommendation:
-    """`rec` with some pools' replicas replaced, its GPUs, cost and served rate recomputed."""
-    pools = tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas)) for p in rec.pools)
-    gpus = sum(p.tp * p.replicas for p in pools)
-    price = rec.usd_per_hour / rec.gpus if rec.gpus else 0.0
-    served = min((p.replicas * p.goodput_rps for p in pools), default=0.0)
-    return dataclasses.replace(rec, pools=pools, gpus=gpus, usd_per_hour=gpus * price, served_rps=served)
 
 
 def metrics_unavailable_message(observation: Observation, metrics_seen: bool, hinted_rps: float) -> str:

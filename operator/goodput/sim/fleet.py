@@ -356,6 +356,7 @@ class Fleet:
             vec = self._retired[role].copy()
             running = waiting = 0.0
             kv: float | None = None
+            kv_tokens: float | None = None
             pods = 0
             for rep in self.replicas:
                 if rep.role != role:
@@ -369,7 +370,9 @@ class Fleet:
                     kv = usage if kv is None else max(kv, usage)
                     rep.samples.append(PodSample(t, float(rep.engine.running), float(rep.engine.waiting),
                                                  float(usage)))
-            self.history[role].append(Snapshot(t, vec, running, waiting, kv, pods))
+                    tokens = float(rep.engine.kv_capacity_tokens)
+                    kv_tokens = tokens if kv_tokens is None else min(kv_tokens, tokens)
+            self.history[role].append(Snapshot(t, vec, running, waiting, kv, pods, kv_tokens))
 
     def trim_history(self, keep_s: float) -> None:
         """Forget snapshots older than ``keep_s`` (one older than that is kept as a window base)."""

@@ -39,7 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from goodput.engine.vllm_metrics import ITL_BUCKETS, TOKEN_BUCKETS_STORED, TTFT_BUCKETS, ReplicaStats
+from goodput.engine.vllm_metrics import (
+    ITL_BUCKETS,
+    REQUEST_LATENCY_BUCKETS,
+    TOKEN_BUCKETS_STORED,
+    TTFT_BUCKETS,
+    ReplicaStats,
+)
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
 
 Vec = npt.NDArray[np.float64]
@@ -50,6 +56,7 @@ _HISTS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("itl", ITL_BUCKETS),
     ("req_prompt", TOKEN_BUCKETS_STORED),
     ("req_gen", TOKEN_BUCKETS_STORED),
+    ("prefill_time", REQUEST_LATENCY_BUCKETS),
 )
 
 
@@ -86,7 +93,8 @@ def stats_vector(stats: ReplicaStats) -> Vec:
     v[s["prefix_queries"]] = stats.prefix_cache_queries
     v[s["prefix_hits"]] = stats.prefix_cache_hits
     for name, h in (("ttft", stats.time_to_first_token), ("itl", stats.inter_token_latency),
-                    ("req_prompt", stats.request_prompt_tokens), ("req_gen", stats.request_generation_tokens)):
+                    ("req_prompt", stats.request_prompt_tokens), ("req_gen", stats.request_generation_tokens),
+                    ("prefill_time", stats.request_prefill_time)):
         a, b = LAYOUT.hist[name]
         v[a:b] = h.counts
         v[b] = h.sum
@@ -104,6 +112,7 @@ class Snapshot:
     waiting: float
     kv_max: float | None  # None when no replica serves metrics
     pods: int
+    kv_capacity_tokens: float | None = None  # min over the replicas serving metrics (vllm:cache_config_info)
 
 
 def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float] | Vec,
@@ -181,9 +190,20 @@ def pool_metrics(role: str, history: Sequence[Snapshot], t: float, window_s: flo
         value = histogram_quantile(quantile, BOUNDS[name], counts, cut)
         return None if value is None else value * scale
 
+    def mean_ms(name: str) -> float | None:
+        _, total, count = hist(name)
+        mean = _ratio(total, count)
+        return None if mean is None else mean * 1000.0
+
+    def buckets_ms(name: str) -> tuple[tuple[float, float], ...] | None:
+        counts, _, count = hist(name)
+        if not count > 0:
+            return None
+        cum = np.cumsum(counts)
+        return (*((b * 1000.0, float(c)) for b, c in zip(BOUNDS[name], cum[:-1], strict=True)),
+                (math.inf, float(cum[-1])))
+
     _, p_sum, p_count = hist("req_prompt")
-    _, i_sum, i_count = hist("itl")
-    itl_mean = None if (mean := _ratio(i_sum, i_count)) is None else mean * 1000.0
     _, g_sum, g_count = hist("req_gen")
     pods = [snap for snap in inside if snap.pods > 0]
     if long:
@@ -209,12 +229,17 @@ def pool_metrics(role: str, history: Sequence[Snapshot], t: float, window_s: flo
         output_len_p99=quant("req_gen", cut=max_model_len),
         ttft_ms=quant("ttft", 1000.0),
         itl_ms=quant("itl", 1000.0),
-        itl_mean_ms=itl_mean,
+        itl_mean_ms=mean_ms("itl"),
         kv_cache_usage=kv,
         running=running,
         waiting=waiting,
         preemptions_rps=rate("preemptions"),
         prefix_cache_hit_rate=_ratio(float(d[s["prefix_hits"]]), float(d[s["prefix_queries"]])),
+        ttft_mean_ms=mean_ms("ttft"),
+        prefill_time_mean_ms=mean_ms("prefill_time"),
+        ttft_buckets=buckets_ms("ttft"),
+        itl_buckets=buckets_ms("itl"),
+        kv_capacity_tokens=now.kv_capacity_tokens,
     )
 
 

@@ -4,10 +4,12 @@ Each policy is asked every ``interval_s`` of simulated time for the replicas of 
 sees only what its real counterpart sees. Sources of every rule: docs/simulator.md.
 
 * ``goodput``: **the operator's planner itself**, `goodput.planner.autoscale.autoscale`, called
-  through its module (so that a test can watch the call) with an `Observation` built from the
-  simulated vLLM metrics over the operator's windows (60 s / 600 s, `goodput.sim.metrics`), the
-  replicas it asked for last time, its own `AutoscalerState` carried from call to call, and the
-  spec it would run with. Every 30 s, the operator's default reconcile timer.
+  through its module (so that a test can watch the call) with the same `PlannerInput` the
+  operator's reconcile builds: an `Observation` from the simulated vLLM metrics over the
+  operator's windows (60 s / 600 s, `goodput.sim.metrics`), every pool's replicas and ready pods,
+  the replicas it asked for last time, its own `AutoscalerState` carried from call to call, the
+  spec it would run with and the shape the fleet runs. Every 30 s, the operator's default
+  reconcile timer.
 * ``hpa``: a Kubernetes HorizontalPodAutoscaler (autoscaling/v2, default behavior) per pool on a
   Pods metric: vllm:num_requests_running (or vllm:kv_cache_usage_perc) per pod against a target.
 * ``keda-queue``: KEDA's Prometheus scaler on ``sum(vllm:num_requests_waiting)`` with threshold 5,
@@ -32,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from goodput.planner import autoscale as autoscale_module
-from goodput.planner.autoscale import AutoscaleResult, AutoscalerState
-from goodput.planner.observation import Observation
+from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PlannerInput
+from goodput.planner.observation import Observation, PoolObservation
 from goodput.sim.fleet import Completion, Fleet, PodSample
 from goodput.sim.metrics import observe
 
@@ -97,19 +99,28 @@ class GoodputPolicy(Policy):
                       self.setup.spec.slo.percentile / 100.0, self.setup.max_model_len)
         if self.calibrate:
             return obs
-        # Withhold the serving pool's short-window ITL, the planner's only calibration input.
-        serving = ("aggregated", "decode")
-        pools = {role: dataclasses.replace(pm, itl_ms=None, itl_mean_ms=None) if role in serving else pm
+        # Withhold what calibration reads (ITL, prefill time, TTFT buckets, KV capacity).
+        pools = {role: dataclasses.replace(pm, itl_mean_ms=None, prefill_time_mean_ms=None, ttft_buckets=None,
+                                           kv_capacity_tokens=None)
                  for role, pm in obs.pools.items()}
         return dataclasses.replace(obs, pools=pools)
 
-    def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
-        obs = self.observation(t, fleet)
+    def planner_input(self, t: float, fleet: Fleet) -> PlannerInput:
+        """What the operator's reconcile would give the planner for this fleet: the metrics, each
+        pool's replicas and ready pods (the simulated cluster has room for every pod: none pending),
+        the replicas last decided, the planner's own state, and the shape the fleet runs."""
         current = {role: fleet.count(role) for role in fleet.pools}
-        # As in the operator, metric-driven decisions keep what runs: mode, TP per pool, engine args.
-        result = autoscale_module.autoscale(self.setup.spec, self.setup.resolved, obs, current, self.state,
-                                            sim_time(t), shape=self.setup.running_shape())
-        self.state = result.state
+        pods = {role: PoolObservation(current[role], fleet.ready_count(role)) for role in fleet.pools}
+        return PlannerInput(self.setup.spec, self.setup.resolved, self.observation(t, fleet), pods, current,
+                            self.state, sim_time(t), shape=self.setup.running_shape())
+
+    def decide(self, t: float, fleet: Fleet) -> dict[str, int]:
+        inputs = self.planner_input(t, fleet)
+        current = dict(inputs.current)
+        # The operator's own planner entry point, called through its module (a test watches the call).
+        result = autoscale_module.autoscale(inputs)
+        # Through status, as the operator keeps it between reconciles (and across a restart).
+        self.state = AutoscalerState.from_status(result.state.to_status())
         self.results.append(result)
         targets = {d.role: d.target for d in result.pools if d.role in fleet.pools}
         if set(targets) != set(fleet.pools):
@@ -119,8 +130,9 @@ class GoodputPolicy(Policy):
 
 
 class GoodputNoCalibrationPolicy(GoodputPolicy):
-    """Diagnostic, not a policy of the product: the same planner with its step-time calibration
-    kept at 1 (the observed ITL it calibrates from is withheld from the Observation)."""
+    """Diagnostic, not a policy of the product: the same planner with its calibration kept at the
+    shipped model (what the terms calibrate from is withheld from the Observation; the SLO feedback
+    on the ITL percentile still acts)."""
 
     name = "goodput-nocal"
     calibrate = False
