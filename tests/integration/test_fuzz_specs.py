@@ -289,7 +289,7 @@ def _check_rejection_message(message: str) -> None:
 
 def _dry_run_create(cluster: Any, namespace: str, obj: dict[str, Any]) -> str:
     group_version = obj["apiVersion"]
-    plural = {"Deployment": "deployments", "Service": "services"}[obj["kind"]]
+    plural = obj["kind"].lower() + "s"  # Deployment, Service, ServiceAccount, Role, RoleBinding, PodMonitor
     base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     try:
         cluster.api("POST", f"{base}/namespaces/{namespace}/{plural}?dryRun=All&fieldValidation=Strict", obj)

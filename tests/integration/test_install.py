@@ -195,17 +195,19 @@ def can_i(cluster: LocalCluster, user: str, *args: str) -> bool:
 
 @pytest.fixture
 def cluster_rbac(cluster: LocalCluster, helm: Path, namespace: str) -> Iterator[str]:
-    """The default (cluster-wide) chart's ServiceAccount, ClusterRole and binding, applied for real
-    under a release name of its own; yields the ServiceAccount's user name."""
+    """The default (cluster-wide) chart's ServiceAccount, ClusterRoles (the operator's, and the
+    vllm-router's it binds to each router) and binding, applied for real under a release name of
+    its own; yields the ServiceAccount's user name."""
     release = f"rbac-{namespace}"
     docs = [d for d in docs_of(template(helm, release, namespace))
             if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-    assert len(docs) == 3
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ServiceAccount"]
     kubectl_ok(cluster, "apply", "--server-side", "-f", "-", input=dump(docs))
     try:
         yield f"system:serviceaccount:{namespace}:{release}-goodput-operator"
     finally:
         cluster.kubectl("delete", "clusterrolebinding,clusterrole", f"{release}-goodput-operator", "--wait=false")
+        cluster.kubectl("delete", "clusterrole", f"{release}-goodput-operator-vllm-router", "--wait=false")
 
 
 def test_cluster_rbac_allows_what_the_operator_does_and_nothing_more(cluster: LocalCluster,
@@ -252,7 +254,8 @@ def test_cluster_rbac_allows_what_the_operator_does_and_nothing_more(cluster: Lo
         ("bind", "clusterroles.rbac.authorization.k8s.io"),
         ("escalate", "clusterroles.rbac.authorization.k8s.io"),
         ("impersonate", "serviceaccounts", "-n", "team-a"),
-        ("create", "serviceaccounts/token", "-n", "team-a"),
+        # --subresource: kubectl reads "serviceaccounts/token" as the ServiceAccount named token
+        ("create", "serviceaccounts", "--subresource=token", "-n", "team-a"),
         ("*", "*", "--all-namespaces"),
     ]
     assert [a for a in allowed if not can_i(cluster, sa, *a)] == []
@@ -283,7 +286,8 @@ def test_operator_reconciles_with_only_the_charts_rbac(cluster: LocalCluster, ch
     ns = namespace
     docs = docs_of(template(helm, "goodput-operator", ns, f"watchNamespaces={{{ns}}}", "replicaCount=2"))
     real = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "KopfPeering")]
-    assert [d["kind"] for d in real] == ["ServiceAccount", "Role", "RoleBinding", "KopfPeering"]
+    # The second Role is the vllm-router's, which the operator binds to each router's ServiceAccount.
+    assert [d["kind"] for d in real] == ["ServiceAccount", "Role", "Role", "RoleBinding", "KopfPeering"]
     kubectl_ok(cluster, "apply", "--server-side", "-f", "-", input=dump(real))
     sa = next(d for d in real if d["kind"] == "ServiceAccount")["metadata"]["name"]
     peering = next(d for d in real if d["kind"] == "KopfPeering")["metadata"]["name"]

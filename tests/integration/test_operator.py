@@ -155,16 +155,18 @@ def test_disaggregated_example_wires_kv_transfer(cluster: Any, operator: Any) ->
     assert cluster.kubectl("apply", "-n", NS, "-f", str(EXAMPLES / "disaggregated-70b-fp8-h100.yaml")).returncode == 0
     prefill = wait_for("the prefill Deployment", lambda: deployment(cluster, "llama-70b-prefill"))
     decode = wait_for("the decode Deployment", lambda: deployment(cluster, "llama-70b-decode"))
-    for dep, role in ((prefill, "kv_producer"), (decode, "kv_consumer")):
+    for dep in (prefill, decode):
         args = args_of(dep)
         config = json.loads(args[args.index("--kv-transfer-config") + 1])
-        assert config == {"kv_connector": "NixlConnector", "kv_role": role}
-        assert args[args.index("--quantization") + 1] == "fp8"
+        # NixlConnector does not act on kv_role: the router decides per request who prefills.
+        assert config == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+        assert "--quantization" not in args  # the FP8 checkpoint it loads carries its quantization config
         assert args[args.index("--kv-cache-dtype") + 1] == "fp8"
         env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
         assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
     assert prefill["metadata"]["labels"]["goodput.dev/role"] == "prefill"
-    assert kjson(cluster, "get", "service", "llama-70b", "-n", NS)["spec"]["selector"]["goodput.dev/role"] == "decode"
+    # The Service clients call is the P/D router's, which sends each request through both pools.
+    assert kjson(cluster, "get", "service", "llama-70b", "-n", NS)["spec"]["selector"]["goodput.dev/role"] == "router"
     plan = plan_of(cluster, "llama-70b")
     wait_for("decode pods ready", lambda: ready_pods(
         cluster, "goodput.dev/inference-deployment=llama-70b,goodput.dev/role=decode") == plan["decodeReplicas"])

@@ -52,6 +52,10 @@ PROMPT_CDF: dict[float, float] = {500: 0.5, 1000: 0.9, 2000: 0.98, 5000: 1.0}  #
 OUTPUT_CDF: dict[float, float] = {100: 0.5, 200: 0.9, 500: 0.98, 1000: 1.0}  # p99 750
 TTFT_CDF: dict[float, float] = {0.25: 0.5, 0.5: 0.9, 0.75: 0.98, 1.0: 1.0}  # p99 0.875 s
 ITL_CDF: dict[float, float] = {0.025: 0.5, 0.05: 0.9, 0.075: 0.98, 0.1: 1.0}  # p99 0.0875 s
+# vllm:request_prefill_time_seconds (scheduled -> first token; both name generations): mean 0.2 s.
+PREFILL_BUCKETS: list[float] = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0]
+PREFILL_CDF: dict[float, float] = {0.3: 0.9, 0.5: 1.0}
+PREFILL_MEAN_S = 0.2
 PROMPT_MEAN, OUTPUT_MEAN = 1200.0, 210.0
 
 
@@ -154,6 +158,8 @@ class FakeVllmPod:
         histogram("vllm:request_prompt_tokens", _cdf(TOKEN_BUCKETS, PROMPT_CDF), reqs, reqs * PROMPT_MEAN)
         histogram("vllm:request_generation_tokens", _cdf(TOKEN_BUCKETS, OUTPUT_CDF), reqs, reqs * OUTPUT_MEAN)
         histogram("vllm:time_to_first_token_seconds", _cdf(TTFT_BUCKETS, TTFT_CDF), reqs, reqs * 0.3)
+        histogram("vllm:request_prefill_time_seconds", _cdf(PREFILL_BUCKETS, PREFILL_CDF), reqs,
+                  reqs * PREFILL_MEAN_S)
         tokens = reqs * OUTPUT_MEAN
         if new:
             histogram("vllm:inter_token_latency_seconds", _cdf(ITL_BUCKETS, ITL_CDF), tokens, tokens * 0.03)
@@ -289,6 +295,7 @@ def test_new_metric_names(fleet: Fleet) -> None:
     assert close(obs.pools["decode"].prefix_cache_hit_rate, 400 / 2000, rel=0.02)
     assert close(obs.pools["prefill"].prefix_cache_hit_rate, 0.5, rel=0.02)
     assert obs.missing == (), obs.missing
+    assert close(obs.pools["decode"].prefill_time_mean_ms, PREFILL_MEAN_S * 1000.0, rel=0.02)
 
 
 def test_old_metric_names(fleet: Fleet) -> None:

@@ -83,9 +83,15 @@ def test_decode_term_converges_to_the_worlds_step(truth: float) -> None:
     # The calibrated model predicts the world's step at the observed batch.
     predicted = cal.predicted_decode_step_ms(cal.replica(RESOLVED, POOL, c.efficiency(BASE)), WORKLOAD,
                                              "aggregated", 16.0)
+    assert predicted >= pm.itl_mean_ms * 0.95
+    floor = cal.physical_floor("decode", BASE)
+    if truth < floor:
+        # Faster than the bandwidth bound: the term stops at the datasheet (the fraction at 1) and
+        # the model stays conservative rather than putting the speed into its fixed overheads.
+        assert c.scale("decode") == pytest.approx(floor, rel=1e-3)
+        return
     assert predicted == pytest.approx(pm.itl_mean_ms, rel=0.05)
-    if truth >= 0.8:  # faster than that, the bandwidth fraction reaches 1 and only the overheads can move
-        assert c.scale("decode") == pytest.approx(truth, rel=0.10)
+    assert c.scale("decode") == pytest.approx(truth, rel=0.10)
 
 
 @pytest.mark.parametrize("truth", [0.6, 1.0, 1.5, 2.0])
@@ -105,7 +111,7 @@ def test_a_term_stays_within_its_bounds(term: str, truth: float) -> None:
     lo, hi = cal.BOUNDS[term]
     c = feed(decode_metrics(truth), windows=30)
     assert lo <= c.scale(term) <= hi
-    assert c.scale(term) == pytest.approx(hi if truth > 1 else lo, rel=0.02)
+    assert c.scale(term) == pytest.approx(hi if truth > 1 else cal.physical_floor(term, BASE), rel=0.02)
 
 
 def test_kv_term_takes_the_engines_blocks_as_read_and_bounded() -> None:
@@ -168,3 +174,91 @@ def test_status_from_a_broken_or_foreign_writer_is_bounded() -> None:
     restored = cal.Calibration.from_status({"decode": {"scale": 99.0}, "prefill": {"scale": "x"}, "ttft": None})
     assert restored.scale("decode") == cal.BOUNDS["decode"][1]
     assert restored.scale("prefill") == 1.0 and restored.scale("ttft") == 1.0
+
+
+# --- the ITL tail term and the physical floor ------------------------------------------------------
+# A decode pool (disaggregated): its ITL percentile is the decode step at its batch, monotone in load.
+DECODE_POOL = cal.PoolConfig("decode", 1, 8192, 256)
+
+
+def predicted_itl(rate_rps: float) -> float:
+    r = cal.replica(RESOLVED, DECODE_POOL, BASE)
+    return cal.predicted_itl_ms(r, WORKLOAD, "decode", RESOLVED, rate_rps / PODS, 0.0)
+
+
+def rate_with_predicted_itl(share: float) -> float:
+    """A pool arrival rate at which the shipped model predicts ITL p99 = share x the target."""
+    lo, hi = 0.01, 200.0
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if predicted_itl(mid) < share * RESOLVED.slo.itl_ms else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def itl_metrics(rate_rps: float, fractions: dict[float, float]) -> PoolMetrics:
+    """A pool whose ITL histogram holds these cumulative fractions at vLLM's bounds (ms)."""
+    total = 1e5
+    bounds = (10.0, 25.0, 50.0, 75.0, 100.0, 150.0)
+    buckets, frac = [], 0.0
+    for b in bounds:
+        frac = fractions.get(b, frac)
+        buckets.append((b, frac * total))
+    return PoolMetrics("decode", pods_reporting=PODS, request_rate_rps=rate_rps, itl_mean_ms=20.0,
+                       itl_buckets=(*buckets, (float("inf"), total)))
+
+
+def feed_decode(pm: PoolMetrics, windows: int, start: cal.Calibration | None = None) -> cal.Calibration:
+    c = start or cal.Calibration()
+    for k in range(windows + 1):
+        at = T0 + dt.timedelta(seconds=WINDOW_S * k)
+        obs = Observation(at, WINDOW_S, 600.0, {"decode": pm}, {"decode": pm})
+        c = cal.update(c, obs, {"decode": DECODE_POOL}, RESOLVED, WORKLOAD, BASE, at, True)
+    return c
+
+
+# 98% of tokens within 25 ms, 99% within 50 (p99 exactly 50 ms), 1% beyond: a tail the histogram sees.
+TAIL = {25.0: 0.98, 50.0: 0.99, 75.0: 0.995, 100.0: 1.0}
+
+
+def test_itl_term_converges_to_the_observed_tail() -> None:
+    rate = rate_with_predicted_itl(0.95)
+    c = feed_decode(itl_metrics(rate, TAIL), windows=10)
+    assert c.terms["itl"].note == "" and c.terms["itl"].windows >= 9
+    assert c.scale("itl") == pytest.approx(50.0 / predicted_itl(rate), rel=0.05)
+    # The plan then sizes the mean step for the ITL target divided by it.
+    from goodput.planner.autoscale import planning_resolved
+    assert planning_resolved(RESOLVED, c).slo.itl_ms == pytest.approx(40.0 / c.scale("itl"), rel=1e-6)
+
+
+def test_itl_term_is_bounded_and_never_below_the_model() -> None:
+    rate = rate_with_predicted_itl(0.95)
+    far = {25.0: 0.5, 50.0: 0.6, 75.0: 0.7, 100.0: 0.8, 150.0: 0.985}  # p99 beyond 150 ms
+    assert feed_decode(itl_metrics(rate, far), windows=30).scale("itl") == pytest.approx(cal.BOUNDS["itl"][1])
+    tight = {10.0: 0.995, 25.0: 1.0}  # p99 within 10 ms: better than the model, but the term stays at 1
+    assert feed_decode(itl_metrics(rate, tight), windows=10).scale("itl") == 1.0
+
+
+@pytest.mark.parametrize("share,why", [(0.4, "decides nothing"), (1.5, "overloaded")])
+def test_itl_term_ignores_light_and_overloaded_pools(share: float, why: str) -> None:
+    c = feed_decode(itl_metrics(rate_with_predicted_itl(share), TAIL), windows=5)
+    assert c.scale("itl") == 1.0 and why in c.terms["itl"].note
+
+
+@pytest.mark.parametrize("start,kept", [(1.1, True), (1.6, False)])
+def test_itl_term_is_kept_where_the_histogram_proves_only_a_bracket(start: float, kept: bool) -> None:
+    # Every token within 50 ms, p99 somewhere in (25, 50]: the histogram cannot say where.
+    rate = rate_with_predicted_itl(0.95)
+    ambiguous = {25.0: 0.95, 50.0: 1.0}
+    c = feed_decode(itl_metrics(rate, ambiguous), windows=10, start=cal._with(cal.Calibration(), "itl", start))
+    if kept:  # 1.1 x the prediction is inside the bracket: nothing proves it wrong
+        assert c.scale("itl") == pytest.approx(start, rel=1e-6)
+    else:  # 1.6 x is past 50 ms, which the bracket rules out: the term comes down to the bracket's edge
+        assert c.scale("itl") == pytest.approx(50.0 / predicted_itl(rate), rel=0.05)
+
+
+def test_decode_never_calibrates_past_the_datasheet() -> None:
+    # A world faster than the bandwidth bound allows: the term stops where the fraction reaches 1
+    # rather than driving the fixed overheads down to its bound.
+    c = feed(decode_metrics(0.5), windows=20)
+    assert c.scale("decode") == pytest.approx(cal.physical_floor("decode", BASE), rel=1e-3)
+    assert c.efficiency(BASE).bandwidth_fraction == pytest.approx(1.0, rel=1e-3)

@@ -128,6 +128,8 @@ def _fmt(value: Any) -> str:
         return "-"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, tuple):  # cumulative (bound, count) buckets: how many observations they hold
+        return f"{value[-1][1]:.0f} obs" if value else "-"
     v = float(value)
     if v == 0:
         return "0"

@@ -326,12 +326,13 @@ def batch_fluctuation_ms(resolved: ResolvedSpec, workload: Workload, eff: Effici
 
 def planning_resolved(resolved: ResolvedSpec, cal: Calibration, margin_ms: float = 0.0) -> ResolvedSpec:
     """The SLOs the model sizes for: the TTFT target divided by the calibrated queueing term, and the
-    ITL target less the batch-fluctuation margin of a decode pool (`batch_fluctuation_ms`)."""
-    q = cal.scale("ttft")
-    if abs(q - 1.0) < 1e-6 and margin_ms <= 0.0:
+    ITL target divided by the calibrated tail term, less the batch-fluctuation margin of a decode
+    pool (`batch_fluctuation_ms`)."""
+    q, tail = cal.scale("ttft"), cal.scale("itl")
+    if abs(q - 1.0) < 1e-6 and abs(tail - 1.0) < 1e-6 and margin_ms <= 0.0:
         return resolved
     slo = resolved.slo
-    itl = max(slo.itl_ms - margin_ms, slo.itl_ms * 0.5)
+    itl = max(slo.itl_ms / tail - margin_ms, slo.itl_ms * 0.5)
     return dataclasses.replace(resolved, slo=SLO(slo.ttft_ms / q, itl, slo.percentile))
 
 
@@ -361,23 +362,25 @@ def unattainable_slos(resolved: ResolvedSpec, rec: Recommendation, workload: Wor
 
 
 def recommend_for(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload, eff: Efficiency,
-                  keep: RunningShape | None, cal: Calibration) -> tuple[Recommendation, str]:
-    """The recommendation, and (non-empty) why it is for relaxed SLOs: on the engines as calibrated no
-    configuration meets the SLOs, so it is sized for the closest ones they can meet. A spec that no
-    engine could serve even as modelled is still an error."""
+                  keep: RunningShape | None, cal: Calibration) -> tuple[Recommendation, str, ResolvedSpec]:
+    """The recommendation, (non-empty) why it is for relaxed SLOs: on the engines as calibrated no
+    configuration meets the SLOs, so it is sized for the closest ones they can meet; and the spec
+    with the SLOs it was sized for (what a kept pool's capacity is computed for too). A spec that
+    no engine could serve even as modelled is still an error."""
     target = planning_resolved(resolved, cal)
     try:
         rec = recommend_keeping(spec, target, workload, eff, keep)
         decode = rec.pool("decode")
         if decode is None:
-            return rec, ""
+            return rec, "", target
         margin = batch_fluctuation_ms(resolved, workload, eff, decode.tp)
         if margin <= 0.0:
-            return rec, ""
+            return rec, "", target
+        with_margin = planning_resolved(resolved, cal, margin)
         try:
-            return recommend_keeping(spec, planning_resolved(resolved, cal, margin), workload, eff, keep), ""
+            return recommend_keeping(spec, with_margin, workload, eff, keep), "", with_margin
         except CapacityModelError:
-            return rec, ""  # no room for the margin: the plan without it
+            return rec, "", target  # no room for the margin: the plan without it
     except CapacityModelError as exc:
         calibrated = any(abs(t.scale - 1.0) > 0.01 for t in cal.terms.values())
         if not calibrated:
@@ -392,16 +395,18 @@ def recommend_for(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workloa
             continue
         return rec, (f"no configuration meets the SLOs on these engines as calibrated ({first}); sized for "
                      f"TTFT {slo.label} ≤ {relaxed.slo.ttft_ms:.0f} ms and ITL ≤ {relaxed.slo.itl_ms:.1f} ms, the "
-                     f"closest they meet")
+                     f"closest they meet"), relaxed
     raise CapacityModelError(first)
 
 
 def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: Efficiency,
-              state: AutoscalerState) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
+              state: AutoscalerState, sized_for: ResolvedSpec | None = None,
+              ) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
     """Metric-driven decisions keep the running engine arguments (a change restarts every pod),
     unless a rollout pays for itself (`goodput.planner.engine_args`); a kept pool's capacity is
     the running arguments' own."""
     shape, obs = inp.shape, inp.observation
+    target = sized_for or inp.resolved
     if shape is None or inp.spec_changed:
         state.rollout_candidates.clear()
         return rec, ()
@@ -421,7 +426,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
         if live and not cooling:
             pm = obs.pools.get(p.role) if obs is not None else None
             why = engine_args.batch_at_cap(pm, running[1]) or engine_args.rollout_gain(
-                inp.resolved, p, workload, eff, running, inp.current.get(p.role, p.replicas),
+                target, p, workload, eff, running, inp.current.get(p.role, p.replicas),
                 float(inp.spec.scaling.cold_start_seconds), rec.demand_rps)
         if why and _persistent(state, p.role, wanted, inp.now, settle_s):
             change = engine_args.changed_args(running, wanted)
@@ -431,7 +436,8 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
         if not why:
             state.rollout_candidates.pop(p.role, None)
         kept = dataclasses.replace(p, max_num_batched_tokens=running[0], max_num_seqs=running[1])
-        goodput = engine_args.goodput_with_args(inp.resolved, p, workload, eff, *running)
+        # For the SLOs the plan sized for (calibrated TTFT and ITL terms, the batch margin), not the raw ones.
+        goodput = engine_args.goodput_with_args(target, p, workload, eff, *running)
         if goodput is not None and goodput > 0:
             bounds = getattr(inp.spec.scaling, p.role)
             need = max(1, math.ceil(rec.demand_rps / goodput - 1e-9))
@@ -579,12 +585,14 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     base = inp.resolved.efficiency  # spec.engine's shipped factors; the calibration corrects them
     running = inp.shape.pools() if inp.shape is not None else {}
     if have_metrics and running:
+        margin = (batch_fluctuation_ms(inp.resolved, workload, state.calibration.efficiency(base), running["decode"].tp)
+                  if "decode" in running else 0.0)
         state.calibration = cal_terms.update(state.calibration, obs, running, inp.resolved, workload, base, now,
-                                             settled=not settle)
+                                             settled=not settle, itl_margin_ms=margin)
     eff = state.calibration.efficiency(base)
     keep = None if inp.spec_changed else inp.shape
-    rec, relaxed = recommend_for(spec, inp.resolved, workload, eff, keep, state.calibration)
-    rec, rollouts = keep_args(rec, inp, workload, eff, state)
+    rec, relaxed, sized_for = recommend_for(spec, inp.resolved, workload, eff, keep, state.calibration)
+    rec, rollouts = keep_args(rec, inp, workload, eff, state, sized_for)
     ttft_scale = state.calibration.scale("ttft")
     rec = dataclasses.replace(rec, predicted_ttft_ms=rec.predicted_ttft_ms * ttft_scale)
     unattainable = unattainable_slos(inp.resolved, rec, workload, eff, state.calibration) if relaxed or \

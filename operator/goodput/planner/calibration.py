@@ -17,6 +17,13 @@ TTFT target, so every plan stays a first-principles plan with measured constants
 * **ttft**: the TTFT percentile read from the buckets (`goodput.planner.slo`) against the model's
   percentile at the observed arrival rate per replica: the M/G/1 queueing term. The plan then sizes
   for the TTFT target divided by it.
+* **itl**: the ITL percentile read from the buckets against the calibrated model's percentile at
+  the observed load (the step at the mean batch, plus the batch-fluctuation margin of a decode
+  pool): the tail the model does not see (bursty arrivals, stalls, step noise). Read only where
+  the prediction is at least `ITL_MATERIAL` of the target (a tail far below it decides nothing);
+  and not past 1.1x of it (overloaded, the model's own figure is the batch cap's step); where the
+  histogram proves only a bracket, the term is kept as long as the bracket allows it.
+  The plan then sizes the mean step for the ITL target divided by it.
 * **kv**: ``vllm:cache_config_info``'s num_gpu_blocks x block_size against the KV tokens the model
   gives the pool's configuration. Acts on the runtime memory reserve per GPU.
 
@@ -34,6 +41,9 @@ Rules every term follows:
   window mixes loading and serving), and not at low load (fewer than one decoding sequence per
   replica, too few tokens, requests or tail observations, or a prefill utilization outside the
   range where the queueing term means anything). The reason a term was not updated is kept.
+* **Physical**: decode and prefill are never calibrated faster than the datasheet allows (the
+  bandwidth or compute fraction at 1): past that only the fixed overheads would move, and a
+  Newton step on them runs to the bound while the model stays too fast at other batches.
 * **Survives a restart**: the terms live in ``status.autoscaler.calibration``.
 * KV capacity is a configuration the engine reports, exact at any load: it is taken as read,
   bounded, and not smoothed.
@@ -51,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from goodput.model.efficiency import Efficiency
-from goodput.model.goodput import evaluate_aggregated, evaluate_prefill, mean_step_at_batch
+from goodput.model.goodput import evaluate_aggregated, evaluate_decode, evaluate_prefill, mean_step_at_batch
 from goodput.model.hardware import GIB
 from goodput.model.replica import ReplicaModel
 from goodput.model.workload import Workload
@@ -59,13 +69,15 @@ from goodput.planner.observation import Observation, PoolMetrics
 from goodput.planner.recommend import ResolvedSpec
 from goodput.planner.slo import read_percentile
 
-TERMS = ("decode", "prefill", "ttft", "kv")
+TERMS = ("decode", "prefill", "ttft", "itl", "kv")
 BOUNDS: dict[str, tuple[float, float]] = {"decode": (0.4, 3.0), "prefill": (0.4, 3.0), "ttft": (1.0, 3.0),
-                                          "kv": (0.25, 2.0)}
+                                          "itl": (1.0, 2.0), "kv": (0.25, 2.0)}
 SMOOTHING_WINDOWS = 2.0  # time constant of the exponential average, in short windows
 MIN_TOKENS_PER_WINDOW = 200.0  # generated tokens in the window for the decode term
 MIN_REQUESTS_PER_WINDOW = 20.0  # completed requests in the window for the prefill term
 TTFT_UTILIZATION = (0.3, 0.9)  # the queueing term is read only where it is material and not saturated
+ITL_MATERIAL = 0.75  # the ITL tail is read only where the predicted percentile is this share of the target
+ITL_SATURATED = 1.1  # ... and not past it (the model then predicts the batch cap's step, not a tail)
 NEWTON_PROBE = 1.1
 SENSITIVITY_FLOOR = 0.2  # a prediction that barely moves with its scale is not pushed to the bound
 
@@ -137,7 +149,7 @@ class Calibration:
         step-time scale for everything, which seeds decode and prefill."""
         if not isinstance(data, Mapping):
             seed = Term(scale=legacy_step_scale) if legacy_step_scale is not None else Term()
-            return cls({"decode": seed, "prefill": seed, "ttft": Term(), "kv": Term()})
+            return cls({t: seed if t in ("decode", "prefill") else Term() for t in TERMS})
         pods: dict[str, tuple[int, str]] = {}
         for role, v in (data.get("pods") or {}).items():
             if isinstance(v, Mapping) and isinstance(v.get("count"), int) and isinstance(v.get("since"), str):
@@ -235,7 +247,14 @@ def predicted_ttft(r: ReplicaModel, workload: Workload, role: str, resolved: Res
 
 
 # --- the readings ----------------------------------------------------------------------------------
-def _newton(scale: float, observed: float, predict: Any, term: str) -> float:
+def physical_floor(term: str, base: Efficiency) -> float:
+    """The fastest a term may calibrate: the bandwidth (decode) or compute (prefill) fraction at 1."""
+    lo = BOUNDS[term][0]
+    fraction = base.bandwidth_fraction if term == "decode" else base.compute_fraction if term == "prefill" else lo
+    return max(lo, min(fraction, 1.0))
+
+
+def _newton(scale: float, observed: float, predict: Any, term: str, floor: float | None = None) -> float:
     """The scale at which the prediction would equal the observation, one Newton step in log space."""
     now = predict(scale)
     probe = predict(scale * NEWTON_PROBE)
@@ -243,6 +262,7 @@ def _newton(scale: float, observed: float, predict: Any, term: str) -> float:
         return scale
     sensitivity = max(math.log(probe / now) / math.log(NEWTON_PROBE), SENSITIVITY_FLOOR)
     lo, hi = BOUNDS[term]
+    lo = max(lo, floor) if floor is not None else lo
     return float(min(max(scale * (observed / now) ** (1.0 / sensitivity), lo), hi))
 
 
@@ -261,7 +281,7 @@ def read_decode(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: R
         return predicted_decode_step_ms(replica(resolved, pool, trial.efficiency(base)), workload, pool.role, batch)
 
     shipped = predicted_decode_step_ms(replica(resolved, pool, base), workload, pool.role, batch)
-    target = _newton(cal.scale("decode"), pm.itl_mean_ms, predict, "decode")
+    target = _newton(cal.scale("decode"), pm.itl_mean_ms, predict, "decode", physical_floor("decode", base))
     return Reading(target, observed=pm.itl_mean_ms / predict(cal.scale("decode")),
                    effect=predict(target) / shipped if shipped > 0 else None)
 
@@ -281,7 +301,7 @@ def read_prefill(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: 
     now = predict(cal.scale("prefill"))
     if not now > 0:
         return Reading(None, "no prediction for the observed prompts")
-    target = _newton(cal.scale("prefill"), observed, predict, "prefill")
+    target = _newton(cal.scale("prefill"), observed, predict, "prefill", physical_floor("prefill", base))
     # The effect a person reads: one mean prompt alone, calibrated against shipped.
     length = max((pm.input_len_mean or workload.input_len.mean) * (1.0 - (pm.prefix_cache_hit_rate or 0.0)), 1.0)
     shipped = float(replica(resolved, pool, base).prefill_s(1.0, length))
@@ -308,6 +328,41 @@ def read_ttft(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: Res
     value = reading.estimate if reading.shape_known else predicted
     ratio = min(max(value, reading.lo), reading.hi) / predicted
     b_lo, b_hi = BOUNDS["ttft"]
+    return Reading(min(max(ratio, b_lo), b_hi), observed=ratio, effect=min(max(ratio, b_lo), b_hi))
+
+
+def predicted_itl_ms(r: ReplicaModel, workload: Workload, role: str, resolved: ResolvedSpec,
+                     per_replica_rps: float, margin_ms: float) -> float:
+    """The model's ITL at the SLO percentile at an arrival rate per replica (a decode pool: plus the
+    batch-fluctuation margin its plan keeps, so that the term sees only what the plan does not)."""
+    rate = np.array([max(per_replica_rps, 1e-9)])
+    evaluate = evaluate_decode if role == "decode" else evaluate_aggregated
+    return float(evaluate(r, workload, resolved.slo, rate)[0].itl_ms) + (margin_ms if role == "decode" else 0.0)
+
+
+def read_itl(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: ResolvedSpec, workload: Workload,
+             base: Efficiency, margin_ms: float) -> Reading:
+    reading = read_percentile(pm.itl_buckets, resolved.slo.quantile, pm.itl_mean_ms)
+    if reading is None:
+        return Reading(None, "too few ITL observations in the window for its percentile")
+    rate = pm.arrival_rate_rps
+    if not pm.pods_reporting or not rate:
+        return Reading(None, "no arrivals observed")
+    r = replica(resolved, pool, cal.efficiency(base))
+    predicted = predicted_itl_ms(r, workload, pool.role, resolved, rate / pm.pods_reporting, margin_ms)
+    target = resolved.slo.itl_ms
+    if not math.isfinite(predicted) or predicted < ITL_MATERIAL * target:
+        return Reading(None, f"ITL {resolved.slo.label} predicted {predicted:.1f} ms at this load, under "
+                             f"{ITL_MATERIAL:.0%} of the {target:g} ms target: the tail decides nothing here")
+    if predicted > ITL_SATURATED * target:
+        return Reading(None, f"ITL {resolved.slo.label} predicted {predicted:.1f} ms at this load, past the "
+                             f"{target:g} ms target: an overloaded pool says nothing about the tail")
+    # Where the tail ends inside a bucket the histogram proves only a bracket: keep the term while
+    # the bracket allows it (moving it to 1 there would undo what a proven miss taught).
+    held = predicted * cal.scale("itl")
+    value = reading.estimate if reading.shape_known else held
+    ratio = min(max(value, reading.lo), reading.hi) / predicted
+    b_lo, b_hi = BOUNDS["itl"]
     return Reading(min(max(ratio, b_lo), b_hi), observed=ratio, effect=min(max(ratio, b_lo), b_hi))
 
 
@@ -352,8 +407,10 @@ def evidence(cal: Calibration, obs: Observation, now: dt.datetime, settled: bool
 
 
 def update(cal: Calibration, obs: Observation | None, running: Mapping[str, PoolConfig], resolved: ResolvedSpec,
-           workload: Workload, base: Efficiency, now: dt.datetime, settled: bool) -> Calibration:
-    """Fold one observation into the terms (see the module docstring for when it counts)."""
+           workload: Workload, base: Efficiency, now: dt.datetime, settled: bool,
+           itl_margin_ms: float = 0.0) -> Calibration:
+    """Fold one observation into the terms (see the module docstring for when it counts);
+    ``itl_margin_ms``: the batch-fluctuation margin a decode pool's plan keeps."""
     if obs is None or not obs.available:
         return cal
     ev = evidence(cal, obs, now, settled)
@@ -371,7 +428,7 @@ def update(cal: Calibration, obs: Observation | None, running: Mapping[str, Pool
             return f"warm-up: the {role} pool's serving replicas changed within the last {obs.window_s:g} s"
         return ""
 
-    for term, role in (("decode", serving), ("prefill", entry), ("ttft", entry)):
+    for term, role in (("decode", serving), ("prefill", entry), ("ttft", entry), ("itl", serving)):
         why = blocked(role)
         if why:
             readings[term] = Reading(None, why)
@@ -384,6 +441,9 @@ def update(cal: Calibration, obs: Observation | None, running: Mapping[str, Pool
                                            obs.window_s, decoding)
     if "ttft" not in readings:
         readings["ttft"] = read_ttft(cal, obs.pools[entry], running[entry], resolved, workload, base)
+    if "itl" not in readings:
+        readings["itl"] = read_itl(cal, obs.pools[serving], running[serving], resolved, workload, base,
+                                   itl_margin_ms)
     kv_roles = [role for role in (serving, entry) if role in running and role in obs.pools]
     kv_readings = [read_kv(obs.pools[role], running[role], resolved, base) for role in dict.fromkeys(kv_roles)]
     usable = [(rd, delta) for rd, delta in kv_readings if rd.target is not None]
