@@ -183,7 +183,7 @@ def test_live_metrics_compare_predicted_with_observed() -> None:
     assert "<-- off by" in text and "<-- over target" in text
     assert "SLOAtRisk=True SLOAtRisk" in text
     assert "observed TTFT p99 1400 ms (histogram: 1000-2500 ms) > 1000 ms" in text
-    assert "calibrated from the observed mean ITL" in text
+    assert "(the decode term below)" in text
 
 
 @pytest.mark.parametrize(("observed", "predicted", "diverges"), [
@@ -334,3 +334,18 @@ def test_scale_down_held_by_the_stabilization_window() -> None:
     assert "held back       aggregated stays at 2" in text
     assert "waiting for the stabilization window" in text
     assert text.startswith("serving/llama-8b-chat: HEALTHY")  # holding is the autoscaler working, not a fault
+
+
+def test_every_calibration_term_is_explained() -> None:
+    obj, _ = reconciled("aggregated-small.yaml", {"aggregated": PoolObservation(2, 2)}, steps=2)
+    auto = obj["status"]["autoscaler"]
+    auto["calibration"].update(decode={"scale": 1.36, "windows": 12.0},
+                               itl={"scale": 1.1, "windows": 3.0, "note": "warm-up: the decode pool changed"})
+    data = explain_data(obj, [], NOW)
+    terms = {t["term"]: t for t in data["autoscaler"]["calibrationTerms"]}
+    assert set(terms) == {"decode", "prefill", "ttft", "itl", "kv"}
+    text = explain_text(obj, [], NOW)
+    assert "decode step    ×1.360 the model (12 windows of evidence)" in text
+    assert "ITL tail       ×1.100 the model (3 windows of evidence); not updated: warm-up" in text
+    assert "KV capacity    as modelled" in text
+    assert "TTFT queueing  as modelled" in text

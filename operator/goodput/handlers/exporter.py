@@ -20,6 +20,8 @@ OBSERVED = Gauge("goodput_observed_latency_ms", "Observed latency at the SLO per
 DEMAND = Gauge("goodput_planned_request_rate_rps", "The demand the plan is sized for", _LABELS)
 CALIBRATION = Gauge("goodput_calibration_step_time_scale", "Observed/predicted step time (1 = as modelled)",
                     _LABELS)
+CALIBRATION_TERM = Gauge("goodput_calibration_scale", "Each calibrated capacity term, observed/modelled "
+                         "(decode, prefill, ttft, itl, kv; 1 = as modelled)", (*_LABELS, "term"))
 DECISIONS = Counter("goodput_decisions", "Decisions by reason code", (*_LABELS, "reason"))
 RECONCILE_ERRORS = Counter("goodput_reconcile_errors", "Reconciles that failed and were retried", _LABELS)
 
@@ -55,6 +57,9 @@ def record(namespace: str, name: str, status: dict[str, Any], event_reasons: lis
         DEMAND.labels(**labels).set(observed["plannedRequestRate"])
     if observed.get("stepTimeScale") is not None:
         CALIBRATION.labels(**labels).set(observed["stepTimeScale"])
+    for term, scale in (observed.get("calibration") or {}).items():
+        if isinstance(scale, int | float):
+            CALIBRATION_TERM.labels(**labels, term=term).set(scale)
     for reason in event_reasons:
         DECISIONS.labels(**labels, reason=reason).inc()
 
@@ -62,7 +67,7 @@ def record(namespace: str, name: str, status: dict[str, Any], event_reasons: lis
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted resource's series so dashboards do not show ghosts."""
     for metric in (DESIRED, TENSOR_PARALLEL, GPUS, COST, COST_PER_MTOK, PREDICTED, OBSERVED, DEMAND, CALIBRATION,
-                   DECISIONS, RECONCILE_ERRORS):
+                   CALIBRATION_TERM, DECISIONS, RECONCILE_ERRORS):
         for labels in list(metric._metrics):  # prometheus_client keeps children by label tuple
             if labels[:2] == (namespace, name):
                 metric.remove(*labels)

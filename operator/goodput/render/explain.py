@@ -300,6 +300,7 @@ def _autoscaler(obj: Mapping[str, Any], status: Mapping[str, Any], now: dt.datet
                  if "the model asks" in r]  # Stabilizing, WithinTolerance, RateLimited, waiting
     return {
         "calibrationStepTimeScale": _number(auto.get("stepTimeScale")),
+        "calibrationTerms": _calibration_terms(auto.get("calibration")),
         "metricsSeen": bool(auto.get("metricsSeen")), "metricsSince": auto.get("metricsSince"),
         "stabilization": _stabilization(_map(obj.get("spec")), auto, now),
         "heldBack": held_back,
@@ -488,12 +489,38 @@ def _plan_lines(plan: Mapping[str, Any] | None, dry_run: bool) -> list[str]:
     return lines
 
 
+_TERM_MEANING = {"decode": "decode step", "prefill": "prefill time", "ttft": "TTFT queueing",
+                 "itl": "ITL tail", "kv": "KV capacity"}
+
+
+def _calibration_terms(data: Any) -> list[dict[str, Any]]:
+    """status.autoscaler.calibration as rows: term, scale, trusted windows, and why it last did not move."""
+    if not isinstance(data, Mapping):
+        return []
+    rows = []
+    for term, meaning in _TERM_MEANING.items():
+        t = data.get(term)
+        if isinstance(t, Mapping) and _number(t.get("scale")) is not None:
+            rows.append({"term": term, "meaning": meaning, "scale": _number(t.get("scale")),
+                         "windows": _number(t.get("windows")) or 0.0, "note": str(t.get("note") or "")})
+    return rows
+
+
+def _calibration_lines(terms: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for t in terms:
+        state = "as modelled" if abs(t["scale"] - 1.0) < 0.005 else f"×{t['scale']:.3f} the model"
+        line = f"    {t['meaning']:<14} {state} ({t['windows']:.0f} windows of evidence)"
+        lines.append(line + (f"; not updated: {t['note']}" if t["note"] else ""))
+    return lines
+
+
 def _autoscaler_lines(auto: Mapping[str, Any] | None, now: dt.datetime) -> list[str]:
     if auto is None:
         return ["Autoscaler: no state in status yet"]
     scale = auto["calibrationStepTimeScale"]
     calibration = "unknown" if scale is None else f"steps ×{scale:.2f} the modelled time" + (
-        " (as modelled)" if abs(scale - 1) < 0.005 else " (calibrated from the observed mean ITL; bounds 0.5-2)")
+        " (as modelled)" if abs(scale - 1) < 0.005 else " (the decode term below)")
     metrics = (f"live since {auto['metricsSince']} ({ago(auto['metricsSince'], now)})" if auto["metricsSeen"]
                else "never seen: sizing from spec.workload hints")
     stab = auto["stabilization"]
@@ -506,6 +533,7 @@ def _autoscaler_lines(auto: Mapping[str, Any] | None, now: dt.datetime) -> list[
     lines = [
         "Autoscaler:",
         f"  calibration     {calibration}",
+        *_calibration_lines(auto.get("calibrationTerms") or []),
         f"  metrics         {metrics}",
         f"  stabilization   windows: up {stab['scaleUpWindowSeconds']:.0f} s, "
         f"down {stab['scaleDownWindowSeconds']:.0f} s; recommendations remembered: "
