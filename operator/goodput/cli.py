@@ -308,15 +308,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     report["elapsed_s"] = round(elapsed, 3)
     plotted = args.plot is not None and result.chosen is not None
     if plotted:
-        from goodput.plot import plot_plan  # matplotlib only when asked for
+        from goodput.plot import fleet_curves, fleet_path, plot_fleet, plot_plan  # matplotlib only when asked for
 
         plot_plan(result, arch, args.precision, args.kv_dtype, args.plot)
+        modes = ("aggregated", "disaggregated") if args.mode == "auto" else (args.mode,)
+        curves = fleet_curves(arch, gpus, args.precision, workload, slo, args.kv_dtype, modes, args.min_replicas)
+        plot_fleet(curves, workload.rate_rps, f"{arch.model_id} · {args.precision} (KV {args.kv_dtype}) · TTFT "
+                   f"{slo.label} ≤ {slo.ttft_ms:g} ms, ITL ≤ {slo.itl_ms:g} ms: the cheapest fleet per GPU type "
+                   "and mode", fleet_path(args.plot))
     if structured(args):
         emit(report, args.output)
         return 0 if result.chosen is not None else 1
     print(_plan_text(report, slo))
     if plotted:
-        print(f"\nroofline plot written to {args.plot}")
+        print(f"\nroofline plot written to {args.plot}; GPUs and $/hour against request rate in "
+              f"{fleet_path(args.plot)}")
     elif args.plot is not None:
         print("\nno roofline plot: there is no plan to draw")
     return 0 if result.chosen is not None else 1
@@ -650,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cost-per-hour", type=number_arg(float, 0.0, False, maximum=MAX_COST_PER_HOUR),
                    metavar="USD", help="budget: at most USD per hour")
     add_output_args(p)
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a roofline picture of this workload")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="write a roofline picture of this workload, and FILE-fleet.png: GPUs and $/hour against "
+                        "request rate per GPU type and mode")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("validate", help="predict published measurements and report the errors")

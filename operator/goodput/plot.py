@@ -8,6 +8,8 @@ prompt's prefill sits near the compute roof. matplotlib is imported only when a 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import numpy as np
 
 from goodput.model.architecture import ModelArch
 from goodput.model.errors import CapacityModelError
+from goodput.model.hardware import Accelerator
 from goodput.model.replica import DEFAULT_MAX_NUM_SEQS, ReplicaModel
-from goodput.model.sizing import DECODE_MAX_NUM_SEQS, Plan
+from goodput.model.sizing import DECODE_MAX_NUM_SEQS, Plan, plan
+from goodput.model.workload import SLO, Workload
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,20 @@ def prefill_point(r: ReplicaModel, prompt: float) -> StepPoint:
                      step_s * 1e3)
 
 
+def merge_coincident(points: list[StepPoint], factor: float = 1.25) -> list[StepPoint]:
+    """Points that sit on top of each other (within ``factor`` on both log axes) as one, their labels
+    joined: two labels at one spot collide whatever their offsets."""
+    out: list[StepPoint] = []
+    for p in points:
+        near = next((i for i, q in enumerate(out) if max(p.intensity, q.intensity) / min(p.intensity, q.intensity)
+                     < factor and max(p.flops_s, q.flops_s) / min(p.flops_s, q.flops_s) < factor), None)
+        if near is None:
+            out.append(p)
+        else:
+            out[near] = dataclasses.replace(out[near], label=f"{out[near].label} = {p.label}")
+    return out
+
+
 def plot_plan(result: Plan, arch: ModelArch, precision: str, kv_dtype: str, path: Path) -> None:
     """Draw the chosen plan's roofline with its prefill and decode steps, and save a PNG to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -83,6 +101,7 @@ def plot_plan(result: Plan, arch: ModelArch, precision: str, kv_dtype: str, path
               decode_point(r, goodput_batch, context, "decode at goodput"),
               decode_point(r, max_batch, context, f"decode, {limit}"),
               prefill_point(rp, prompt)]
+    points = merge_coincident(points)
 
     peak, bw = gpu.flops(r.precision.compute_dtype), gpu.hbm_bandwidth_bytes_s
     peak_eff, bw_eff = r.gemm_flops_s / r.tp, r.bandwidth_bytes_s
@@ -103,7 +122,7 @@ def plot_plan(result: Plan, arch: ModelArch, precision: str, kv_dtype: str, path
                     textcoords="offset points", fontsize=8, color=color)
     colors = ("tab:green", "tab:orange", "tab:red", "tab:purple")
     offsets = ((10, -4), (10, -28), (-10, 14), (-12, -34))
-    for p, color, (dx, dy) in zip(points, colors, offsets, strict=True):
+    for p, color, (dx, dy) in zip(points, colors, offsets, strict=False):
         ax.plot([p.intensity], [p.flops_s], "o", color=color, ms=9, mec="black", zorder=5)
         ax.annotate(p.label, (p.intensity, p.flops_s), xytext=(dx, dy), textcoords="offset points",
                     fontsize=8, color=color, ha="left" if dx > 0 else "right",
@@ -139,3 +158,79 @@ def plot_plan(result: Plan, arch: ModelArch, precision: str, kv_dtype: str, path
                    fontsize=10)
     fig.savefig(path, dpi=120)
     fig.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# the fleet against request rate
+# --------------------------------------------------------------------------------------------
+FLEET_RATE_SPAN = 10.0  # the chart spans the planned rate / 10 to x 10
+FLEET_RATE_POINTS = 13
+
+
+@dataclass(frozen=True)
+class FleetCurve:
+    """The cheapest fleet of one GPU type in one mode at each request rate (NaN: none meets the SLOs)."""
+
+    gpu: Accelerator
+    mode: str
+    rates_rps: np.ndarray
+    gpus: np.ndarray
+    usd_per_hour: np.ndarray
+
+
+def fleet_curves(arch: ModelArch, gpus: list[Accelerator], precision: str, workload: Workload, slo: SLO,
+                 kv_dtype: str, modes: tuple[str, ...], min_replicas: int = 1) -> list[FleetCurve]:
+    """Plan each GPU type and mode alone over a span of rates around ``workload``'s."""
+    base = max(workload.rate_rps, 1e-3)
+    rates = np.geomspace(base / FLEET_RATE_SPAN, base * FLEET_RATE_SPAN, FLEET_RATE_POINTS)
+    curves = []
+    for gpu in gpus:
+        for mode in modes:
+            n, usd = [], []
+            for rate in rates:
+                try:
+                    chosen = plan(arch, [gpu], precision, dataclasses.replace(workload, rate_rps=float(rate)), slo,
+                                  kv_dtype, mode, min_replicas=min_replicas).chosen
+                except CapacityModelError:
+                    chosen = None
+                n.append(chosen.gpus if chosen is not None else math.nan)
+                usd.append(chosen.usd_per_hour if chosen is not None else math.nan)
+            if not all(math.isnan(x) for x in n):
+                curves.append(FleetCurve(gpu, mode, rates, np.array(n, dtype=float), np.array(usd, dtype=float)))
+    return curves
+
+
+def plot_fleet(curves: list[FleetCurve], rate_rps: float, title: str, path: Path) -> None:
+    """GPUs and $/hour against request rate, one line per GPU type and mode (a point per planned rate)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if not curves:
+        raise CapacityModelError("no GPU type and mode meets the SLOs anywhere in the rate span: nothing to draw")
+    fig = Figure(figsize=(13.0, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_n, ax_usd = fig.subplots(1, 2)
+    for c in curves:
+        style = "-" if c.mode == "aggregated" else "--"
+        label = f"{c.gpu.name} · {c.mode}"
+        ax_n.plot(c.rates_rps, c.gpus, ls=style, marker="o", ms=3, label=label)
+        ax_usd.plot(c.rates_rps, c.usd_per_hour, ls=style, marker="o", ms=3, label=label)
+    for ax, ylabel in ((ax_n, "GPUs of the cheapest fleet"), (ax_usd, "$ per hour")):
+        ax.set_xscale("log")
+        ax.set_xlabel("request rate (req/s)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.axvline(rate_rps, color="0.3", ls=":", lw=1)
+        ax.grid(True, which="both", alpha=0.25)
+    ax_n.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_n.annotate(f"planned {rate_rps:g} req/s", (rate_rps, 0), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax_usd.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    fig.clear()
+
+
+def fleet_path(path: Path) -> Path:
+    """Where `plan --plot FILE.png` writes its second chart: FILE-fleet.png beside it."""
+    return path.with_name(f"{path.stem}-fleet{path.suffix or '.png'}")

@@ -1,5 +1,6 @@
 """The roofline plot of a plan: written as a real PNG, directly and through `goodput plan --plot`."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,39 @@ def test_cli_plot_without_a_plan_fails_cleanly(tmp_path: Path, capsys: pytest.Ca
     assert rc != 0
     assert not out.exists()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_coincident_points_share_one_label() -> None:
+    from goodput.plot import StepPoint, merge_coincident
+
+    points = [StepPoint("decode at goodput", 50.0, 1e14, 10.0), StepPoint("decode, KV cache full", 55.0, 1.1e14, 11.0),
+              StepPoint("prefill", 500.0, 5e14, 100.0)]
+    merged = merge_coincident(points)
+    assert [p.label for p in merged] == ["decode at goodput = decode, KV cache full", "prefill"]
+
+
+def test_fleet_curves_grow_with_the_rate_and_draw(tmp_path: Path) -> None:
+    from goodput.plot import fleet_curves, fleet_path, plot_fleet
+
+    arch = get_model("llama-3.1-8b")
+    gpus = [get_accelerator("h100-sxm-80gb"), get_accelerator("a100-sxm-80gb")]
+    curves = fleet_curves(arch, gpus, "bf16", WORKLOAD, SLO(1000, 40), "auto", ("aggregated", "disaggregated"))
+    assert {(c.gpu.gpu_id, c.mode) for c in curves} == {(g.gpu_id, m) for g in gpus
+                                                         for m in ("aggregated", "disaggregated")}
+    for c in curves:
+        assert c.rates_rps[0] == pytest.approx(0.5) and c.rates_rps[-1] == pytest.approx(50.0)
+        finite = [float(n) for n in c.gpus if n == n]  # more load never needs fewer GPUs (NaN: none meets)
+        assert all(b >= a for a, b in itertools.pairwise(finite))
+    out = fleet_path(tmp_path / "plan.png")
+    assert out.name == "plan-fleet.png"
+    plot_fleet(curves, WORKLOAD.rate_rps, "title", out)
+    _assert_png(out)
+
+
+def test_cli_plan_plot_writes_both_charts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.png"
+    assert main(["plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm-80gb", "--rate", "5", "--input-len", "1000",
+                 "--output-len", "200", "--ttft-p99-ms", "1000", "--itl-p99-ms", "40", "--plot", str(out)]) == 0
+    _assert_png(out)
+    _assert_png(tmp_path / "p-fleet.png")
+    assert f"GPUs and $/hour against request rate in {tmp_path / 'p-fleet.png'}" in capsys.readouterr().out

@@ -217,3 +217,22 @@ def test_mooncake_prefix_hits_reach_the_engines() -> None:
                                                        "output_length": 20}) for k in range(200)]))
     plain = run_policy(setup_no_hash, make_policy("static-peak", setup_no_hash))
     assert np.nanmean(run.ttft_s) < np.nanmean(plain.ttft_s)
+
+
+def test_simulate_a_model_from_its_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_cli import LLAMA_8B_CONFIG
+
+    folder = tmp_path / "my-llama"
+    folder.mkdir()
+    config = folder / "config.json"
+    config.write_text(json.dumps({**LLAMA_8B_CONFIG, "max_position_embeddings": 8192}), encoding="utf-8")
+    without_model = [a for i, a in enumerate(BASE) if a != "--model" and (i == 0 or BASE[i - 1] != "--model")]
+    assert _cli(["simulate", "--trace", str(_trace_file(tmp_path)), "--model-config", str(config), *without_model,
+                 "--policy", "static-peak", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["model"] == "my-llama"
+    # The same engines as the catalog's Llama-3.1-8B: the same plan.
+    assert _cli(["simulate", "--trace", str(_trace_file(tmp_path)), *BASE, "--policy", "static-peak", "--json"]) == 0
+    catalog = json.loads(capsys.readouterr().out)
+    assert report["config"]["pools"] == catalog["config"]["pools"]
+    assert report["config"]["max_model_len"] == catalog["config"]["max_model_len"]

@@ -76,7 +76,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
                    help="replicate (default): X independently shifted copies of the trace on its own time axis, "
                         "as X times as many users; compress: the same requests in 1/X of the time (cheaper, but "
                         "the load changes X times faster against the same cold start)")
-    p.add_argument("--model", required=True, help="catalog model id (see `goodput catalog models`)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="catalog model id (see `goodput catalog models`)")
+    src.add_argument("--model-config", type=Path, metavar="FILE",
+                     help="a Hugging Face config.json on disk (read locally, never downloaded), as `goodput plan`")
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
     p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
@@ -132,6 +135,26 @@ def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
     text = read_text_file(path, "trace")
     name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
     return parse_trace(text.splitlines(), fmt, name)
+
+
+def inline_architecture(path: Path) -> dict[str, Any]:
+    """A config.json as the CRD's spec.model.architecture (with the huggingFaceName vLLM would load)."""
+    from goodput.model.architecture import arch_from_hf_config_file
+
+    arch = arch_from_hf_config_file(path)
+    context = json.loads(read_text_file(path, "--model-config")).get("max_position_embeddings")
+    out: dict[str, Any] = {
+        "huggingFaceName": arch.hf_name or arch.model_id,
+        "paramsTotalB": arch.params_total / 1e9, "paramsActiveB": arch.params_active / 1e9,
+        "layers": arch.layers, "hiddenSize": arch.hidden_size, "attentionHeads": arch.attention_heads,
+        "kvHeads": arch.kv_heads, "headDim": arch.head_dim, "ffnSize": arch.ffn_size, "vocabSize": arch.vocab_size,
+        "attention": arch.attention, "tiedEmbeddings": arch.tied_embeddings,
+    }
+    if arch.experts:
+        out.update(experts=arch.experts, expertsPerToken=arch.experts_per_token)
+    if isinstance(context, int) and context >= 128:
+        out["maxPositionEmbeddings"] = context
+    return out
 
 
 def load_world(efficiency: str | None, scale: str | None) -> World:
@@ -234,7 +257,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             else replicate_rate(trace, args.rate_scale, args.seed)
     spec = build_spec(args.model, args.gpu, args.precision, args.ttft_p99_ms, args.itl_p99_ms,
                       kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
-                      percentile=args.slo_percentile, price_per_gpu_hour=_price(args))
+                      percentile=args.slo_percentile, price_per_gpu_hour=_price(args),
+                      architecture=inline_architecture(args.model_config) if args.model_config else None)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
                        metrics_age_s=args.metrics_age_s)

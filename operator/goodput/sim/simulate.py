@@ -144,12 +144,19 @@ class Setup:
         return out
 
 
-def build_spec(model: str, gpu: str, precision: str, ttft_ms: float, itl_ms: float, *, kv_dtype: str = "auto",
-               mode: str = "auto", cold_start_s: float = 180.0, percentile: float = 99.0,
-               price_per_gpu_hour: float | None = None) -> InferenceDeploymentSpec:
-    """An InferenceDeploymentSpec from command-line style arguments (validated by the API models)."""
+def build_spec(model: str | None, gpu: str, precision: str, ttft_ms: float, itl_ms: float, *,
+               kv_dtype: str = "auto", mode: str = "auto", cold_start_s: float = 180.0, percentile: float = 99.0,
+               price_per_gpu_hour: float | None = None,
+               architecture: dict[str, Any] | None = None) -> InferenceDeploymentSpec:
+    """An InferenceDeploymentSpec from command-line style arguments (validated by the API models);
+    ``architecture``: spec.model.architecture (with its huggingFaceName) for a model not in the catalog."""
+    if architecture is not None:
+        arch = dict(architecture)
+        model_doc: dict[str, Any] = {"huggingFaceName": arch.pop("huggingFaceName"), "architecture": arch}
+    else:
+        model_doc = {"id": model}
     data: dict[str, Any] = {
-        "model": {"id": model},
+        "model": model_doc,
         "accelerator": {"gpu": gpu},
         "precision": {"weights": precision, "kvCache": kv_dtype},
         "slo": {"ttftMs": ttft_ms, "itlMs": itl_ms, "percentile": percentile},
