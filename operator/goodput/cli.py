@@ -518,6 +518,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         # Before the Kubernetes client is imported: it (and kopf's login through it) reads $KUBECONFIG then.
         os.environ["KUBECONFIG"] = args.kubeconfig
+    from goodput.kube.actions import CONTEXT_ENV
+
+    if args.context:
+        os.environ[CONTEXT_ENV] = args.context
     if args.prometheus:
         os.environ["GOODPUT_PROMETHEUS_URL"] = args.prometheus
     if args.metrics_port is not None:
@@ -529,7 +533,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from goodput.kube.actions import KubeConfigError, load_config
 
     try:
-        load_config()  # fail fast, in one line: kopf would retry a missing kubeconfig every 60 s, with tracebacks
+        # Fail fast, in one line: kopf would retry a missing kubeconfig every 60 s, with tracebacks.
+        load_config(None, args.context) if args.context else load_config()
     except KubeConfigError as exc:
         raise CapacityModelError(str(exc)) from None
     import goodput.handlers.operator  # noqa: F401  (registers the handlers)
@@ -677,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the operator against the current cluster")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
     p.add_argument("--kubeconfig", metavar="FILE",
-                   help="the kubeconfig to use outside a pod (default: $KUBECONFIG, ~/.kube/config); its current "
-                        "context is used")
+                   help="the kubeconfig to use outside a pod (default: $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
     p.add_argument("--timer-s", "--timer-seconds", dest="timer_seconds", type=_positive_float, default=30.0,
                    metavar="S", help="reconcile period, seconds")
     mode = p.add_mutually_exclusive_group()

@@ -161,3 +161,48 @@ def test_explain_takes_kubeconfig_context_and_the_contexts_namespace(tmp_path: P
     # Nothing listens on 127.0.0.1:1: the message names the server, so the flags were used.
     assert main(["explain", "x", "--kubeconfig", str(path), "--context", "team-a"]) == 2
     assert "https://127.0.0.1:1" in capsys.readouterr().err
+
+
+KUBECONFIG_TWO_CLUSTERS = """apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster: {server: "https://10.0.0.1:6443", insecure-skip-tls-verify: true}
+- name: dev
+  cluster: {server: "https://127.0.0.1:2"}
+users:
+- name: u
+  user: {token: secret-token}
+contexts:
+- name: prod
+  context: {cluster: prod, user: u, namespace: serving}
+- name: dev
+  context: {cluster: dev, user: u}
+current-context: dev
+"""
+
+
+def test_operator_context_is_what_kopf_connects_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from goodput.kube.actions import client_connection, load_config
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_TWO_CLUSTERS, encoding="utf-8")
+    namespace = load_config(str(path), "prod")
+    info = client_connection(namespace)
+    assert info["server"] == "https://10.0.0.1:6443" and info["insecure"] is True
+    assert (info["scheme"], info["token"]) == ("Bearer", "secret-token")
+    assert info["default_namespace"] == "serving"
+    assert client_connection(load_config(str(path)))["server"] == "https://127.0.0.1:2"  # the current context
+
+
+def test_operator_with_an_unknown_context_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_TWO_CLUSTERS, encoding="utf-8")
+    # cmd_operator sets these for kopf's login: touched through monkeypatch first, so they are restored.
+    for name in ("GOODPUT_KUBE_CONTEXT", "KUBECONFIG", "GOODPUT_TIMER_SECONDS"):
+        monkeypatch.setenv(name, "")
+    assert main(["operator", "--kubeconfig", str(path), "--context", "staging"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("goodput: error: no usable Kubernetes configuration") and "staging" in err
+    assert err.count("\n") == 1

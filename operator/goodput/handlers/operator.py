@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.handlers import exporter
-from goodput.kube.actions import Kube, load_config
+from goodput.kube.actions import CONTEXT_ENV, Kube, client_connection, load_config
 from goodput.planner.observation import Observation, PoolObservation
 from goodput.render.reconcile import Event, Outcome, reconcile
 from goodput.render.vllm import ROLE_LABEL, RenderConfig
@@ -54,10 +54,20 @@ def _lock(uid: str) -> threading.Lock:
         return _locks.setdefault(uid, threading.Lock())
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own login, unless `--context` chose a kubeconfig context other than the current one."""
+    context = os.environ.get(CONTEXT_ENV) or None
+    if context is None:
+        return kopf.login_via_client(**kwargs)
+    namespace = load_config(None, context)
+    return kopf.ConnectionInfo(**client_connection(namespace))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _kube, _render_config
-    load_config()
+    load_config(None, os.environ.get(CONTEXT_ENV) or None)
     _kube = Kube()
     # Images and the PodMonitor switch from the chart's values; PodMonitors only where the
     # Prometheus Operator serves them (GOODPUT_POD_MONITOR=auto, the chart's default).

@@ -36,6 +36,24 @@ class KubeConfigError(Exception):
     """No usable Kubernetes configuration: the message says which file and what is wrong with it."""
 
 
+CONTEXT_ENV = "GOODPUT_KUBE_CONTEXT"  # `goodput operator --context`: read by the login handler and at startup
+
+
+def client_connection(namespace: str | None = None) -> dict[str, Any]:
+    """What the Kubernetes client was configured with (by `load_config`), as the keyword arguments
+    of kopf's ConnectionInfo, so that kopf talks to the same cluster as the client at a chosen context."""
+    from kubernetes import client
+
+    cfg = client.Configuration.get_default_copy()
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
+    scheme, _, token = str(auth).partition(" ") if " " in str(auth) else ("Bearer", "", str(auth))
+    return {"server": cfg.host, "ca_path": cfg.ssl_ca_cert or None, "insecure": not cfg.verify_ssl,
+            "username": cfg.username or None, "password": cfg.password or None,
+            "scheme": scheme if token else None, "token": token or None,
+            "certificate_path": cfg.cert_file or None, "private_key_path": cfg.key_file or None,
+            "default_namespace": namespace}
+
+
 def load_config(config_file: str | None = None, context: str | None = None) -> str | None:
     """In a pod: the service account; elsewhere: ``config_file`` (default $KUBECONFIG, else
     ~/.kube/config) at ``context`` (default its current context), as kubectl chooses. Returns the
