@@ -206,3 +206,18 @@ def test_operator_with_an_unknown_context_is_one_line_exit_2(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert err.startswith("goodput: error: no usable Kubernetes configuration") and "staging" in err
     assert err.count("\n") == 1
+
+
+def test_observe_defaults_the_namespace_to_the_contexts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_TWO_CONTEXTS, encoding="utf-8")
+    base = ["observe", "--prometheus", "http://127.0.0.1:1", "--name", "llm", "--timeout-s", "0.5"]
+    assert main([*base, "--kubeconfig", str(path)]) == 1  # nothing listens: unavailable, but for which target?
+    assert capsys.readouterr().out.startswith("team-a/llm from http://127.0.0.1:1")
+    assert main([*base, "--kubeconfig", str(path), "--context", "plain"]) == 1
+    assert capsys.readouterr().out.startswith("default/llm from")
+    assert main([*base, "--kubeconfig", str(path), "-n", "prod"]) == 1
+    assert capsys.readouterr().out.startswith("prod/llm from")
+    assert main([*base, "--kubeconfig", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("goodput") and "no usable Kubernetes configuration" in err and err.count("\n") == 1

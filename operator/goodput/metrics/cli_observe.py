@@ -63,7 +63,11 @@ def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
                        help="Prometheus label matchers instead of --name/-n, e.g. 'namespace=prod,app=vllm' "
                             "(=, !=, =~, !~; quote values with commas); series without goodput_dev_role count "
                             "as the aggregated pool")
-    p.add_argument("--namespace", "-n", default="default", help="with --name (default: default)")
+    p.add_argument("--namespace", "-n", default=None,
+                   help="with --name (default: the kubeconfig context's namespace, else default, as kubectl)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="only for the default namespace (default: $KUBECONFIG, "
+                                                        "~/.kube/config); observe reads Prometheus, not the cluster")
+    p.add_argument("--context", help="the kubeconfig context whose namespace is the default (default: its current)")
     p.add_argument("--window-s", "--window-seconds", dest="window_seconds", type=_positive, default=60.0,
                    metavar="S", help="the short window, seconds")
     p.add_argument("--long-window-s", "--long-window-seconds", dest="long_window_seconds", type=_positive,
@@ -79,7 +83,23 @@ def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """kubectl's rule: the context's namespace, else "default". A kubeconfig named on the command line
+    must work; without one, a missing or broken kubeconfig just means "default"."""
+    from goodput.kube.actions import KubeConfigError, load_config
+    from goodput.model.errors import CapacityModelError
+
+    try:
+        return load_config(kubeconfig, context) or "default"
+    except KubeConfigError as exc:
+        if kubeconfig or context:
+            raise CapacityModelError(str(exc)) from None
+        return "default"
+
+
 def cmd_observe(args: argparse.Namespace) -> int:
+    if args.name is not None and args.namespace is None:
+        args.namespace = default_namespace(args.kubeconfig, args.context)
     collector = PrometheusCollector(args.prometheus, timeout_s=args.timeout_seconds)
     now = dt.datetime.now(dt.UTC)
     if args.selector is not None:
