@@ -565,7 +565,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_observe_arguments() -> None:
     a = _args("--prometheus", "http://p", "--name", "llama")
-    assert (a.namespace, a.window_seconds, a.selector, a.output, a.quantile) == ("default", 60.0, None, "table", 0.99)
+    # namespace None: resolved when it runs, from the kubeconfig context (else "default")
+    assert (a.namespace, a.window_seconds, a.selector, a.output, a.quantile) == (None, 60.0, None, "table", 0.99)
     a = _args("--prometheus", "http://p", "--selector", "app=vllm,tier=~'a|b'", "--window-seconds", "30", "--json")
     assert [m.render() for m in a.selector] == ['app="vllm"', 'tier=~"a|b"'] and a.window_seconds == 30.0
     assert a.output == "json"
