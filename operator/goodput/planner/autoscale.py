@@ -51,7 +51,6 @@ from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
-from goodput.model.goodput import evaluate_aggregated, evaluate_decode
 from goodput.model.workload import SLO, LengthDistribution, Workload, p99_behind_bucketed_quantile
 from goodput.planner import calibration as cal_terms
 from goodput.planner import engine_args, guards
@@ -507,16 +506,14 @@ def predicted_at_load(reading: SloReading, inp: PlannerInput, workload: Workload
     serving = obs.serving_pool() if obs is not None else None
     if config is None or pm is None or serving is None or not pm.pods_reporting or not serving.arrival_rate_rps:
         return None
-    rate = np.array([serving.arrival_rate_rps / pm.pods_reporting])
+    per_replica_rps = serving.arrival_rate_rps / pm.pods_reporting
     r = cal_terms.replica(inp.resolved, config, eff)
-    slo = inp.resolved.slo
     if reading.quantity == "TTFT":
         if reading.role == "decode":
             return None
-        ttft, _ = cal_terms.predicted_ttft(r, workload, reading.role, inp.resolved, float(rate[0]))
+        ttft, _ = cal_terms.predicted_ttft(r, workload, reading.role, inp.resolved, per_replica_rps)
         return ttft * ttft_scale
-    evaluate = evaluate_aggregated if reading.role == "aggregated" else evaluate_decode
-    return evaluate(r, workload, slo, rate)[0].itl_ms
+    return cal_terms.predicted_itl_ms(r, workload, reading.role, inp.resolved, per_replica_rps, 0.0)
 
 
 def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...], rec: Recommendation,

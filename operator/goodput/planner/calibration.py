@@ -67,7 +67,7 @@ from goodput.model.replica import ReplicaModel
 from goodput.model.workload import Workload
 from goodput.planner.observation import Observation, PoolMetrics
 from goodput.planner.recommend import ResolvedSpec
-from goodput.planner.slo import read_percentile
+from goodput.planner.slo import PercentileReading, read_percentile
 
 TERMS = ("decode", "prefill", "ttft", "itl", "kv")
 BOUNDS: dict[str, tuple[float, float]] = {"decode": (0.4, 3.0), "prefill": (0.4, 3.0), "ttft": (1.0, 3.0),
@@ -309,26 +309,42 @@ def read_prefill(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: 
     return Reading(target, observed=observed / now, effect=calibrated / shipped if shipped > 0 else None)
 
 
-def read_ttft(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: ResolvedSpec, workload: Workload,
-              base: Efficiency) -> Reading:
-    reading = read_percentile(pm.ttft_buckets, resolved.slo.quantile, pm.ttft_mean_ms)
+def _observed(buckets: Any, mean: float | None, pm: PoolMetrics, resolved: ResolvedSpec,
+              what: str) -> tuple[PercentileReading, float] | Reading:
+    """The SLO percentile the buckets prove, and the arrival rate per replica; or why there is none."""
+    reading = read_percentile(buckets, resolved.slo.quantile, mean)
     if reading is None:
-        return Reading(None, "too few TTFT observations in the window for its percentile")
+        return Reading(None, f"too few {what} observations in the window for its percentile")
     rate = pm.arrival_rate_rps
     if not pm.pods_reporting or not rate:
         return Reading(None, "no arrivals observed")
+    return reading, rate / pm.pods_reporting
+
+
+def _bracket_ratio(reading: PercentileReading, predicted: float, held: float, term: str) -> Reading:
+    """observed / predicted, bounded. Where the histogram sees the tail's slope the estimate is read;
+    where the tail ends inside a bucket it proves only a bracket, and ``held`` (the figure the term
+    stands by) counts as far as the bracket allows."""
+    value = reading.estimate if reading.shape_known else held
+    ratio = min(max(value, reading.lo), reading.hi) / predicted
+    b_lo, b_hi = BOUNDS[term]
+    return Reading(min(max(ratio, b_lo), b_hi), observed=ratio, effect=min(max(ratio, b_lo), b_hi))
+
+
+def read_ttft(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: ResolvedSpec, workload: Workload,
+              base: Efficiency) -> Reading:
+    seen = _observed(pm.ttft_buckets, pm.ttft_mean_ms, pm, resolved, "TTFT")
+    if isinstance(seen, Reading):
+        return seen
+    reading, per_replica_rps = seen
     r = replica(resolved, pool, cal.efficiency(base))
-    predicted, utilization = predicted_ttft(r, workload, pool.role, resolved, rate / pm.pods_reporting)
+    predicted, utilization = predicted_ttft(r, workload, pool.role, resolved, per_replica_rps)
     lo, hi = TTFT_UTILIZATION
     if not lo <= utilization <= hi or not math.isfinite(predicted) or predicted <= 0:
         return Reading(None, f"prefill utilization {utilization:.0%} is outside {lo:.0%}-{hi:.0%}: the queueing "
                              "term is immaterial or saturated there")
-    # The histogram proves only a bracket. Where it sees the tail's slope the estimate is read; where the
-    # tail ends inside the bucket, only as far as the bracket proves the model wrong.
-    value = reading.estimate if reading.shape_known else predicted
-    ratio = min(max(value, reading.lo), reading.hi) / predicted
-    b_lo, b_hi = BOUNDS["ttft"]
-    return Reading(min(max(ratio, b_lo), b_hi), observed=ratio, effect=min(max(ratio, b_lo), b_hi))
+    # Only as far as the bracket proves the model wrong.
+    return _bracket_ratio(reading, predicted, predicted, "ttft")
 
 
 def predicted_itl_ms(r: ReplicaModel, workload: Workload, role: str, resolved: ResolvedSpec,
@@ -342,14 +358,12 @@ def predicted_itl_ms(r: ReplicaModel, workload: Workload, role: str, resolved: R
 
 def read_itl(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: ResolvedSpec, workload: Workload,
              base: Efficiency, margin_ms: float) -> Reading:
-    reading = read_percentile(pm.itl_buckets, resolved.slo.quantile, pm.itl_mean_ms)
-    if reading is None:
-        return Reading(None, "too few ITL observations in the window for its percentile")
-    rate = pm.arrival_rate_rps
-    if not pm.pods_reporting or not rate:
-        return Reading(None, "no arrivals observed")
+    seen = _observed(pm.itl_buckets, pm.itl_mean_ms, pm, resolved, "ITL")
+    if isinstance(seen, Reading):
+        return seen
+    reading, per_replica_rps = seen
     r = replica(resolved, pool, cal.efficiency(base))
-    predicted = predicted_itl_ms(r, workload, pool.role, resolved, rate / pm.pods_reporting, margin_ms)
+    predicted = predicted_itl_ms(r, workload, pool.role, resolved, per_replica_rps, margin_ms)
     target = resolved.slo.itl_ms
     if not math.isfinite(predicted) or predicted < ITL_MATERIAL * target:
         return Reading(None, f"ITL {resolved.slo.label} predicted {predicted:.1f} ms at this load, under "
@@ -357,13 +371,8 @@ def read_itl(cal: Calibration, pm: PoolMetrics, pool: PoolConfig, resolved: Reso
     if predicted > ITL_SATURATED * target:
         return Reading(None, f"ITL {resolved.slo.label} predicted {predicted:.1f} ms at this load, past the "
                              f"{target:g} ms target: an overloaded pool says nothing about the tail")
-    # Where the tail ends inside a bucket the histogram proves only a bracket: keep the term while
-    # the bracket allows it (moving it to 1 there would undo what a proven miss taught).
-    held = predicted * cal.scale("itl")
-    value = reading.estimate if reading.shape_known else held
-    ratio = min(max(value, reading.lo), reading.hi) / predicted
-    b_lo, b_hi = BOUNDS["itl"]
-    return Reading(min(max(ratio, b_lo), b_hi), observed=ratio, effect=min(max(ratio, b_lo), b_hi))
+    # Kept while the bracket allows it: moving it to 1 there would undo what a proven miss taught.
+    return _bracket_ratio(reading, predicted, predicted * cal.scale("itl"), "itl")
 
 
 def read_kv(pm: PoolMetrics, pool: PoolConfig, resolved: ResolvedSpec, base: Efficiency) -> tuple[Reading, float]:
