@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
