@@ -111,6 +111,18 @@ _positive_int = number_arg(int, 1, inclusive=True)
 _token_count = number_arg(float, 0.0, inclusive=False, maximum=MAX_TOKENS)
 
 
+def add_slo_and_mode_args(p: argparse.ArgumentParser) -> None:
+    """The SLO targets and the serving mode, as `plan` and `simulate` both take them."""
+    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True,
+                   help="time-to-first-token target at --slo-percentile, ms")
+    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True,
+                   help="inter-token latency target at --slo-percentile, ms")
+    p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
+                   help="the percentile the SLOs apply to, in [50, 100)")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="catalog model id or Hugging Face name (see `goodput catalog models`)")
@@ -646,14 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(BUNDLED_TRACES))
     p.add_argument("--prefix-hit-rate", type=fraction_arg, default=0.0,
                    help="fraction of prompt tokens served from the prefix cache")
-    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True,
-                   help="time-to-first-token target at --slo-percentile, ms")
-    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True,
-                   help="inter-token latency target at --slo-percentile, ms")
-    p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
-                   help="the percentile the SLOs apply to, in [50, 100)")
-    p.add_argument("--mode", choices=MODES, default="auto",
-                   help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
+    add_slo_and_mode_args(p)
     p.add_argument("--min-replicas", type=number_arg(int, 1, True, maximum=10_000), default=1, metavar="N",
                    help="every pool runs at least N replicas (2 or more: no single point of failure), as the "
                         "CRD's scaling.minReplicas")

@@ -28,21 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from goodput.cli import (
-    MAX_ITL_MS,
-    MAX_TTFT_MS,
     add_output_args,
+    add_slo_and_mode_args,
     check_plot_target,
     emit,
     number_arg,
     parse_prices,
-    percentile_arg,
     read_text_file,
     structured,
 )
 from goodput.engine.world import SPEED_ALIASES, World, build_world
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import get_accelerator
-from goodput.model.sizing import MODES
 from goodput.sim.simulate import (
     PolicyRun,
     Setup,
@@ -83,14 +80,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpu", required=True, help="GPU id (see `goodput catalog gpus`)")
     p.add_argument("--precision", required=True, help="weight precision, e.g. bf16, fp8")
     p.add_argument("--kv-dtype", default="auto", help="KV-cache dtype: auto (model dtype) or fp8")
-    p.add_argument("--ttft-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_TTFT_MS), required=True,
-                   help="time-to-first-token target at --slo-percentile, ms")
-    p.add_argument("--itl-p99-ms", type=number_arg(float, 0.0, False, maximum=MAX_ITL_MS), required=True,
-                   help="inter-token latency target at --slo-percentile, ms")
-    p.add_argument("--slo-percentile", type=percentile_arg, default=99.0,
-                   help="the percentile the SLOs apply to (default 99)")
-    p.add_argument("--mode", choices=MODES, default="auto",
-                   help="aggregated replicas, disaggregated prefill/decode pools, or auto (the cheaper)")
+    add_slo_and_mode_args(p)
     p.add_argument("--policy", default="all", metavar="NAME[,NAME]",
                    help="goodput, hpa, keda-queue, keda-queue-running, dynamo, static-peak, oracle, or all (default); "
                         "comma-separated")
