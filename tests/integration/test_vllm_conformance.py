@@ -103,12 +103,15 @@ def test_collector_reads_the_real_server_like_the_client_measured(
     assert pool is not None and pool.pods_reporting == 1, obs
     # Counts over a window that spans the whole load: requests and tokens
     assert pool.request_rate_rps is not None and pool.output_len_mean is not None, obs
-    assert pool.request_rate_rps * window_s == pytest.approx(len(done), rel=0.15), obs
+    # rate() extrapolates its first and last samples to the window's edges: up to one scrape interval
+    # (1 s) at each end, on top of the 15% the client's own count allows (a loaded CI machine jitters scrapes).
+    edges = 2.0 * 1.0 / window_s
+    assert pool.request_rate_rps * window_s == pytest.approx(len(done), rel=0.15 + edges), obs
     assert pool.input_len_mean == pytest.approx(statistics.fmean(c.prompt_tokens for c in done), rel=0.02), obs
     assert pool.output_len_mean == pytest.approx(LOAD_TOKENS, rel=0.02), obs
     generated = sum(c.output_tokens for c in done)
     assert pool.generation_tokens_tps is not None, obs
-    assert pool.generation_tokens_tps * window_s == pytest.approx(generated, rel=0.15), obs
+    assert pool.generation_tokens_tps * window_s == pytest.approx(generated, rel=0.15 + edges), obs
     # Latencies: the server's clock against the client's (which adds HTTP and streaming overhead).
     # The mean ITL is exact from the histogram's sum/count; the TTFT percentile is interpolated
     # in vLLM's coarse buckets, so it is held to the buckets around the client's.
