@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,17 @@ FloatArray = npt.NDArray[np.float64]
 # Quantile bins, finer in the tail: the p99 TTFT is decided by the longest prompts.
 _EDGES = np.array([0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .95, .98, .99, .995, .999, 1.0])
 _Z99 = 2.3263478740408408
+
+
+def _bisect_rising(f: Callable[[float], float], target: float, lo: float, hi: float, steps: int = 60) -> float:
+    """The x in [lo, hi] where a rising ``f`` reaches ``target`` (bisection, ``steps`` halvings)."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2.0
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
 
 
 def lognormal_mu_sigma(mean: float, p99: float | None, strict: bool = True) -> tuple[float, float]:
@@ -62,13 +74,7 @@ def p99_behind_bucketed_quantile(mean: float, observed: float, bounds: list[floa
     a, b = 1e-3, _Z99
     if not reads(a) <= observed <= reads(b):
         return observed
-    for _ in range(60):
-        mid = (a + b) / 2.0
-        if reads(mid) < observed:
-            a = mid
-        else:
-            b = mid
-    sigma = (a + b) / 2.0
+    sigma = _bisect_rising(reads, observed, a, b)
     return float(math.exp(math.log(mean) - sigma**2 / 2.0 + sigma * _Z99))
 
 
@@ -178,13 +184,7 @@ def _binned_sigma(ratio: float, start: float) -> float:
     lo, hi = 1e-6, min(max(start * 1.5, 0.05), _Z99)
     if _binned_ratio(hi) < ratio:
         return hi
-    for _ in range(60):
-        mid = (lo + hi) / 2.0
-        if _binned_ratio(mid) < ratio:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2.0
+    return _bisect_rising(_binned_ratio, ratio, lo, hi)
 
 
 def _inverse_normal(p: float) -> float:
