@@ -74,19 +74,25 @@ class ReplicaCapacity:
 
 
 def _waiting_quantile(
-    rate: FloatArray, service: FloatArray, extra: FloatArray, weights: FloatArray, q: float
+    rate: FloatArray, service: FloatArray, extra: FloatArray, weights: FloatArray, q: float,
+    arrival_scv: float = 1.0,
 ) -> tuple[FloatArray, FloatArray]:
-    """Quantile q of wait + extra_i in an M/G/1 queue with per-class service times.
+    """Quantile q of wait + extra_i in a G/G/1 queue with per-class service times.
 
     rate: (L,); service, extra: (L, K); weights: (K,). Returns (quantile (L,), utilization (L,)).
-    The wait is 0 with probability 1 - rho, else exponential with the Pollaczek-Khinchine mean.
+    The wait is 0 with probability 1 - rho, else exponential with the Pollaczek-Khinchine mean
+    scaled by Kingman's (ca² + cs²) / (1 + cs²): with Poisson arrivals (ca² = 1) exactly M/G/1;
+    burstier arrivals wait longer at the same utilization.
     """
     es = service @ weights
     es2 = (service**2) @ weights
     rho = rate * es
     stable = rho < 1.0
     safe_rho = np.where(stable, rho, 0.5)
-    mean_wait = np.where(stable, rate * es2 / (2.0 * (1.0 - safe_rho)), np.inf)
+    # 1 + cs² = E[S²] / E[S]²; the factor is 1 for any service distribution when ca² = 1.
+    one_plus_cs2 = es2 / np.maximum(es**2, 1e-30)
+    kingman = (arrival_scv + one_plus_cs2 - 1.0) / one_plus_cs2
+    mean_wait = np.where(stable, kingman * rate * es2 / (2.0 * (1.0 - safe_rho)), np.inf)
     # Tail rate of the conditional exponential.
     theta = np.where(stable & (mean_wait > 0), safe_rho / np.maximum(mean_wait, 1e-30), 1e30)
     target = 1.0 - q
@@ -192,7 +198,7 @@ def _aggregated_points(r: ReplicaModel, w: Workload, slo: SLO, shape: RequestSha
     service = prompt_service_s(r, shape, st)
     # Arriving mid-step, a request waits for the running step to end before it is scheduled.
     extra = service + step[:, None]
-    ttft, rho = _waiting_quantile(rates, service, extra, shape.weights, slo.quantile)
+    ttft, rho = _waiting_quantile(rates, service, extra, shape.weights, slo.quantile, w.arrival_scv)
     kv_tokens = float(r.kv_capacity_tokens)
     max_seqs = float(r.max_num_seqs)
     points = []
@@ -298,7 +304,7 @@ def evaluate_prefill(
     transfer_k = np.asarray(r.kv_transfer_s(w.input_len.values), dtype=np.float64)
     service = np.broadcast_to(service_k, (rates.size, prompt.size))
     extra = service + transfer_k[None, :] + first_decode_step_s
-    ttft, rho = _waiting_quantile(rates, service, extra, w.input_len.weights, slo.quantile)
+    ttft, rho = _waiting_quantile(rates, service, extra, w.input_len.weights, slo.quantile, w.arrival_scv)
     points = []
     for i, rate in enumerate(rates):
         limits = []

@@ -215,19 +215,29 @@ class Workload:
     input_len: LengthDistribution
     output_len: LengthDistribution
     prefix_cache_hit_rate: float = 0.0
+    # Squared coefficient of variation of the inter-arrival times one replica sees (ca²): 1 for
+    # Poisson arrivals. The TTFT queueing term scales its wait by (ca² + cs²) / (1 + cs²)
+    # (Kingman's G/G/1 approximation); the planner measures it (goodput.planner.burst).
+    arrival_scv: float = 1.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate_rps) and self.rate_rps >= 0):
             raise CapacityModelError(f"request rate must be a finite non-negative number, got {self.rate_rps}")
         if not 0.0 <= self.prefix_cache_hit_rate < 1.0:
             raise CapacityModelError("prefix-cache hit rate must be in [0, 1)")
+        if not (math.isfinite(self.arrival_scv) and self.arrival_scv >= 0):
+            raise CapacityModelError(f"arrival variability (ca²) must be a finite non-negative number, "
+                                     f"got {self.arrival_scv}")
 
     @property
     def max_context(self) -> int:
         return math.ceil(self.input_len.max + self.output_len.max)
 
     def with_rate(self, rate_rps: float) -> Workload:
-        return Workload(rate_rps, self.input_len, self.output_len, self.prefix_cache_hit_rate)
+        return Workload(rate_rps, self.input_len, self.output_len, self.prefix_cache_hit_rate, self.arrival_scv)
+
+    def with_arrival_scv(self, arrival_scv: float) -> Workload:
+        return Workload(self.rate_rps, self.input_len, self.output_len, self.prefix_cache_hit_rate, arrival_scv)
 
 
 @dataclass(frozen=True)

@@ -312,7 +312,7 @@ def _cache_key(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, demand: Wo
     # The names vLLM is told are not read: resources differing only by name share an entry.
     h.update(repr(dataclasses.replace(resolved, hugging_face_name="", served_model_name="")).encode())
     h.update(repr(efficiency).encode())
-    h.update(repr((demand.rate_rps, demand.prefix_cache_hit_rate)).encode())
+    h.update(repr((demand.rate_rps, demand.prefix_cache_hit_rate, demand.arrival_scv)).encode())
     for dist in (demand.input_len, demand.output_len):
         h.update(dist.values.tobytes())
         h.update(b"|")
