@@ -264,6 +264,15 @@ def test_long_window_averages_gauges_over_time() -> None:
     assert not q["pods_reporting"].startswith("avg_over_time")
 
 
+def test_arrival_dispersion_is_successive_bins_of_completions_over_the_window() -> None:
+    q = _by_field(long=True, window=600)["arrival_dispersion"].promql
+    # completions per 30 s bin, this bin against the one before, at 30 s steps over the window
+    assert "increase(vllm:request_success_total{" in q and "[30s])" in q and "[30s] offset 30s)" in q
+    assert q.startswith("(avg_over_time(((") and ") ^ 2)[600s:30s])" in q
+    assert "/ (2 * avg_over_time((" in q and q.endswith(")[600s:30s])))")
+    assert "max without (job)" in q
+
+
 # ------------------------------------------------------------------------------------------
 # the collector, with a fake client
 # ------------------------------------------------------------------------------------------
@@ -315,6 +324,7 @@ FULL = {
     "prefix_cache_hit_rate": [role("decode", 0.2), role("prefill", 0.5)],
     "ttft_mean_ms": [role("decode", 0.4), role("prefill", 0.3)],
     "prefill_time_mean_ms": [role("decode", 0.01), role("prefill", 0.2)],
+    "arrival_dispersion": [role("decode", 1.5), role("prefill", 3.0)],
 }
 
 
@@ -334,7 +344,8 @@ def test_full_answer_becomes_pools() -> None:
                             input_len_p99=3500.0, output_len_mean=210.0, output_len_p99=750.0, ttft_ms=875.0,
                             itl_ms=87.5, itl_mean_ms=50.0, kv_cache_usage=0.7, running=30.0, waiting=5.0,
                             preemptions_rps=0.1,
-                            prefix_cache_hit_rate=0.2, ttft_mean_ms=400.0, prefill_time_mean_ms=10.0)
+                            prefix_cache_hit_rate=0.2, ttft_mean_ms=400.0, prefill_time_mean_ms=10.0,
+                            arrival_dispersion=1.5)
     assert isinstance(d.pods_reporting, int)
     assert obs.long_pools["decode"] == d
     assert obs.available and obs.serving_pool() is d
@@ -344,7 +355,7 @@ def test_full_answer_becomes_pools() -> None:
                                 "prod/llama-70b (60 s and 600 s windows)" for field in ("itl_ms", "itl_mean_ms"))
     # every query is evaluated at `now`, with Prometheus' own query timeout, and the client timeout
     # pods_reporting is the same query in both windows: asked once; buckets and KV capacity: short only
-    assert len(client.calls) == 2 * 19 - 1 + 3
+    assert len(client.calls) == 2 * 20 - 1 + 3  # 20 fields: the arrival dispersion is the 20th (issue 16)
     assert all(p is not None and p["time"] == f"{NOW.timestamp():.3f}" and p["timeout"] == "5s" and t == 5.0
                for _, p, t in client.calls)
 

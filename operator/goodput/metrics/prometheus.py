@@ -36,6 +36,8 @@ ttft_mean_ms,               rate(..._sum) / rate(..._count) of time_to_first_tok
 prefill_time_mean_ms        seconds and request_prefill_time_seconds (same name in both)
 ttft_buckets, itl_buckets   rate(..._bucket[W]) by le, x W (short window only)           sum per le
 kv_capacity_tokens          num_gpu_blocks x block_size labels of vllm:cache_config_info  min
+arrival_dispersion          E[(n - n offset 30s)^2] / (2 E[n]), n = increase(             max
+                            request_success_total[30s]), a [W:30s] subquery
 ==========================  =========================================================  ==========
 
 Both generations of names work, pod by pod: ``new{S} or old{S}`` (and the same of their rates)
@@ -101,6 +103,7 @@ from goodput.metrics.promql import (
     parse_vector,
     render_matchers,
 )
+from goodput.planner.burst import DISPERSION_BIN_S
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
 
 log = logging.getLogger(__name__)
@@ -196,6 +199,15 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
     def gauge_sum(metric: str) -> str:
         return gauge(f"sum by ({r}) ({dedup(f'{metric}{{{sel}}}')})")
 
+    # Completions per 30 s bin (two scrapes), this bin and the one before, at 30 s steps over the
+    # window: the successive-difference variance over the mean (goodput.planner.burst.dispersion_index).
+    bin_s = duration(DISPERSION_BIN_S)
+
+    def count_in_bin(offset: str) -> str:
+        return f"sum by ({r}) ({dedup(f'increase({REQUEST_SUCCESS}{{{sel}}}[{bin_s}]{offset})')})"
+
+    dispersion = (f"(avg_over_time((({count_in_bin('')} - {count_in_bin(f' offset {bin_s}')}) ^ 2)[{w}:{bin_s}]) "
+                  f"/ (2 * avg_over_time(({count_in_bin('')})[{w}:{bin_s}])))")
     pods = (f"count by ({r}) (group by ({r}, {NAMESPACE_LABEL}, {POD_LABEL}, {INSTANCE_LABEL}) "
             f"({REQUESTS_RUNNING}{{{sel}}}))")
     kv = gauge(f"max by ({r}) ({KV_USAGE}{{{sel}}} or {KV_USAGE_OLD}{{{sel}}})")
@@ -232,6 +244,7 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
         PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
         PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),
         PoolQuery("preemptions_rps", rate_sum(PREEMPTIONS), PREEMPTIONS, "sum"),
+        PoolQuery("arrival_dispersion", dispersion, REQUEST_SUCCESS, "max"),
         PoolQuery("prefix_cache_hit_rate", prefix,
                   f"{PREFIX_HITS}/{PREFIX_QUERIES} (or {PREFIX_HITS_OLD}/{PREFIX_QUERIES_OLD})", "max",
                   hint=" (vLLM's V0 engine exports no prefix-cache counters)"),

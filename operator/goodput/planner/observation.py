@@ -49,6 +49,9 @@ class PoolMetrics:
     itl_buckets: tuple[tuple[float, float], ...] | None = None
     # KV-cache capacity in tokens: vllm:cache_config_info's num_gpu_blocks x block_size (min over pods).
     kv_capacity_tokens: float | None = None
+    # Index of dispersion (variance / mean) of the pool's completions per 30 s bin over the window,
+    # from successive differences (goodput.planner.burst.dispersion_index): 1 for Poisson arrivals.
+    arrival_dispersion: float | None = None
 
     @property
     def arrival_rate_rps(self) -> float | None:

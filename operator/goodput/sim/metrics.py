@@ -22,6 +22,7 @@ running, waiting            sum over pods: now (short), average over the window 
 preemptions_rps             Δ num_preemptions_total / window
 prefix_cache_hit_rate       Δ hits / Δ queries
 pods_reporting              replicas serving metrics now (vLLM opens /metrics once loaded)
+arrival_dispersion          Δ request_success_total per 30 s bin: successive-difference variance / mean
 ==========================  =====================================================================
 
 A quantity with nothing observed in its window (0/0, a histogram with no new observation) is
@@ -32,6 +33,7 @@ there is (rates divide by the elapsed time).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from goodput.engine.vllm_metrics import (
     TTFT_BUCKETS,
     ReplicaStats,
 )
+from goodput.planner.burst import DISPERSION_BIN_S, dispersion_index
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
 
 Vec = npt.NDArray[np.float64]
@@ -216,6 +219,7 @@ def pool_metrics(role: str, history: Sequence[Snapshot], t: float, window_s: flo
         waiting = now.waiting if now.pods else None
         kv = now.kv_max
     growth = deriv([x.t for x in pods], [x.waiting + x.running for x in pods])  # arrivals - completions
+    dispersion = _dispersion([base, *inside], t, s["success"])
     return PoolMetrics(
         role=role,
         pods_reporting=now.pods,
@@ -240,7 +244,28 @@ def pool_metrics(role: str, history: Sequence[Snapshot], t: float, window_s: flo
         ttft_buckets=buckets_ms("ttft"),
         itl_buckets=buckets_ms("itl"),
         kv_capacity_tokens=now.kv_capacity_tokens,
+        arrival_dispersion=dispersion,
     )
+
+
+def _dispersion(snaps: Sequence[Snapshot], t: float, slot: int) -> float | None:
+    """`dispersion_index` of completions in DISPERSION_BIN_S bins ending at ``t``: the counter
+    at every bin edge, as the collector's ``increase(...[30s])`` subquery at 30 s steps reads it
+    (the last snapshot at or before each edge)."""
+    edges: list[float] = []
+    edge = t
+    while edge >= snaps[0].t - 1e-9:
+        edges.append(edge)
+        edge -= DISPERSION_BIN_S
+    edges.reverse()
+    values: list[float] = []
+    k = 0
+    for e in edges:
+        while k + 1 < len(snaps) and snaps[k + 1].t <= e + 1e-9:
+            k += 1
+        values.append(float(snaps[k].counters[slot]))
+    counts = [b - a for a, b in itertools.pairwise(values)]
+    return dispersion_index(counts)
 
 
 def observe(histories: Mapping[str, Sequence[Snapshot]], t: float, when: dt.datetime, window_s: float,
