@@ -199,6 +199,16 @@ class ScalingSpec(_Model):
     tolerance: float = Field(0.1, ge=0, lt=1, description="Ignore changes in demand smaller than this fraction.")
     cold_start_seconds: int = Field(180, ge=0, le=7200,
                                     description="Seconds from a new replica's creation until it serves.")
+    burst_quantile: float = Field(
+        0.99, ge=0, lt=1,
+        description="Burst headroom: hold capacity for this quantile of the load's rise within one cold "
+                    "start, learnt from the arrival history per load level (0: no headroom).")
+    max_arrival_scv: float = Field(
+        1.0, ge=1, le=16,
+        description="Bound on the arrival variability (ca², per replica) the TTFT queueing term plans with, "
+                    "measured from the dispersion of completions per 30 s; 1 plans for Poisson arrivals "
+                    "whatever is measured (the default: at 30 s the measure also counts minute-scale rate "
+                    "changes, which burstQuantile covers).")
 
 
 class LengthHint(_Model):

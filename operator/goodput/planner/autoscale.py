@@ -52,8 +52,9 @@ from goodput.model.errors import CapacityModelError
 from goodput.model.workload import SLO, LengthDistribution, Workload, p99_behind_bucketed_quantile
 from goodput.planner import calibration as cal_terms
 from goodput.planner import engine_args, guards
+from goodput.planner.burst import LEVEL_NAMES, SCV_MAX, RiseHistory, headroom, observe_rate, per_replica_scv
 from goodput.planner.calibration import Calibration, PoolConfig
-from goodput.planner.observation import Observation, PoolObservation
+from goodput.planner.observation import Observation, PoolMetrics, PoolObservation
 from goodput.planner.recommend import (
     Recommendation,
     ResolvedSpec,
@@ -96,6 +97,7 @@ class AutoscalerState:
     slo_headroom: dict[str, tuple[float, str]] = field(default_factory=dict)  # role -> (factor, since)
     last_rollout: str | None = None
     rollout_candidates: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)  # role -> (args, since)
+    burst: RiseHistory = field(default_factory=RiseHistory)  # rises over one cold start (goodput.planner.burst)
 
     @property
     def step_time_scale(self) -> float:
@@ -133,6 +135,7 @@ class AutoscalerState:
             slo_headroom=headroom,
             last_rollout=text("lastRollout"),
             rollout_candidates=candidates,
+            burst=RiseHistory.from_status(data.get("burst")),
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -147,6 +150,8 @@ class AutoscalerState:
         if self.rollout_candidates:
             out["rolloutCandidates"] = {role: {"args": list(args), "since": since}
                                         for role, (args, since) in sorted(self.rollout_candidates.items())}
+        if self.burst.updated is not None:
+            out["burst"] = self.burst.to_status()
         if self.slo_headroom:
             out["sloHeadroom"] = {role: {"factor": round(f, 4), "since": since}
                                   for role, (f, since) in sorted(self.slo_headroom.items())}
@@ -155,7 +160,7 @@ class AutoscalerState:
     def copy(self) -> AutoscalerState:
         return dataclasses.replace(self, recommendations=list(self.recommendations),
                                    scale_events=list(self.scale_events), slo_headroom=dict(self.slo_headroom),
-                                   rollout_candidates=dict(self.rollout_candidates))
+                                   rollout_candidates=dict(self.rollout_candidates), burst=self.burst.copy())
 
 
 def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
@@ -206,6 +211,55 @@ def observed_workload(spec: InferenceDeploymentSpec, obs: Observation | None, ra
     return Workload(rate, lengths(pool.input_len_mean, pool.input_len_p99, hints.input_len),
                     lengths(pool.output_len_mean, pool.output_len_p99, hints.output_len),
                     min(max(hit, 0.0), 0.95))
+
+
+def entry_pool(obs: Observation) -> tuple[str, PoolMetrics | None, PoolMetrics | None]:
+    """The pool whose queue every prompt waits in first (prefill when disaggregated): its short-
+    and long-window metrics."""
+    role = "prefill" if "prefill" in obs.pools or "prefill" in obs.long_pools else (
+        "aggregated" if "aggregated" in obs.pools or "aggregated" in obs.long_pools else "decode")
+    return role, obs.pools.get(role), obs.long_pools.get(role)
+
+
+def arrival_scv(obs: Observation | None, bound: float) -> tuple[float, str]:
+    """ca² per replica for the TTFT queueing term, from the entry pool's dispersion of arrivals
+    over the long window spread over its replicas (`goodput.planner.burst.per_replica_scv`);
+    Poisson (1) when unmeasured. With the reading, in words."""
+    if obs is None or not obs.available:
+        return 1.0, ""
+    role, short, long = entry_pool(obs)
+    index = long.arrival_dispersion if long is not None else None
+    pods = short.pods_reporting if short is not None else None
+    if index is None or not pods:
+        return 1.0, ""
+    scv = per_replica_scv(index, pods, bound)
+    raw = per_replica_scv(index, pods, SCV_MAX)
+    held = f" (planned with {scv:.2f}: spec.scaling.maxArrivalScv)" if raw > scv + 1e-6 else ""
+    return scv, (f"arrivals {index:.1f}x as dispersed as Poisson per 30 s over {obs.long_window_s:.0f} s, "
+                 f"ca² {raw:.2f} per {role} replica{held}")
+
+
+def with_burst_headroom(spec: InferenceDeploymentSpec, demand: DemandEstimate, obs: Observation | None,
+                        state: AutoscalerState, now: dt.datetime, learn: bool) -> DemandEstimate:
+    """Record this decision's load in the rise history (`learn`: metrics available) and hold the
+    spec's quantile of the rise over one cold start from this load level."""
+    if not learn or obs is None or demand.source != "metrics":
+        return demand
+    serving = obs.serving_pool()
+    seen = serving.arrival_rate_rps if serving is not None else None
+    if seen is None:
+        return demand
+    horizon = demand.horizon_s or float(spec.scaling.cold_start_seconds)
+    state.burst = observe_rate(state.burst, now, seen, demand.rate_rps, horizon)
+    q = spec.scaling.burst_quantile
+    h = headroom(state.burst, demand.rate_rps, q)
+    if q <= 0 or not h.active:
+        return demand
+    capped = " (capped at the highest load seen)" if h.target_rps < demand.rate_rps * h.rise - 1e-6 else ""
+    note = (f"{q * 100:g}th-percentile rise over {horizon:.0f} s from a {LEVEL_NAMES[h.level]} load is "
+            f"{h.rise:.2f}x ({h.evidence:.0f} cold starts of history){capped}")
+    return dataclasses.replace(demand, rate_rps=h.target_rps, base_rps=demand.rate_rps, burst_note=note,
+                               note=f"{demand.note}; held at {h.target_rps:.2f} req/s for bursts: {note}")
 
 
 @dataclass(frozen=True)
@@ -575,7 +629,11 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     long_window_full = (obs is not None and state.metrics_since is not None
                         and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
     demand = estimate_demand(spec, obs, long_window_full)
-    workload = observed_workload(spec, obs, demand.rate_rps)
+    demand = with_burst_headroom(spec, demand, obs, state, now, have_metrics and not inp.spec_changed)
+    scv, scv_note = arrival_scv(obs, spec.scaling.max_arrival_scv)
+    if scv_note:
+        demand = dataclasses.replace(demand, arrival_scv=scv, note=f"{demand.note}; {scv_note}")
+    workload = observed_workload(spec, obs, demand.rate_rps).with_arrival_scv(scv)
 
     base = inp.resolved.efficiency  # spec.engine's shipped factors; the calibration corrects them
     running = inp.shape.pools() if inp.shape is not None else {}

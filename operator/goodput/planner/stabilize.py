@@ -45,6 +45,9 @@ class DemandEstimate:
     long_rps: float | None = None
     horizon_s: float = 0.0
     note: str = ""
+    base_rps: float | None = None  # the forecast before burst headroom (None: no headroom held)
+    burst_note: str = ""  # the headroom's reason: the rise quantile it holds for
+    arrival_scv: float = 1.0  # ca² per replica the TTFT queueing term planned with (1: Poisson)
 
 
 def iso(t: dt.datetime) -> str:
@@ -92,7 +95,16 @@ def why(role: str, rec: Recommendation, demand: DemandEstimate, headroom: float 
     latency = f"ITL {rec.predicted_itl_ms:.1f} ms" if role != "prefill" else f"TTFT {rec.predicted_ttft_ms:.0f} ms"
     horizon = f" in {demand.horizon_s:.0f} s" if demand.source == "metrics" and demand.horizon_s else ""
     extra = (f", ×{headroom:.2f} kept from earlier SLO misses" if headroom > 1.0 + 1e-9 else "")
-    return (f"{source} {demand.rate_rps:.2f} req/s{horizon} needs {demand.rate_rps / max(p.goodput_rps, 1e-9):.1f} "
+    if role != "decode" and demand.arrival_scv > 1.0 + 1e-6:
+        latency += f" with arrivals ca² {demand.arrival_scv:.2f}"
+    g = max(p.goodput_rps, 1e-9)
+    if demand.base_rps is not None and demand.burst_note:
+        # The replicas the headroom adds, priced in replicas: what the forecast alone would need, and more.
+        held = math.ceil(demand.rate_rps / g - 1e-9) - math.ceil(demand.base_rps / g - 1e-9)
+        return (f"{source} {demand.base_rps:.2f} req/s{horizon}, held at {demand.rate_rps:.2f} req/s, needs "
+                f"{demand.rate_rps / g:.1f} replicas at {p.goodput_rps:.2f} req/s each{extra} ({latency} predicted; "
+                f"then {p.limit}); holds {held} replica(s) of burst headroom: {demand.burst_note}")
+    return (f"{source} {demand.rate_rps:.2f} req/s{horizon} needs {demand.rate_rps / g:.1f} "
             f"replicas at {p.goodput_rps:.2f} req/s each{extra} ({latency} predicted; then {p.limit})")
 
 
