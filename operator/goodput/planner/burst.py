@@ -14,8 +14,8 @@ never assumed smoother than Poisson. The default bound is 1 (Poisson, the readin
 planned with), measured: Prometheus cannot count finer than a scrape, so the 30 s index also counts
 minute-scale rate changes, which the planned rate and the rise quantile below already carry. On the
 Azure code trace it read 10-30 (ca² 2-8 per replica) while replicas below the Poisson goodput
-missed nothing; planning with it (bound 2) cost 2.2x the GPU-hours for no attainment
-(benchmarks/results/burst_headroom.md).
+missed nothing; planning with it (bound 2) cost 2.2x the GPU-hours on code/70B for no attainment
+(measured once during development; `benchmarks/burst_headroom.py --with-scv2` reruns it).
 
 Rise over one cold start (burst headroom)
 -----------------------------------------
