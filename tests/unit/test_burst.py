@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from test_autoscale import T0, decide, obs, spec
 
 from goodput.model.goodput import prefill_capacity
 from goodput.model.replica import ReplicaModel
@@ -24,8 +25,6 @@ from goodput.planner.burst import (
     per_replica_scv,
 )
 from goodput.planner.observation import Observation, PoolMetrics
-
-from test_autoscale import T0, decide, obs, spec
 
 BIN = 2.0 ** (1.0 / BINS_PER_DOUBLING)  # one histogram bin: a quantile is read to within this factor
 
