@@ -199,6 +199,11 @@ class ScalingSpec(_Model):
     tolerance: float = Field(0.1, ge=0, lt=1, description="Ignore changes in demand smaller than this fraction.")
     cold_start_seconds: int = Field(180, ge=0, le=7200,
                                     description="Seconds from a new replica's creation until it serves.")
+    uncalibrated_margin: float = Field(
+        0.3, ge=0, le=2,
+        description="Until live metrics calibrate the capacity model, size for engines this fraction slower "
+                    "than it in decode and prefill (the model is 10-35% off on engines it has not seen); the "
+                    "evidence replaces the margin as it accumulates. 0: trust the model from the start.")
 
 
 class LengthHint(_Model):
