@@ -25,8 +25,10 @@ SPEC = {
     "slo": {"ttftMs": 1000, "itlMs": 40}, "mode": "aggregated",
     "workload": {"requestRate": 10, "inputTokens": {"mean": 1000, "p99": 4000},
                  "outputTokens": {"mean": 200, "p99": 800}},
+    # These tables hold stabilization, rate limits and guards against the model's own count, so the
+    # pessimistic prior before calibration (test_uncalibrated_margin_*) is off here.
     "scaling": {"aggregated": {"minReplicas": 1, "maxReplicas": 40}, "coldStartSeconds": 120,
-                "scaleDownStabilizationSeconds": 300},
+                "scaleDownStabilizationSeconds": 300, "uncalibratedMargin": 0},
 }
 
 
@@ -322,3 +324,69 @@ def test_a_rate_limit_slows_a_move_but_never_turns_it_around() -> None:
         {"time": "2026-11-23T11:59:30Z", "replicas": {"aggregated": 2}, "before": {"aggregated": 9}}])
     target, _, _, message = run(spec(), obs(1, pods_reporting=2), 2, low, T0)
     assert target <= 2, message
+
+
+# --- the pessimistic prior before calibration ----------------------------------------------------
+def _with_decode_evidence(windows: float, scale: float = 1.0) -> AutoscalerState:
+    from goodput.planner.calibration import Calibration, Term
+
+    cal = Calibration()
+    terms = {**cal.terms, "decode": Term(scale=scale, windows=windows), "prefill": Term(scale=scale, windows=windows)}
+    return AutoscalerState(metrics_seen=True, calibration=Calibration(terms))
+
+
+def test_uncalibrated_margin_sizes_for_slower_engines_and_says_so() -> None:
+    margin = 0.3
+    up = {"scaleUpMaxPercentPerMinute": 10_000}  # a scale-up from one replica: its message gives the why
+    plain = decide(spec(uncalibratedMargin=0, **up), obs(40), {"aggregated": 1}, _with_decode_evidence(0.0), T0)
+    cautious = decide(spec(uncalibratedMargin=margin, **up), obs(40), {"aggregated": 1}, _with_decode_evidence(0.0),
+                      T0)
+    # The model's count on engines calibrated 1.3x slower in decode and prefill is what the prior asks for.
+    resolved = resolve(spec(), "x")
+    slower_eff = _with_decode_evidence(1.0, scale=1.0 + margin).calibration.efficiency(resolved.efficiency)
+    slower = recommend(spec(), resolved, _workload(40), slower_eff)
+    assert cautious.recommendation.pools[0].replicas == slower.pools[0].replicas
+    assert cautious.recommendation.pools[0].replicas > plain.recommendation.pools[0].replicas
+    assert "until calibrated" in cautious.pools[0].message and "uncalibratedMargin" in cautious.pools[0].message
+    assert "until calibrated" not in plain.pools[0].message
+
+
+@pytest.mark.parametrize("windows", [0.0, 1.0, 2.0, 4.0, 8.0])
+def test_uncalibrated_margin_fades_as_the_evidence_replaces_it(windows: float) -> None:
+    """After w windows of trusted readings the prior keeps exp(-w/2) of its weight (the calibration's
+    own smoothing), so what the plan sizes for moves from 1.3x to the calibrated scale."""
+    import math
+
+    from goodput.planner.calibration import SMOOTHING_WINDOWS
+
+    state = _with_decode_evidence(windows, scale=1.1)
+    factor = state.calibration.prior_factor("decode", 0.3)
+    assert factor == pytest.approx(1.3 ** math.exp(-windows / SMOOTHING_WINDOWS))
+    planning = state.calibration.planning(0.3)
+    assert planning.scale("decode") == pytest.approx(1.1 * factor)
+    assert planning.scale("ttft") == state.calibration.scale("ttft")  # only the speed terms carry it
+    assert state.calibration.scale("decode") == 1.1  # what status shows stays the plain estimate
+    s = spec(uncalibratedMargin=0.3, scaleUpMaxPercentPerMinute=10_000)
+    message = decide(s, obs(40), {"aggregated": 1}, state, T0).pools[0].message
+    assert "req/s each" in message  # a scale-up: the message gives the why
+    assert ("until calibrated" in message) == (factor >= 1.005)
+
+
+def test_uncalibrated_margin_never_makes_the_slos_look_unattainable() -> None:
+    """A prior is caution, not evidence: where it alone would leave no configuration meeting the
+    SLOs, the plan is the model's own, with no unattainable-SLO claim."""
+    tight = spec(uncalibratedMargin=2.0)
+    tight = tight.model_copy(update={"slo": tight.slo.model_copy(update={"itl_ms": 9.0})})
+    plain = tight.model_copy(update={"scaling": tight.scaling.model_copy(update={"uncalibrated_margin": 0.0})})
+    got = decide(tight, obs(5), {"aggregated": 2}, _with_decode_evidence(0.0), T0)
+    model = decide(plain, obs(5), {"aggregated": 2}, _with_decode_evidence(0.0), T0)
+    assert not model.unattainable, "premise: the model alone meets ITL 9 ms"
+    assert not got.unattainable
+    assert got.recommendation.pools[0].replicas == model.recommendation.pools[0].replicas
+    assert "until calibrated" not in got.pools[0].message
+
+
+def _workload(rate: float):  # type: ignore[no-untyped-def]
+    from goodput.planner.autoscale import observed_workload
+
+    return observed_workload(spec(), obs(rate), rate)

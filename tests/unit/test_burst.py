@@ -206,7 +206,7 @@ def test_a_malformed_status_costs_evidence_not_a_crash(bad: object) -> None:
 
 def _on_off_run(restart_at: int | None) -> list[tuple[float, str]]:
     """The planner over an on/off load; optionally restarted (state read back from status) once."""
-    s = spec(coldStartSeconds=180)
+    s = spec(coldStartSeconds=180, burstQuantile=0.99)  # opt-in
     state = AutoscalerState(metrics_seen=True, metrics_since="2026-11-23T11:00:00Z")
     rates = ([1.0] * 10 + [30.0] * 10) * 4
     out = []

@@ -40,10 +40,12 @@ def event_dicts(out: Outcome, at: dt.datetime) -> list[dict[str, Any]]:
 def reconciled(filename: str, observed: dict[str, PoolObservation] | None = None,
                steps: int = 1, request_rate: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The example after `steps` reconciles at T0 (the cluster showing `observed` after the first),
-    planned for `request_rate` instead of its own hint when given."""
+    planned for `request_rate` instead of its own hint when given: then at the model's own count
+    (no pessimistic prior before calibration), which the rate was chosen for."""
     obj = example(filename)
     if request_rate is not None:
         obj["spec"]["workload"]["requestRate"] = request_rate
+        obj["spec"].setdefault("scaling", {})["uncalibratedMargin"] = 0
     events: list[dict[str, Any]] = []
     for i in range(steps):
         out = reconcile(obj, observed if (observed and i) else {}, T0)

@@ -44,7 +44,10 @@ def test_both_callers_go_through_the_planner_module(calls: list[Any]) -> None:
     setup = prepare(build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode="aggregated",
                                cold_start_s=60), trace(150.0, 5.0))
     run = run_policy(setup, GoodputPolicy(setup))
-    assert len(calls) == run.decisions == 4  # every 30 s: at 30, 60, 90 and 120 s of the 150 s trace
+    # The fleet the operator creates (no metrics yet), then every 30 s: at 30, 60, 90 and 120 s of the 150 s trace.
+    assert len(calls) == 1 + run.decisions == 5
+    assert calls[0][0].observation is None and calls[0][0].current == {}
+    calls = calls[1:]
     for inputs, _ in calls:
         assert isinstance(inputs.observation, Observation) and inputs.observation.available
         assert inputs.spec is setup.spec and inputs.shape == setup.running_shape()

@@ -37,8 +37,10 @@ def even_trace(segments: list[tuple[float, float]], tail_request_at: float | Non
 
 
 def setup_for(trace: Trace) -> Setup:
+    # These replays hold the policies to the model's own count in the matched world, so the goodput
+    # policy's pessimistic prior before calibration is off (tests/unit/test_autoscale.py has it).
     spec = build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode="aggregated",
-                      cold_start_s=COLD_START_S)
+                      cold_start_s=COLD_START_S, uncalibrated_margin=0.0)
     return prepare(spec, trace)
 
 

@@ -450,6 +450,27 @@ def recommend_for(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workloa
     raise CapacityModelError(first)
 
 
+def plan_with_prior(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workload: Workload, base: Efficiency,
+                    keep: RunningShape | None, cal: Calibration,
+                    ) -> tuple[Recommendation, str, ResolvedSpec, Efficiency, str]:
+    """`recommend_for` on the engines the plan sizes for: the calibration with what is left of the
+    pessimistic prior (`Calibration.planning`). Where the prior alone would make the SLOs look
+    unattainable, the plan is the calibrated model's own: a prior is caution, not evidence.
+    Returns the recommendation, why it is relaxed (""), the spec it was sized for, the efficiency
+    used and the prior's clause for the decisions' reasons ("" when none applied)."""
+    margin = spec.scaling.uncalibrated_margin
+    planning = cal.planning(margin)
+    eff = planning.efficiency(base)
+    rec, relaxed, sized_for = recommend_for(spec, resolved, workload, eff, keep, planning)
+    note = cal.prior_note(margin)
+    if relaxed and note:
+        plain = cal.efficiency(base)
+        rec0, relaxed0, sized_for0 = recommend_for(spec, resolved, workload, plain, keep, cal)
+        if not relaxed0:
+            return rec0, relaxed0, sized_for0, plain, ""
+    return rec, relaxed, sized_for, eff, note
+
+
 def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: Efficiency,
               state: AutoscalerState, sized_for: ResolvedSpec | None = None,
               ) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
@@ -642,13 +663,13 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
                   if "decode" in running else 0.0)
         state.calibration = cal_terms.update(state.calibration, obs, running, inp.resolved, workload, base, now,
                                              settled=not settle, itl_margin_ms=margin)
-    eff = state.calibration.efficiency(base)
+    best = state.calibration.efficiency(base)  # the calibrated model: what "the model says" means below
     keep = None if inp.spec_changed else inp.shape
-    rec, relaxed, sized_for = recommend_for(spec, inp.resolved, workload, eff, keep, state.calibration)
+    rec, relaxed, sized_for, eff, prior = plan_with_prior(spec, inp.resolved, workload, base, keep, state.calibration)
     rec, rollouts = keep_args(rec, inp, workload, eff, state, sized_for)
     ttft_scale = state.calibration.scale("ttft")
     rec = dataclasses.replace(rec, predicted_ttft_ms=rec.predicted_ttft_ms * ttft_scale)
-    unattainable = unattainable_slos(inp.resolved, rec, workload, eff, state.calibration) if relaxed or \
+    unattainable = unattainable_slos(inp.resolved, rec, workload, best, state.calibration) if relaxed or \
         state.calibration.terms["decode"].windows > 0 else {}
     if relaxed and not unattainable:
         unattainable = {"SLO": relaxed}
@@ -657,7 +678,7 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     if have_metrics and obs is not None:
         slo = inp.resolved.slo
         raw = slo_readings(obs.pools, slo.ttft_ms, slo.itl_ms, slo.quantile, slo.label)
-        readings = tuple(dataclasses.replace(r, predicted_ms=predicted_at_load(r, inp, workload, eff, ttft_scale))
+        readings = tuple(dataclasses.replace(r, predicted_ms=predicted_at_load(r, inp, workload, best, ttft_scale))
                          for r in raw)
     headroom = decayed_headroom(state, readings, now, spec.scaling.scale_down_stabilization_seconds)
     rec = with_headroom(rec, spec, headroom)
@@ -666,7 +687,7 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     state.recommendations.append({"time": _iso(now), "replicas": recorded})
     history = _history(state, spec, now)
     current = dict(inp.current)
-    decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom)
+    decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom, prior)
     steps: list[str] = []
 
     def step(name: str, new: list[PoolDecision]) -> list[PoolDecision]:

@@ -47,6 +47,16 @@ Rules every term follows:
 * **Survives a restart**: the terms live in ``status.autoscaler.calibration``.
 * KV capacity is a configuration the engine reports, exact at any load: it is taken as read,
   bounded, and not smoothed.
+
+**Before the evidence: a pessimistic prior.** The model is 10-35% off on engines it has not seen,
+and a fleet sized at the model's count in a slower world misses its SLOs for a window of evidence
+plus a cold start before any correction serves. So the plan sizes with `Calibration.planning`:
+the decode and prefill terms as if their exponential average had started from a prior
+``1 + margin`` slower than the model (``spec.scaling.uncalibratedMargin``) instead of from 1. The
+evidence replaces the prior at the average's own rate: after ``w`` windows of trusted readings the
+prior keeps the weight ``exp(-w / SMOOTHING_WINDOWS)``, so the planning scale is the calibrated
+one times ``(1 + margin) ** exp(-w / SMOOTHING_WINDOWS)``. The terms themselves (status, readings)
+stay the plain estimates; only what the plan sizes for carries the prior.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ from goodput.planner.recommend import ResolvedSpec
 from goodput.planner.slo import PercentileReading, read_percentile
 
 TERMS = ("decode", "prefill", "ttft", "itl", "kv")
+PRIOR_TERMS = ("decode", "prefill")  # the engine-speed terms the pessimistic prior applies to
 BOUNDS: dict[str, tuple[float, float]] = {"decode": (0.4, 3.0), "prefill": (0.4, 3.0), "ttft": (1.0, 3.0),
                                           "itl": (1.0, 2.0), "kv": (0.25, 2.0)}
 SMOOTHING_WINDOWS = 2.0  # time constant of the exponential average, in short windows
@@ -136,6 +147,28 @@ class Calibration:
             compute_fraction=min(base.compute_fraction / p, 1.0),
             runtime_reserve_gib=max(base.runtime_reserve_gib + self.kv_reserve_delta_gib, 0.0),
         )
+
+    def prior_factor(self, term: str, margin: float) -> float:
+        """What is left of the pessimistic prior on a speed term (1 once the evidence replaced it)."""
+        if term not in PRIOR_TERMS or margin <= 0.0:
+            return 1.0
+        return float((1.0 + margin) ** math.exp(-self.terms[term].windows / SMOOTHING_WINDOWS))
+
+    def planning(self, margin: float) -> Calibration:
+        """The calibration the plan sizes with: the speed terms carry what is left of the prior."""
+        if margin <= 0.0:
+            return self
+        terms = {t: dataclasses.replace(term, scale=term.scale * self.prior_factor(t, margin))
+                 for t, term in self.terms.items()}
+        return dataclasses.replace(self, terms=terms)
+
+    def prior_note(self, margin: float) -> str:
+        """A clause for a decision's reason, "" once the prior no longer matters."""
+        factors = {t: self.prior_factor(t, margin) for t in PRIOR_TERMS}
+        if all(f < 1.005 for f in factors.values()):
+            return ""
+        parts = " and ".join(f"{t} ×{f:.2f}" for t, f in factors.items())
+        return f"engines assumed slower than the model until calibrated ({parts}; spec.scaling.uncalibratedMargin)"
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {t: self.terms[t].to_status() for t in TERMS}

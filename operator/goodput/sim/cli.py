@@ -86,6 +86,9 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
                         "comma-separated")
     p.add_argument("--cold-start-s", type=number_arg(float, 0.0, True), default=180.0, metavar="S",
                    help="seconds from a new replica's creation until it serves (default 180, the CRD's)")
+    p.add_argument("--uncalibrated-margin", type=number_arg(float, 0.0, True, 2.0), default=None, metavar="F",
+                   help="goodput: until calibrated, size for engines this fraction slower than the model "
+                        "(default 0.3, the CRD's spec.scaling.uncalibratedMargin; 0: trust the model)")
     p.add_argument("--interval-s", type=number_arg(float, 0.0, False), default=30.0, metavar="S",
                    help="decision interval of goodput and oracle (default 30; HPA/KEDA sync every 15 s; dynamo "
                         "decides at its own --dynamo-interval-s)")
@@ -248,7 +251,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     spec = build_spec(args.model, args.gpu, args.precision, args.ttft_p99_ms, args.itl_p99_ms,
                       kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
                       percentile=args.slo_percentile, price_per_gpu_hour=_price(args),
-                      architecture=inline_architecture(args.model_config) if args.model_config else None)
+                      architecture=inline_architecture(args.model_config) if args.model_config else None,
+                      uncalibrated_margin=args.uncalibrated_margin)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
                        metrics_age_s=args.metrics_age_s)

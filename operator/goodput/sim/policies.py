@@ -92,6 +92,18 @@ class GoodputPolicy(Policy):
         self.state = AutoscalerState()
         self.results: list[AutoscaleResult] = []
 
+    def initial(self) -> dict[str, int]:
+        """The fleet the operator creates for the spec: its own first plan, from the hints (the
+        opening's rate) with no metrics yet, so with what the planner holds before any evidence
+        (spec.scaling.uncalibratedMargin). The state carries on from it, as status would."""
+        start = super().initial()
+        inputs = PlannerInput(self.setup.spec, self.setup.resolved, None, {}, {}, self.state, sim_time(0.0),
+                              shape=self.setup.running_shape())
+        result = autoscale_module.autoscale(inputs)
+        self.state = AutoscalerState.from_status(result.state.to_status())
+        planned = {d.role: d.target for d in result.pools}
+        return {role: planned.get(role, n) for role, n in start.items()}
+
     def observation(self, t: float, fleet: Fleet) -> Observation:
         cfg = self.setup.config
         # Prometheus as of the last scrape that is metrics_age_s old (the same age for every policy).

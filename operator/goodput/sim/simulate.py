@@ -147,7 +147,8 @@ class Setup:
 def build_spec(model: str | None, gpu: str, precision: str, ttft_ms: float, itl_ms: float, *,
                kv_dtype: str = "auto", mode: str = "auto", cold_start_s: float = 180.0, percentile: float = 99.0,
                price_per_gpu_hour: float | None = None,
-               architecture: dict[str, Any] | None = None) -> InferenceDeploymentSpec:
+               architecture: dict[str, Any] | None = None,
+               uncalibrated_margin: float | None = None) -> InferenceDeploymentSpec:
     """An InferenceDeploymentSpec from command-line style arguments (validated by the API models);
     ``architecture``: spec.model.architecture (with its huggingFaceName) for a model not in the catalog."""
     if architecture is not None:
@@ -165,6 +166,8 @@ def build_spec(model: str | None, gpu: str, precision: str, ttft_ms: float, itl_
     }
     if price_per_gpu_hour is not None:
         data["accelerator"]["pricePerGpuHour"] = price_per_gpu_hour
+    if uncalibrated_margin is not None:  # default: the CRD's
+        data["scaling"]["uncalibratedMargin"] = uncalibrated_margin
     try:
         return InferenceDeploymentSpec.model_validate(data)
     except ValueError as exc:  # pydantic's ValidationError
