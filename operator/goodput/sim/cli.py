@@ -4,7 +4,7 @@
         [--rate-scale X [--rate-scale-mode compress|replicate]] --model M --gpu G --precision P
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
         [--policy goodput|hpa|keda-queue|keda-queue-running|dynamo|static-peak|oracle|all[,...]]
-        [--cold-start-s S]
+        [--cold-start-s S] [--client-timeout-s 600]
         [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price GPU=USD] [--seed N]
         [--world-efficiency FILE.json|preset:NAME] [--world-scale NAME=FACTOR[,...]]
         [--jobs N] [-o table|json|yaml] [--plot FILE.png] [--quiet]
@@ -86,6 +86,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
                         "comma-separated")
     p.add_argument("--cold-start-s", type=number_arg(float, 0.0, True), default=180.0, metavar="S",
                    help="seconds from a new replica's creation until it serves (default 180, the CRD's)")
+    p.add_argument("--client-timeout-s", type=number_arg(float, 0.0, True), default=600.0, metavar="S",
+                   help="clients give up on a request not finished S seconds after its arrival: it leaves the "
+                        "router queue or is aborted in its engine, and is a miss (default 600, the OpenAI "
+                        "client's timeout; 0: clients never give up)")
     p.add_argument("--interval-s", type=number_arg(float, 0.0, False), default=30.0, metavar="S",
                    help="decision interval of goodput and oracle (default 30; HPA/KEDA sync every 15 s; dynamo "
                         "decides at its own --dynamo-interval-s)")
@@ -251,7 +255,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       architecture=inline_architecture(args.model_config) if args.model_config else None)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
-                       metrics_age_s=args.metrics_age_s)
+                       metrics_age_s=args.metrics_age_s, client_timeout_s=args.client_timeout_s)
     setup = prepare(spec, trace, config, world=load_world(args.world_efficiency, args.world_scale))
     progress = Progress(not args.quiet)
     sim = run_all(setup, order, args.jobs, progress)
@@ -307,6 +311,8 @@ def report_text(report: dict[str, Any]) -> str:
             extra.append(f"{d['rejected']} rejected")
         if d["unfinished"]:
             extra.append(f"{d['unfinished']} unfinished")
+        if d.get("abandoned"):
+            extra.append(f"{d['abandoned']} abandoned")
         attain = "-" if r["attainment"] is None else f"{r['attainment'] * 100:.2f}%"
         lines.append(
             f"{name:<19}{attain:>8}{_f(r['ttft_p50_ms'], '.0f'):>10}{_f(r['ttft_p99_ms'], '.0f'):>9}"

@@ -22,7 +22,8 @@ Run (`run_policy`)
 From t = 0 the fleet holds ``policy.initial()`` replicas, warm. Events in time order: arrivals
 (routed in batches of ``route_quantum_s``, each with its exact arrival time), scrapes every
 ``scrape_s`` (15 s), the policy's decisions every ``interval_s`` (30 s; HPA and KEDA at the HPA
-sync period, 15 s), replicas becoming ready. A decision's new replicas serve ``cold_start_s``
+sync period, 15 s), replicas becoming ready, clients' deadlines (``client_timeout_s`` after an
+unfinished request's arrival: it is abandoned). A decision's new replicas serve ``cold_start_s``
 later (the oracle's at once); removed ones drain. After the last arrival the fleet drains with
 the replicas it has (at most ``drain_limit_s``); GPU-hours count until the last arrival.
 
@@ -30,7 +31,8 @@ Results (`summarize`)
 ---------------------
 attainment = requests with TTFT <= the TTFT target and mean inter-token latency <= the ITL target
 (one-token outputs have no ITL) over all requests of the trace (rejected and unfinished ones
-count as misses); TTFT and ITL percentiles over finished requests (ITL: each request's mean
+count as misses, and so do requests abandoned by their clients, see ``SimConfig.client_timeout_s``);
+TTFT and ITL percentiles over finished requests (ITL: each request's mean
 inter-token latency); GPU-hours, their cost at the GPU's price, scaling actions (changes of a
 pool's replica count), and GPU-hours relative to the oracle's.
 """
@@ -62,7 +64,7 @@ from goodput.planner.recommend import (
     recommend,
     resolve,
 )
-from goodput.sim.fleet import DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
+from goodput.sim.fleet import ABANDONED, DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
 from goodput.sim.policies import DIAGNOSTICS, POLICIES, OraclePolicy, Policy
 from goodput.sim.trace import Trace
 
@@ -91,6 +93,9 @@ class SimConfig:
     dynamo_correction: bool = True
     route_quantum_s: float = 0.02
     drain_limit_s: float = 1800.0
+    # Clients give up on a request not finished this long after its arrival (the OpenAI Python
+    # client's default timeout is 600 s); 0: they never do. The same for every policy.
+    client_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -291,7 +296,7 @@ class PolicyRun:
     name: str
     ttft_s: npt.NDArray[np.float64]  # per request, NaN unless finished
     itl_s: npt.NDArray[np.float64]  # per request: mean inter-token latency
-    status: npt.NDArray[np.int8]  # PENDING (unfinished), DONE, REJECTED
+    status: npt.NDArray[np.int8]  # PENDING (unfinished), DONE, REJECTED, ABANDONED (the client gave up)
     gpu_hours: float
     scaling_actions: int
     timeline: list[dict[str, Any]]
@@ -306,6 +311,10 @@ class PolicyRun:
     def unfinished(self) -> int:
         return int(np.count_nonzero(self.status == PENDING))
 
+    @property
+    def abandoned(self) -> int:
+        return int(np.count_nonzero(self.status == ABANDONED))
+
 
 Progress = Callable[[str, float], None]
 
@@ -318,7 +327,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
     n = len(trace)
     end = trace.span_s
     started = clock() if clock else None
-    fleet = Fleet(setup.pools, trace, cfg.seed, cfg.noise_cv)
+    fleet = Fleet(setup.pools, trace, cfg.seed, cfg.noise_cv, cfg.client_timeout_s)
     fleet.stop_gpu_clock(end)
     for role, count in policy.initial().items():
         fleet.set_replicas(role, count, 0.0)
@@ -336,7 +345,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
         t_arrival = float(times[i]) if i < n else math.inf
         t_scrape = scrape_k * cfg.scrape_s
         t_decide = decide_k * policy.interval_s
-        t = min(t_arrival, t_scrape, t_decide, fleet.next_ready_s())
+        t = min(t_arrival, t_scrape, t_decide, fleet.next_ready_s(), fleet.next_deadline_s())
         if t > end:
             break
         fleet.advance(t)
@@ -367,7 +376,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
     fleet.advance(max(end, fleet.now))
     limit = end + cfg.drain_limit_s
     while fleet.busy() and fleet.now < limit:
-        fleet.advance(min(fleet.now + 10.0, limit))
+        fleet.advance(min(fleet.now + 10.0, limit, max(fleet.next_deadline_s(), fleet.now)))
     if progress is not None:
         progress(policy.name, 1.0)
     wall = clock() - started if clock and started is not None else None
@@ -419,12 +428,13 @@ def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None,
 
 
 def details(run: PolicyRun) -> dict[str, Any]:
-    """What the table adds to the summary: rejected and unfinished requests, peak replicas."""
+    """What the table adds to the summary: rejected, unfinished and abandoned requests, peak replicas."""
     peak: dict[str, int] = {}
     for row in run.timeline:
         for role, count in row["replicas"].items():
             peak[role] = max(peak.get(role, 0), int(count))
     return {"rejected": int(np.count_nonzero(run.status == REJECTED)), "unfinished": run.unfinished,
+            "abandoned": run.abandoned,
             "peak_replicas": peak, "decisions": run.decisions,
             "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None, "notes": run.notes[:5]}
 
@@ -489,6 +499,7 @@ class Simulation:
             "windows_s": [cfg.window_s, cfg.long_window_s],
             "hpa_metric": cfg.hpa_metric,
             "keda_threshold": cfg.keda_threshold,
+            "client_timeout_s": cfg.client_timeout_s,
             "seed": cfg.seed,
             "noise_cv": cfg.noise_cv,
             "details": {name: details(self.runs[name]) for name in names},
