@@ -168,7 +168,7 @@ def test_abandoned_requests_are_misses_and_counted_apart() -> None:
     assert run.unfinished == 0  # every client left or was served: nothing is left hanging
 
 
-@pytest.mark.parametrize("policy", ["static-peak", "hpa", "keda-queue", "goodput"])
+@pytest.mark.parametrize("policy", ["static-peak", "keda-queue", "goodput"])
 def test_no_timeout_reproduces_clients_that_never_give_up(policy: str) -> None:
     # A healthy fleet: nobody waits anywhere near 600 s, so the default changes nothing, and a
     # timeout too long to fire is the same run as no timeout at all (0).

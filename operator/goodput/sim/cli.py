@@ -5,7 +5,8 @@
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
         [--policy goodput|hpa|keda-queue|keda-queue-running|dynamo|static-peak|oracle|all[,...]]
         [--cold-start-s S] [--client-timeout-s 600]
-        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price GPU=USD] [--seed N]
+        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--hpa-target-scale X]
+        [--price GPU=USD] [--seed N]
         [--world-efficiency FILE.json|preset:NAME] [--world-scale NAME=FACTOR[,...]]
         [--jobs N] [-o table|json|yaml] [--plot FILE.png] [--quiet]
 
@@ -47,6 +48,7 @@ from goodput.sim.simulate import (
     Simulation,
     build_spec,
     details,
+    measure_shared,
     policy_order,
     prepare,
     run_named,
@@ -101,7 +103,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--hpa-metric", choices=("running", "kv"), default="running",
                    help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
     p.add_argument("--hpa-target", type=number_arg(float, 0.0, False), metavar="X",
-                   help="the hpa policy's target per pod (default: the capacity model's value at goodput)")
+                   help="the hpa policy's target per pod for the aggregated/decode pool (default: the metric's level "
+                        "at the highest steady load one replica of the simulated engine serves within the SLOs)")
+    p.add_argument("--hpa-target-scale", type=number_arg(float, 0.0, False), default=1.0, metavar="X",
+                   help="multiply the load-tested HPA targets of every pool by X (a user tuning them; default 1)")
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the price per GPU-hour of the GPU, as in `goodput plan` (default: catalog)")
     p.add_argument("--seed", type=number_arg(int, 0, True), default=0, help="seed of the random draws")
@@ -212,6 +217,7 @@ def _run_one(setup: Setup, name: str) -> PolicyRun:
 
 def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Simulation:
     order = policy_order(names)
+    measure_shared(setup, order)  # once, here, not in every process
     runs: dict[str, PolicyRun] = {}
     if jobs <= 1 or len(order) == 1:
         for name in order:
@@ -254,7 +260,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       percentile=args.slo_percentile, price_per_gpu_hour=_price(args),
                       architecture=inline_architecture(args.model_config) if args.model_config else None)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
-                       hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
+                       hpa_target=args.hpa_target, hpa_target_scale=args.hpa_target_scale,
+                       dynamo_interval_s=args.dynamo_interval_s,
                        metrics_age_s=args.metrics_age_s, client_timeout_s=args.client_timeout_s)
     setup = prepare(spec, trace, config, world=load_world(args.world_efficiency, args.world_scale))
     progress = Progress(not args.quiet)
