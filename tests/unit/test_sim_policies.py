@@ -153,4 +153,4 @@ def test_hpa_and_keda_read_scrapes_not_live_engines() -> None:
     running = fleet.pool_gauge_sum("aggregated", _running, policy.age_s)
     assert policy.desired("aggregated", 1, fleet) == max(
         external_average_replicas(fleet.pool_gauge_sum("aggregated", _waiting, policy.age_s), 1, 5.0),
-        external_average_replicas(running, 1, setup.hpa_targets["aggregated"]))
+        external_average_replicas(running, 1, setup.hpa_target("aggregated")))

@@ -34,6 +34,11 @@ the prompt and the request starts decoding (its first step is one token of conte
 which samples its first token here). A fleet simulator submits to the decode replica at the
 prefill's ``finish_s + kv_transfer_s`` and adds the upstream time to the decode replica's TTFT.
 
+Aborts: ``abort(request_id)`` drops a request whose client went away. Waiting (or not yet
+arrived), it leaves the queue at once; running, it leaves the batch at the next step boundary
+(a step in flight completes, as vLLM's engine core applies aborts between steps) and its KV
+blocks are freed then. It is never reported as finished.
+
 Time: ``submit`` every request that arrives before ``until_s``, then ``advance(until_s)``. A step
 starts when the previous one ends (or at the first arrival once idle, never before
 ``ready_at_s``); its composition is fixed when it starts, its tokens appear when it ends. A step
@@ -120,7 +125,7 @@ class Finished:
 
 
 class _Req:
-    __slots__ = ("admitted", "arrival", "blocks", "cached", "computed", "done", "first_s", "gen", "itl_max",
+    __slots__ = ("aborted", "admitted", "arrival", "blocks", "cached", "computed", "done", "first_s", "gen", "itl_max",
                  "itl_n", "itl_sum", "last_s", "out", "preempted", "prompt", "rid", "sched_s")
 
     def __init__(self, rid: RequestId, arrival: float, prompt: int, out: int, cached: int) -> None:
@@ -141,6 +146,7 @@ class _Req:
         self.itl_max = 0.0
         self.itl_n = 0
         self.done = False
+        self.aborted = False  # the client went away (see EngineReplica.abort)
 
 
 _Scheduled = tuple[_Req, int, int]  # (request, tokens computed before the step, tokens in the step)
@@ -198,6 +204,9 @@ class EngineReplica:
         self._plan_t0 = 0.0
         self._plan_passed = 0
         self._early: list[Finished] = []  # finished while a counter was read; returned by advance
+        self._live: dict[RequestId, _Req] = {}  # submitted and not yet finished, for abort
+        self._doomed = False  # an aborted request is still in the running batch (freed at the next step)
+        self.aborted = 0
 
         self._stats = ReplicaStats()
         self.rejected = 0
@@ -295,6 +304,7 @@ class EngineReplica:
             return False
         cached = 0 if self.role == "decode" else max(0, min(int(cached_tokens), prompt - 1))
         req = _Req(request_id, float(arrival_s), prompt, out, cached)
+        self._live[request_id] = req
         pending = self._pending
         if not pending or pending[-1].arrival <= req.arrival:
             pending.append(req)
@@ -311,6 +321,50 @@ class EngineReplica:
             self._plan_ends = ends[:keep]
             self._plan_gaps = self._plan_gaps[:keep]
         return True
+
+    def abort(self, request_id: RequestId) -> bool:
+        """The client went away (vLLM aborts a request whose connection closes): drop the request.
+
+        Not yet arrived or waiting: removed now. Running: it leaves the batch at the next step
+        boundary and its KV blocks are freed then (a step already started completes, as vLLM's
+        engine core handles aborts between steps); planned decode steps that would start after
+        now are cut, so no later step carries it. An aborted request is never reported by
+        ``advance`` and is not counted in the success counters. False when the request is not
+        here (finished, possibly not yet reported, or never submitted)."""
+        req = self._live.pop(request_id, None)
+        if req is None:
+            return False
+        req.aborted = True
+        self.aborted += 1
+        for queue in (self._waiting, self._pending):
+            # Requests expire oldest first and the queues are in arrival order: found near the front.
+            try:
+                queue.remove(req)
+                return True
+            except ValueError:
+                pass
+        self._doomed = True
+        ends = self._plan_ends
+        if ends is not None:
+            # As for an arrival: keep the planned steps that started before now.
+            keep = max(1 + int(np.searchsorted(ends[:-1], self.now, side="left")), self._plan_passed + 1)
+            self._plan_ends = ends[:keep]
+            self._plan_gaps = self._plan_gaps[:keep]
+        elif self._inflight is None:
+            self._purge()  # between steps: freed at once
+        return True
+
+    def _purge(self) -> None:
+        """Drop aborted requests from the running batch and free their blocks (a step boundary)."""
+        keep: list[_Req] = []
+        for req in self._running:
+            if req.aborted:
+                self._free += req.blocks
+                req.blocks = 0
+            else:
+                keep.append(req)
+        self._running = keep
+        self._doomed = False
 
     # ------------------------------------------------------------------------------------------
     # Time
@@ -336,6 +390,8 @@ class EngineReplica:
                 self._complete(out)
                 continue
             t = self._clock if self._clock > self.ready_at_s else self.ready_at_s
+            if self._doomed:
+                self._purge()
             if not self._running and not self._waiting:
                 if not self._pending:
                     break
@@ -663,6 +719,9 @@ class EngineReplica:
                 continue
             self._free += req.blocks
             req.blocks = 0
+            if req.aborted:
+                continue  # its client is gone: nothing to report
+            self._live.pop(req.rid, None)
             handoff = self.role == "prefill"
             reason = "length" if handoff else "stop"
             stats.count_success(reason)

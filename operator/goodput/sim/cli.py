@@ -4,8 +4,9 @@
         [--rate-scale X [--rate-scale-mode compress|replicate]] --model M --gpu G --precision P
         [--kv-dtype auto|fp8] --ttft-p99-ms T --itl-p99-ms I [--mode auto|aggregated|disaggregated]
         [--policy goodput|hpa|keda-queue|keda-queue-running|dynamo|static-peak|oracle|all[,...]]
-        [--cold-start-s S]
-        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--price GPU=USD] [--seed N]
+        [--cold-start-s S] [--client-timeout-s 600]
+        [--interval-s 30] [--hpa-metric running|kv] [--hpa-target X] [--hpa-target-scale X]
+        [--price GPU=USD] [--seed N]
         [--world-efficiency FILE.json|preset:NAME] [--world-scale NAME=FACTOR[,...]]
         [--jobs N] [-o table|json|yaml] [--plot FILE.png] [--quiet]
 
@@ -47,6 +48,7 @@ from goodput.sim.simulate import (
     Simulation,
     build_spec,
     details,
+    measure_shared,
     policy_order,
     prepare,
     run_named,
@@ -89,6 +91,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--uncalibrated-margin", type=number_arg(float, 0.0, True, 2.0), default=None, metavar="F",
                    help="goodput: until calibrated, size for engines this fraction slower than the model "
                         "(default 0.3, the CRD's spec.scaling.uncalibratedMargin; 0: trust the model)")
+    p.add_argument("--client-timeout-s", type=number_arg(float, 0.0, True), default=600.0, metavar="S",
+                   help="clients give up on a request not finished S seconds after its arrival: it leaves the "
+                        "router queue or is aborted in its engine, and is a miss (default 600, the OpenAI "
+                        "client's timeout; 0: clients never give up)")
     p.add_argument("--interval-s", type=number_arg(float, 0.0, False), default=30.0, metavar="S",
                    help="decision interval of goodput and oracle (default 30; HPA/KEDA sync every 15 s; dynamo "
                         "decides at its own --dynamo-interval-s)")
@@ -100,7 +106,10 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--hpa-metric", choices=("running", "kv"), default="running",
                    help="the hpa policy's per-pod metric: vllm:num_requests_running or vllm:kv_cache_usage_perc")
     p.add_argument("--hpa-target", type=number_arg(float, 0.0, False), metavar="X",
-                   help="the hpa policy's target per pod (default: the capacity model's value at goodput)")
+                   help="the hpa policy's target per pod for the aggregated/decode pool (default: the metric's level "
+                        "at the highest steady load one replica of the simulated engine serves within the SLOs)")
+    p.add_argument("--hpa-target-scale", type=number_arg(float, 0.0, False), default=1.0, metavar="X",
+                   help="multiply the load-tested HPA targets of every pool by X (a user tuning them; default 1)")
     p.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                    help="override the price per GPU-hour of the GPU, as in `goodput plan` (default: catalog)")
     p.add_argument("--seed", type=number_arg(int, 0, True), default=0, help="seed of the random draws")
@@ -211,6 +220,7 @@ def _run_one(setup: Setup, name: str) -> PolicyRun:
 
 def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Simulation:
     order = policy_order(names)
+    measure_shared(setup, order)  # once, here, not in every process
     runs: dict[str, PolicyRun] = {}
     if jobs <= 1 or len(order) == 1:
         for name in order:
@@ -254,8 +264,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       architecture=inline_architecture(args.model_config) if args.model_config else None,
                       uncalibrated_margin=args.uncalibrated_margin)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
-                       hpa_target=args.hpa_target, dynamo_interval_s=args.dynamo_interval_s,
-                       metrics_age_s=args.metrics_age_s)
+                       hpa_target=args.hpa_target, hpa_target_scale=args.hpa_target_scale,
+                       dynamo_interval_s=args.dynamo_interval_s,
+                       metrics_age_s=args.metrics_age_s, client_timeout_s=args.client_timeout_s)
     setup = prepare(spec, trace, config, world=load_world(args.world_efficiency, args.world_scale))
     progress = Progress(not args.quiet)
     sim = run_all(setup, order, args.jobs, progress)
@@ -311,6 +322,8 @@ def report_text(report: dict[str, Any]) -> str:
             extra.append(f"{d['rejected']} rejected")
         if d["unfinished"]:
             extra.append(f"{d['unfinished']} unfinished")
+        if d.get("abandoned"):
+            extra.append(f"{d['abandoned']} abandoned")
         attain = "-" if r["attainment"] is None else f"{r['attainment'] * 100:.2f}%"
         lines.append(
             f"{name:<19}{attain:>8}{_f(r['ttft_p50_ms'], '.0f'):>10}{_f(r['ttft_p99_ms'], '.0f'):>9}"

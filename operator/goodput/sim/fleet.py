@@ -22,6 +22,12 @@ Pure: no I/O, no clock; time is what `Fleet.advance` is told.
   first, then the most recently created). A removed replica **drains**: no new requests, it
   finishes what it holds (nothing is re-routed or lost) and frees its GPUs when its last request
   ends. GPU time is counted from creation to that moment.
+* **Clients that give up** (``client_timeout_s`` > 0): a request not finished within the timeout
+  of its arrival is **abandoned** at that instant: taken out of the router's queue, or aborted in
+  the engine that holds it (`EngineReplica.abort`: its batch slot and KV blocks are freed at the
+  engine's next step boundary). A request that finishes later than its deadline (within the
+  20 ms routing quantum) or whose KV would reach the decode pool after it is abandoned too.
+  Abandoned requests are misses; 0 means clients never give up.
 * **Per-request record**: TTFT from the trace arrival to the first token (router wait, prefill,
   KV transfer and first decode step included), the mean inter-token latency over the request's
   later tokens, the finish time. A request the engine refuses (longer than --max-model-len or
@@ -43,7 +49,7 @@ from goodput.model.replica import ReplicaModel
 from goodput.sim.metrics import LAYOUT, Snapshot, Vec, stats_vector
 from goodput.sim.trace import MOONCAKE_BLOCK_TOKENS, Trace
 
-PENDING, DONE, REJECTED = 0, 1, 2
+PENDING, DONE, REJECTED, ABANDONED = 0, 1, 2, 3
 SAMPLES_KEPT = 8  # per pod: enough for a metrics age of a few scrape intervals
 
 
@@ -124,6 +130,7 @@ class Fleet:
     trace: Trace
     seed: int = 0
     noise_cv: float = 0.05
+    client_timeout_s: float = 0.0  # 0: clients never give up
     replicas: list[Replica] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -157,6 +164,12 @@ class Fleet:
         self._outputs = self.trace.outputs
         self._hashes = self.trace.hash_ids
         self._gpu_stop = math.inf
+        # Client timeouts: where each submitted request is (its replica; absent while it waits in
+        # the router), how many arrivals were submitted, and the first one not yet past its deadline.
+        self.abandoned = 0
+        self._where: dict[int, Replica] = {}
+        self._submitted = 0
+        self._expire_i = 0
 
     # ------------------------------------------------------------------------------------------
     # views
@@ -255,6 +268,8 @@ class Fleet:
                 for f in rep.engine.advance(t):
                     self._finished(rep, f, handoffs)
         self.now = t
+        if self.client_timeout_s > 0.0:
+            self._expire(t)
         for role in self.pools:
             if self._queues[role]:
                 self._flush(role)
@@ -265,6 +280,12 @@ class Fleet:
         rep.outstanding -= 1
         rep.last_finish_s = max(rep.last_finish_s, f.finish_s)
         i = int(f.request_id)
+        if self.client_timeout_s > 0.0:
+            self._where.pop(i, None)
+            done_s = f.finish_s + f.kv_transfer_s if f.handoff else f.finish_s
+            if done_s > self.deadline_s(i):  # the client left before this reached it
+                self._give_up(i)
+                return
         if f.handoff:
             self.handoffs += 1
             handoffs.append((f.finish_s + f.kv_transfer_s, f))
@@ -286,6 +307,7 @@ class Fleet:
         """Route trace requests i0..i1-1 (arriving at or after now) to the entry pool."""
         for i in range(i0, i1):
             self._route(i, self.entry_role, float(self._arrival[i]))
+        self._submitted = max(self._submitted, i1)
 
     def _pick(self, role: str) -> Replica | None:
         t = self.now
@@ -310,6 +332,9 @@ class Fleet:
     def _flush(self, role: str) -> None:
         queue = self._queues[role]
         while queue:
+            if self.status[queue[0][0]] != PENDING:  # abandoned while it waited here
+                queue.popleft()
+                continue
             rep = self._pick(role)
             if rep is None:
                 return
@@ -325,6 +350,8 @@ class Fleet:
             self.entry_cached_tokens += cached
         if rep.engine.submit(i, at, int(self._prompts[i]), int(self._outputs[i]), cached):
             rep.outstanding += 1
+            if self.client_timeout_s > 0.0:
+                self._where[i] = rep
         else:
             self.status[i] = REJECTED
 
@@ -345,6 +372,52 @@ class Fleet:
         while len(cache) > rep.cache_blocks:
             cache.popitem(last=False)
         return hit * MOONCAKE_BLOCK_TOKENS
+
+    # ------------------------------------------------------------------------------------------
+    # clients that give up
+    # ------------------------------------------------------------------------------------------
+    def deadline_s(self, i: int) -> float:
+        """When the client of request ``i`` gives up (inf when clients never do)."""
+        if self.client_timeout_s <= 0.0:
+            return math.inf
+        return float(self._arrival[i]) + self.client_timeout_s
+
+    def next_deadline_s(self) -> float:
+        """The earliest deadline of a submitted request not yet finished (deadlines are in arrival
+        order, so one pointer over the arrivals finds it)."""
+        if self.client_timeout_s <= 0.0:
+            return math.inf
+        p = self._expire_i
+        while p < self._submitted and self.status[p] != PENDING:
+            p += 1
+        self._expire_i = p
+        return self.deadline_s(p) if p < self._submitted else math.inf
+
+    def _expire(self, t: float) -> None:
+        """Abandon every unfinished request whose deadline is ``t`` or earlier."""
+        p = self._expire_i
+        while p < self._submitted and self.deadline_s(p) <= t:
+            if self.status[p] == PENDING:
+                self._abandon(p, t)
+            p += 1
+        self._expire_i = p
+
+    def _abandon(self, i: int, t: float) -> None:
+        rep = self._where.pop(i, None)
+        if rep is not None:
+            if not rep.engine.abort(i):
+                # Finished inside the engine but not reported yet: `_finished` judges it against
+                # the deadline when its engine next advances.
+                self._where[i] = rep
+                return
+            rep.outstanding -= 1
+            rep.last_finish_s = max(rep.last_finish_s, t)
+        # Not in an engine: waiting in a router queue, skipped there (`_flush`).
+        self._give_up(i)
+
+    def _give_up(self, i: int) -> None:
+        self.status[i] = ABANDONED
+        self.abandoned += 1
 
     # ------------------------------------------------------------------------------------------
     # metrics

@@ -11,7 +11,8 @@ sees only what its real counterpart sees. Sources of every rule: docs/simulator.
   spec it would run with and the shape the fleet runs. Every 30 s, the operator's default
   reconcile timer.
 * ``hpa``: a Kubernetes HorizontalPodAutoscaler (autoscaling/v2, default behavior) per pool on a
-  Pods metric: vllm:num_requests_running (or vllm:kv_cache_usage_perc) per pod against a target.
+  Pods metric: vllm:num_requests_running (or vllm:kv_cache_usage_perc) per pod against a target,
+  by default the level a one-replica load test of the world's engine gives (`goodput.sim.loadtest`).
 * ``keda-queue``: KEDA's Prometheus scaler on ``sum(vllm:num_requests_waiting)`` with threshold 5,
   metricType AverageValue (the vLLM production-stack tutorial), i.e. an HPA external metric.
 * ``dynamo``: NVIDIA Dynamo's SLA planner (throughput-based, constant load predictor), its profile
@@ -244,7 +245,7 @@ class HPAPolicy(Policy):
         super().__init__(setup)
         self.interval_s = setup.config.hpa_sync_s
         self.behavior = _behaviors(setup)
-        self.targets = setup.hpa_targets
+        self.targets = {role: setup.hpa_target(role) for role in setup.pools}
         self.metric = setup.config.hpa_metric
         self.age_s = setup.config.metrics_age_s
 
@@ -299,7 +300,7 @@ class KedaQueueRunningPolicy(KedaQueuePolicy):
     def desired(self, role: str, current: int, fleet: Fleet) -> int:
         queue = super().desired(role, current, fleet)
         running = fleet.pool_gauge_sum(role, _running, self.age_s)
-        return max(queue, external_average_replicas(running, current, self.setup.hpa_targets[role]))
+        return max(queue, external_average_replicas(running, current, self.setup.hpa_target(role)))
 
 
 # ------------------------------------------------------------------------------------------

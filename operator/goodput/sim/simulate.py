@@ -22,7 +22,8 @@ Run (`run_policy`)
 From t = 0 the fleet holds ``policy.initial()`` replicas, warm. Events in time order: arrivals
 (routed in batches of ``route_quantum_s``, each with its exact arrival time), scrapes every
 ``scrape_s`` (15 s), the policy's decisions every ``interval_s`` (30 s; HPA and KEDA at the HPA
-sync period, 15 s), replicas becoming ready. A decision's new replicas serve ``cold_start_s``
+sync period, 15 s), replicas becoming ready, clients' deadlines (``client_timeout_s`` after an
+unfinished request's arrival: it is abandoned). A decision's new replicas serve ``cold_start_s``
 later (the oracle's at once); removed ones drain. After the last arrival the fleet drains with
 the replicas it has (at most ``drain_limit_s``); GPU-hours count until the last arrival.
 
@@ -30,7 +31,8 @@ Results (`summarize`)
 ---------------------
 attainment = requests with TTFT <= the TTFT target and mean inter-token latency <= the ITL target
 (one-token outputs have no ITL) over all requests of the trace (rejected and unfinished ones
-count as misses); TTFT and ITL percentiles over finished requests (ITL: each request's mean
+count as misses, and so do requests abandoned by their clients, see ``SimConfig.client_timeout_s``);
+TTFT and ITL percentiles over finished requests (ITL: each request's mean
 inter-token latency); GPU-hours, their cost at the GPU's price, scaling actions (changes of a
 pool's replica count), and GPU-hours relative to the oracle's.
 """
@@ -62,7 +64,8 @@ from goodput.planner.recommend import (
     recommend,
     resolve,
 )
-from goodput.sim.fleet import DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
+from goodput.sim.fleet import ABANDONED, DONE, PENDING, REJECTED, Fleet, PoolConfig, ReplicaLife
+from goodput.sim.loadtest import LoadTest, LoadTestInputs, load_test
 from goodput.sim.policies import DIAGNOSTICS, POLICIES, OraclePolicy, Policy
 from goodput.sim.trace import Trace
 
@@ -86,11 +89,17 @@ class SimConfig:
     seed: int = 0
     noise_cv: float = 0.05
     hpa_metric: str = "running"  # running | kv
-    hpa_target: float | None = None  # default: the capacity model's value at goodput
+    # The aggregated/decode HPA's target as given; default: a one-replica load test of the world's
+    # engine (`goodput.sim.loadtest`), times hpa_target_scale (a user tuning it, and the benchmark's sweep).
+    hpa_target: float | None = None
+    hpa_target_scale: float = 1.0
     keda_threshold: float = 5.0
     dynamo_correction: bool = True
     route_quantum_s: float = 0.02
     drain_limit_s: float = 1800.0
+    # Clients give up on a request not finished this long after its arrival (the OpenAI Python
+    # client's default timeout is 600 s); 0: they never do. The same for every policy.
+    client_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ class Setup:
     price: float
     max_model_len: int
     max_replicas: int = MAX_REPLICAS
-    hpa_targets: dict[str, float] = field(default_factory=dict)
+    hpa_targets: dict[str, float] = field(default_factory=dict)  # measured on first use (`hpa_target`)
+    hpa_load_tests: dict[str, LoadTest] = field(default_factory=dict)
     start_replicas: dict[str, int] = field(default_factory=dict)
     peak_replicas: dict[str, int] = field(default_factory=dict)
     world: World = field(default_factory=World)  # the engines the fleet runs (the planner keeps its belief)
@@ -131,6 +141,27 @@ class Setup:
         if belief is None or world is None or belief.goodput_rps <= 0:
             return g
         return g * world.goodput_rps / belief.goodput_rps
+
+    def hpa_target(self, role: str) -> float:
+        """The HPA's target for a pool's per-pod metric: ``hpa_target`` as given (aggregated and
+        decode pools), else what a one-replica load test of the world's engine gives (measured on
+        first use: it costs a few replays of one engine), times ``hpa_target_scale``."""
+        if role not in self.hpa_targets:
+            cfg = self.config
+            if cfg.hpa_target is not None and role != "prefill":
+                self.hpa_targets[role] = cfg.hpa_target
+            else:
+                self.hpa_targets[role] = self.hpa_load_test(role).target(cfg.hpa_metric) * cfg.hpa_target_scale
+        return self.hpa_targets[role]
+
+    def hpa_load_test(self, role: str) -> LoadTest:
+        """One replica of the pool, as a user load-tests the real engine (the world's)."""
+        if role not in self.hpa_load_tests:
+            slo = self.spec.slo
+            inputs = LoadTestInputs(self.pools[role], self.trace, slo.ttft_ms / 1000.0, slo.itl_ms / 1000.0,
+                                    slo.percentile / 100.0, self.config.seed, self.config.noise_cv)
+            self.hpa_load_tests[role] = load_test(inputs, self.world_goodput_rps(role))
+        return self.hpa_load_tests[role]
 
     def replicas_for(self, rate: float, in_world: bool = False) -> dict[str, int]:
         """The capacity model's replicas per pool for a request rate: ``max(1, ceil(rate / goodput
@@ -264,21 +295,10 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
         targets[p.role] = p
     capacity = _capacities(pools, workload, full)
     world_capacity = capacity if world.is_belief else _capacities(pools, workload, full, in_world=True)
-    hpa_targets: dict[str, float] = {}
-    # A user sets an HPA's target from a one-replica load test of the real engine: the world's.
-    for role, c in world_capacity.items():
-        if role == "prefill":
-            hpa_targets[role] = max(c.at_goodput.prefill_utilization, 0.1)
-        elif config.hpa_target is not None:
-            hpa_targets[role] = config.hpa_target
-        elif config.hpa_metric == "kv":
-            hpa_targets[role] = max(c.at_goodput.kv_usage, 0.01)
-        else:
-            hpa_targets[role] = max(c.at_goodput.batch, 0.1)
     cold = float(full.scaling.cold_start_seconds)
     setup = Setup(pinned_spec, pinned_resolved, rec, pools, targets, capacity, workload, trace, config, peak, peak_at,
-                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, hpa_targets=hpa_targets,
-                  world=world, world_capacity=world_capacity)
+                  cold, resolved.gpu.usd_per_gpu_hour, length, max_replicas=cap, world=world,
+                  world_capacity=world_capacity)
     setup.start_replicas.update(setup.replicas_for(first_rate))
     setup.peak_replicas.update(setup.replicas_for(peak))
     return setup
@@ -294,7 +314,7 @@ class PolicyRun:
     name: str
     ttft_s: npt.NDArray[np.float64]  # per request, NaN unless finished
     itl_s: npt.NDArray[np.float64]  # per request: mean inter-token latency
-    status: npt.NDArray[np.int8]  # PENDING (unfinished), DONE, REJECTED
+    status: npt.NDArray[np.int8]  # PENDING (unfinished), DONE, REJECTED, ABANDONED (the client gave up)
     gpu_hours: float
     scaling_actions: int
     timeline: list[dict[str, Any]]
@@ -309,6 +329,10 @@ class PolicyRun:
     def unfinished(self) -> int:
         return int(np.count_nonzero(self.status == PENDING))
 
+    @property
+    def abandoned(self) -> int:
+        return int(np.count_nonzero(self.status == ABANDONED))
+
 
 Progress = Callable[[str, float], None]
 
@@ -321,7 +345,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
     n = len(trace)
     end = trace.span_s
     started = clock() if clock else None
-    fleet = Fleet(setup.pools, trace, cfg.seed, cfg.noise_cv)
+    fleet = Fleet(setup.pools, trace, cfg.seed, cfg.noise_cv, cfg.client_timeout_s)
     fleet.stop_gpu_clock(end)
     for role, count in policy.initial().items():
         fleet.set_replicas(role, count, 0.0)
@@ -339,7 +363,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
         t_arrival = float(times[i]) if i < n else math.inf
         t_scrape = scrape_k * cfg.scrape_s
         t_decide = decide_k * policy.interval_s
-        t = min(t_arrival, t_scrape, t_decide, fleet.next_ready_s())
+        t = min(t_arrival, t_scrape, t_decide, fleet.next_ready_s(), fleet.next_deadline_s())
         if t > end:
             break
         fleet.advance(t)
@@ -370,7 +394,7 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
     fleet.advance(max(end, fleet.now))
     limit = end + cfg.drain_limit_s
     while fleet.busy() and fleet.now < limit:
-        fleet.advance(min(fleet.now + 10.0, limit))
+        fleet.advance(min(fleet.now + 10.0, limit, max(fleet.next_deadline_s(), fleet.now)))
     if progress is not None:
         progress(policy.name, 1.0)
     wall = clock() - started if clock and started is not None else None
@@ -422,12 +446,13 @@ def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None,
 
 
 def details(run: PolicyRun) -> dict[str, Any]:
-    """What the table adds to the summary: rejected and unfinished requests, peak replicas."""
+    """What the table adds to the summary: rejected, unfinished and abandoned requests, peak replicas."""
     peak: dict[str, int] = {}
     for row in run.timeline:
         for role, count in row["replicas"].items():
             peak[role] = max(peak.get(role, 0), int(count))
     return {"rejected": int(np.count_nonzero(run.status == REJECTED)), "unfinished": run.unfinished,
+            "abandoned": run.abandoned,
             "peak_replicas": peak, "decisions": run.decisions,
             "wall_s": round(run.wall_s, 2) if run.wall_s is not None else None, "notes": run.notes[:5]}
 
@@ -475,7 +500,10 @@ class Simulation:
             "pools": {role: {"tp": p.tp, "max_num_batched_tokens": p.max_num_batched_tokens,
                              "max_num_seqs": p.max_num_seqs, "goodput_rps_per_replica": round(p.goodput_rps, 4),
                              "replicas_at_peak": s.peak_replicas[role], "replicas_at_start": s.start_replicas[role],
-                             "hpa_target": round(s.hpa_targets[role], 4)}
+                             # Measured only when a policy used it (hpa, keda-queue-running).
+                             "hpa_target": round(s.hpa_targets[role], 4) if role in s.hpa_targets else None,
+                             "hpa_load_test": s.hpa_load_tests[role].describe() if role in s.hpa_load_tests
+                             else None}
                       for role, p in s.targets.items()},
             "world": {**s.world.describe(),
                       "goodput_rps_per_replica": {role: round(s.world_goodput_rps(role), 4) for role in s.targets}},
@@ -491,7 +519,9 @@ class Simulation:
             "scrape_s": cfg.scrape_s,
             "windows_s": [cfg.window_s, cfg.long_window_s],
             "hpa_metric": cfg.hpa_metric,
+            "hpa_target_scale": cfg.hpa_target_scale,
             "keda_threshold": cfg.keda_threshold,
+            "client_timeout_s": cfg.client_timeout_s,
             "seed": cfg.seed,
             "noise_cv": cfg.noise_cv,
             "details": {name: details(self.runs[name]) for name in names},
@@ -656,8 +686,20 @@ def simulate(setup: Setup, names: Sequence[str], progress: Progress | None = Non
              clock: Callable[[], float] | None = None) -> Simulation:
     """Run the named policies (and the oracle, the reference for GPU-hours) on the same trace."""
     order = policy_order(names)
+    measure_shared(setup, order)
     runs = {name: run_named(setup, name, progress, clock) for name in order}
     return Simulation(setup, runs)
+
+
+HPA_TARGET_USERS = ("hpa", "keda-queue-running")
+
+
+def measure_shared(setup: Setup, order: Sequence[str]) -> None:
+    """Measure what several policies share once, before they run (in other processes, perhaps):
+    the HPA's load-tested targets, when a policy that uses them is in ``order``."""
+    if any(name in HPA_TARGET_USERS for name in order):
+        for role in setup.pools:
+            setup.hpa_target(role)
 
 
 def policy_order(names: Sequence[str]) -> list[str]:
