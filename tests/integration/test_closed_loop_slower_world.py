@@ -64,6 +64,7 @@ POOL = "aggregated"
 RATE_RPS = 4.0
 PROMPT_TOKENS, OUTPUT_TOKENS = 2000, 1000
 TTFT_SLO_S, ITL_SLO_S = 1.0, 0.05  # bucket bounds of vllm:time_to_first_token_seconds / inter_token_latency_seconds
+BUCKET_LE = {TTFT_SLO_S: "1.0", ITL_SLO_S: "0.05"}  # the `le` label as vLLM's exposition writes those bounds
 WORLD_SPEED = 0.6667  # every engine step takes 1.5x the model's time
 TRUTH = 1.0 / WORLD_SPEED
 TIMER_S, WINDOW_S, LONG_WINDOW_S = 5.0, 20.0, 60.0
@@ -116,7 +117,8 @@ class World:
         """The fraction of observations of a vLLM histogram within ``bound_s`` over the last minute."""
         sel = f'{NAMESPACE_LABEL}="{self.ns}",{DEPLOYMENT_LABEL}="{NAME}"'
         window = f"[{ATTAINMENT_WINDOW_S}s]"
-        within = self.prom.query(f'sum(increase({family}_bucket{{{sel},le="{bound_s:g}"}}{window}))', timeout=3)
+        within = self.prom.query(f'sum(increase({family}_bucket{{{sel},le="{BUCKET_LE[bound_s]}"}}{window}))',
+                                 timeout=3)
         total = self.prom.query(f"sum(increase({family}_count{{{sel}}}{window}))", timeout=3)
         if not within or not total or float(total[0]["value"][1]) <= 0:
             return None
