@@ -187,11 +187,27 @@ class RealEngineEmulator:
                  " ".join(server_args(pod)))
 
     def _start(self, rep: RealReplica) -> None:
+        """Start the server and wait for it to serve (its own thread). A pod that goes meanwhile
+        stops it: `_remove` sets ``stopping`` under the lock, so either the server never starts or
+        the stop finds its process."""
+        with self.lock:
+            if rep.stopping:
+                return
+            rep.server.start()
+        deadline = time.monotonic() + self.args.vllm_start_timeout_s
         try:
-            rep.server.start().wait_ready(timeout_s=self.args.vllm_start_timeout_s)
+            while not rep.server.poll_ready():
+                if rep.stopping:
+                    return
+                if time.monotonic() > deadline:
+                    raise VllmServerError(f"not healthy after {self.args.vllm_start_timeout_s:g} s")
+                time.sleep(0.5)
         except (VllmServerError, OSError) as exc:
-            rep.failed = str(exc).splitlines()[0]
-            log.warning("replica %s: vLLM did not start: %s (log %s)", rep.pod.name, rep.failed, rep.server.log_path)
+            if not rep.stopping:
+                rep.failed = str(exc).splitlines()[0]
+                log.warning("replica %s: vLLM did not start: %s (log %s)", rep.pod.name, rep.failed,
+                            rep.server.log_path)
+                rep.server.stop(grace_s=5.0)
             return
         with self.lock:
             if rep.stopping:
