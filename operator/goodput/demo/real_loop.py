@@ -50,7 +50,7 @@ POOL = "aggregated"
 PROMPT_TOKENS, OUTPUT_TOKENS = 32, 128
 BASE_RPS = 0.7
 BASE_OF_CAPACITY = 0.45  # the base on a core measured slow: this share of one replica's modelled capacity
-SURGE_OF_CAPACITY = 1.45  # the surge, in replicas' worth of the operator's calibrated capacity
+SURGE_OF_CAPACITY = 1.3  # the surge, in replicas' worth of the operator's calibrated capacity
 SLO = {"ttftMs": 3000, "itlMs": 150, "percentile": 90}
 COLD_START_S = 30
 WINDOW_S, LONG_WINDOW_S = 30.0, 60.0
@@ -100,7 +100,8 @@ def capacity_per_replica(spec: Mapping[str, Any], calibration: Mapping[str, Any]
 
 def surge_rps(capacity_rps: float, base_rps: float) -> float:
     """The surge for a replica capacity: `SURGE_OF_CAPACITY` of it (past the 10% tolerance of one
-    replica, 73% of two), and at least twice the base."""
+    replica, 65% of two: one replica carries it alone while the second starts, 1-2 minutes here), and
+    at least twice the base."""
     return max(SURGE_OF_CAPACITY * capacity_rps, 2.0 * base_rps)
 
 
