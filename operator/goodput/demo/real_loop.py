@@ -12,9 +12,10 @@ engine it has never seen.
   same server has run 1.3-4x slower when others' simulations held the cores. So the core is measured
   at the loop's start as it is then (`measure_core(now=True)`: medians, not best times), the base is
   0.7 req/s or 45% of what the model gives one replica on that core if less, and the surge is set
-  from the operator's own belief when it comes: `surge_rps` of its calibrated capacity per replica (more
-  than one replica serves, comfortably less than two), so the surge scales the pool without
-  drowning two real servers that run slower than the quiet figures.
+  from the operator's own belief when it comes: `surge_rps` of its calibrated capacity per replica,
+  derated (by the test) by how much slower its last readings say the engine ran (more than one
+  replica serves, comfortably less than two), so the surge scales the pool without drowning two
+  real servers that run slower than the quiet figures.
 * **The SLOs** are a CPU's (p90: a 30 s window holds 20-odd TTFT samples, and on a shared machine
   the p99 is whatever else ran then): TTFT 3000 ms, ITL 150 ms. A 32-token prefill takes 60-150 ms
   and a decode step 7-60 ms over the batches one replica runs (up to 3x that on a busy machine), so
