@@ -53,7 +53,9 @@ Edge cases, decided
 -------------------
 - **No series** for a metric of a pool → that field is None and `missing` names the metric and
   the pool. A pool appears when any of its series does; no series at all for the deployment →
-  no pools and one note (so `Observation.available` is False: no data is not zero load).
+  no pools and one note (so `Observation.available` is False: no data is not zero load). The arrival
+  dispersion is the exception: a refinement that needs two 30 s bins of history, absent without a
+  note (the planner then plans for Poisson arrivals and its reason says so).
 - **NaN or ±Inf** (histogram_quantile with no observations in the window, 0/0 when nothing
   completed) → None and a note naming the value.
 - **Several series where one is expected.** Duplicate scrape jobs are collapsed in PromQL
@@ -161,6 +163,9 @@ class PoolQuery:
     how: Combine
     scale: float = 1.0
     hint: str = ""  # appended to a "no series" note
+    # A refinement with a stated fallback, not a metric of vLLM's: its absence is no `missing` note
+    # (arrival dispersion needs two 30 s bins of history; without it the planner says it plans for Poisson).
+    optional: bool = False
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
         PoolQuery("running", gauge_sum(REQUESTS_RUNNING), REQUESTS_RUNNING, "sum"),
         PoolQuery("waiting", gauge_sum(REQUESTS_WAITING), REQUESTS_WAITING, "sum"),
         PoolQuery("preemptions_rps", rate_sum(PREEMPTIONS), PREEMPTIONS, "sum"),
-        PoolQuery("arrival_dispersion", dispersion, REQUEST_SUCCESS, "max"),
+        PoolQuery("arrival_dispersion", dispersion, REQUEST_SUCCESS, "max", optional=True),
         PoolQuery("prefix_cache_hit_rate", prefix,
                   f"{PREFIX_HITS}/{PREFIX_QUERIES} (or {PREFIX_HITS_OLD}/{PREFIX_QUERIES_OLD})", "max",
                   hint=" (vLLM's V0 engine exports no prefix-cache counters)"),
@@ -501,7 +506,8 @@ def _pools(results: Mapping[str, Mapping[str, Reading]], queries: Sequence[PoolQ
         for pq in queries:
             reading = readings.get(pq.field, Reading(None, "no series"))
             if reading.value is None:
-                notes.add(role, pq, reading.problem or "no series", window_s)
+                if not pq.optional:
+                    notes.add(role, pq, reading.problem or "no series", window_s)
                 continue
             value = reading.value * pq.scale
             values[pq.field] = round(value) if pq.field == "pods_reporting" else value
