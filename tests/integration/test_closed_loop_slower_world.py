@@ -248,6 +248,9 @@ def test_operator_finds_the_slower_world_and_meets_the_slos(world: World) -> Non
     else:
         _say(w, f"calibration: {json.dumps((status.get('autoscaler') or {}).get('calibration'))}")
 
+    for d in status.get("decisions", []):  # every decision with its reason, for whoever reads the log
+        _say(w, f"decision {d.get('time')}: {d.get('reason')}: {d.get('message')}")
+
     # 4. never back to the model's one replica once the world showed it needs more
     after_up = [n for t, n in counts if t_up is not None and t >= t_up - w.t0]
     if after_up and min(after_up) < 2:

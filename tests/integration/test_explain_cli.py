@@ -59,7 +59,7 @@ def test_explain_names_the_plan_and_the_decision(cluster: Any, crd: None, namesp
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     outcome = reconcile(obj, {}, now)
     kube = Kube(cluster.api_client())
-    kube.patch_status(namespace, NAME, outcome.status)
+    kube.patch_status(namespace, NAME, {"status": outcome.status})
     for event in outcome.events:
         kube.post_event(obj, event, now)
     # An Event left by an earlier object of the same name (another uid) is not this one's.

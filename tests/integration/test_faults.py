@@ -758,6 +758,7 @@ class FakeKube:
         self.obj = obj
         self.conflicts = conflicts
         self.applied: list[int] = []
+        self.pools: dict[str, int] = {}  # role -> replicas of the Deployments applied
         self.status_writes: list[str] = []
 
     def read(self, namespace: str, name: str) -> dict[str, Any]:
@@ -765,16 +766,19 @@ class FakeKube:
         return copy
 
     def observe_pools(self, namespace: str, name: str) -> dict[str, Any]:
-        return {}
+        from goodput.planner.observation import PoolObservation
+
+        return {role: PoolObservation(replicas=n, ready_replicas=n) for role, n in self.pools.items()}
 
     def apply(self, obj: dict[str, Any]) -> None:
         if obj["kind"] == "Deployment":
             self.applied.append(obj["spec"]["replicas"])
+            self.pools[obj["metadata"]["labels"]["goodput.dev/role"]] = obj["spec"]["replicas"]
 
     def delete_pool(self, namespace: str, name: str, role: str) -> None:
         raise AssertionError("nothing to delete")
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> None:
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any], resource_version: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
         if self.conflicts:
@@ -782,8 +786,22 @@ class FakeKube:
             self.obj["metadata"]["resourceVersion"] = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
             raise ApiException(status=409, reason="Conflict")
         assert resource_version == self.obj["metadata"]["resourceVersion"]
-        self.obj["status"] = status
+        self.obj = apply_merge_patch(self.obj, json.loads(json.dumps(patch)))  # as the apiserver does
+        self.obj["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
         self.status_writes.append(resource_version)
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, written from the RFC's pseudocode (the apiserver's side of a merge patch)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
 
 
 def test_handler_retries_a_status_conflict_from_a_fresh_read() -> None:
@@ -804,6 +822,15 @@ def test_handler_retries_a_status_conflict_from_a_fresh_read() -> None:
     assert kube.status_writes == ["9"], "written once, at the resourceVersion read last"
     assert [d["reason"] for d in kube.obj["status"]["decisions"]] == ["Initial"]
     assert [e.reason for e in outcome.events] == ["Initial"] and kube.applied == [2, 2, 2]
+    # The next tick decides the same: nothing to write (issue 19), and the object is what a
+    # whole-status write would have left.
+    later = now + dt.timedelta(seconds=30)
+    again = _decide_and_commit(kube, "ns", "llm", later, logging.getLogger("test"))  # type: ignore[arg-type]
+    assert again is not None and kube.status_writes == ["9"], "an unchanged status is not written"
+    assert kube.obj["status"] == json.loads(json.dumps(again[1].status))
+    much_later = _decide_and_commit(kube, "ns", "llm", now + dt.timedelta(minutes=20),
+                                    logging.getLogger("test"))  # type: ignore[arg-type]
+    assert much_later is not None and kube.status_writes == ["9"], "steady ticks leave the status as it is"
     # Someone writing all the time: the handler gives up after a few rounds (kopf retries later).
     busy = FakeKube(json.loads(json.dumps(obj)), conflicts=CONFLICT_ATTEMPTS)
     with pytest.raises(ApiException):

@@ -390,3 +390,50 @@ def _workload(rate: float):  # type: ignore[no-untyped-def]
     from goodput.planner.autoscale import observed_workload
 
     return observed_workload(spec(), obs(rate), rate)
+
+
+# --- SLO feedback waits for readings that show the pool as it is -----------------------------------
+ITL_MISS = {"itl_buckets": ((25.0, 0.0), (50.0, 0.0), (75.0, 1000.0), (float("inf"), 1000.0)), "itl_mean_ms": 60.0}
+
+
+def _missing_itl(pods_since: dt.datetime, rose: bool) -> tuple[int, str, str]:
+    import dataclasses
+
+    from goodput.planner.calibration import Calibration
+
+    n = replicas_for(10.0)
+    state = AutoscalerState(metrics_seen=True, available_since="2026-11-23T11:00:00Z")
+    state.calibration = dataclasses.replace(Calibration(), pods={"aggregated": (
+        n, pods_since.strftime("%Y-%m-%dT%H:%M:%SZ"), rose)})
+    target, reason, _, message = run(spec(), obs(10.0, pods_reporting=n, **ITL_MISS), n, state, T0)  # type: ignore[arg-type]
+    return target - n, reason, message
+
+
+def test_an_slo_miss_adds_a_replica_on_the_observation() -> None:
+    added, reason, message = _missing_itl(T0 - dt.timedelta(minutes=10), rose=True)
+    assert (added, reason) == (1, "SLOMiss") and "ITL" in message and "adding capacity" in message
+
+
+def test_no_second_replica_for_a_miss_read_before_the_last_one_served() -> None:
+    """The slower-world loop (issue 12) went 1→2→3 on misses a 60 s window still remembered from
+    before the second replica served; the third was never needed."""
+    added, reason, message = _missing_itl(T0 - dt.timedelta(seconds=20), rose=True)
+    assert (added, reason) == (0, "SLOMiss")
+    assert "opens before the pool rose to" in message and "20 s ago" in message
+    # after a fall (a scale-down, a pod lost) the miss is the pool as it is: act at once
+    added, reason, _ = _missing_itl(T0 - dt.timedelta(seconds=20), rose=False)
+    assert (added, reason) == (1, "SLOMiss")
+
+
+def test_calibration_records_whether_the_serving_count_rose() -> None:
+    from goodput.planner.calibration import Calibration, evidence
+
+    def seen(before: tuple[int, str, bool] | None, now_pods: int) -> tuple[int, str, bool]:
+        cal = Calibration(pods={"aggregated": before} if before else {})
+        return evidence(cal, obs(10.0, pods_reporting=now_pods), T0, settled=True).pods["aggregated"]
+
+    earlier = "2026-11-23T11:50:00Z"
+    assert seen(None, 2) == (2, "2026-11-23T12:00:00Z", False)
+    assert seen((2, earlier, False), 3) == (3, "2026-11-23T12:00:00Z", True)
+    assert seen((3, earlier, True), 2) == (2, "2026-11-23T12:00:00Z", False)
+    assert seen((3, earlier, True), 3) == (3, earlier, True)

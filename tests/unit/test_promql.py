@@ -349,7 +349,7 @@ def test_full_answer_becomes_pools() -> None:
     assert isinstance(d.pods_reporting, int)
     assert obs.long_pools["decode"] == d
     assert obs.available and obs.serving_pool() is d
-    assert d.arrival_rate_rps == 5.0  # a shrinking queue adds nothing
+    assert d.arrival_rate_rps == 4.5  # a draining queue: 0.5 req/s of the completions came from it
     # prefill has no ITL: said, in both windows, in one sentence
     assert obs.missing == tuple(f"{field}: no series of {ITL} (or {ITL_OLD}) for the prefill pool of "
                                 "prod/llama-70b (60 s and 600 s windows)" for field in ("itl_ms", "itl_mean_ms"))
@@ -595,3 +595,16 @@ def test_cmd_observe_unreachable_exits_1(capsys: pytest.CaptureFixture[str]) -> 
     assert cmd_observe(args) == 1
     data = json.loads(capsys.readouterr().out)
     assert "unreachable" in data["error"] and data["pools"] == {}
+
+
+def test_demand_is_completions_plus_queue_growth_either_way() -> None:
+    """Requests are conserved: a draining backlog's completions are not demand (issue 12: a pool
+    draining after a scale-up read as rising load and scaled up again)."""
+    growing = PoolMetrics("aggregated", request_rate_rps=4.0, queue_growth_rps=1.5)
+    draining = PoolMetrics("aggregated", request_rate_rps=4.0, queue_growth_rps=-1.5)
+    unknown = PoolMetrics("aggregated", request_rate_rps=4.0)
+    assert growing.arrival_rate_rps == 5.5
+    assert draining.arrival_rate_rps == 2.5
+    assert unknown.arrival_rate_rps == 4.0
+    assert PoolMetrics("aggregated", request_rate_rps=1.0, queue_growth_rps=-3.0).arrival_rate_rps == 0.0
+    assert PoolMetrics("aggregated").arrival_rate_rps is None

@@ -23,6 +23,8 @@ CALIBRATION = Gauge("goodput_calibration_step_time_scale", "Observed/predicted s
 CALIBRATION_TERM = Gauge("goodput_calibration_scale", "Each calibrated capacity term, observed/modelled "
                          "(decode, prefill, ttft, itl, kv; 1 = as modelled)", (*_LABELS, "term"))
 DECISIONS = Counter("goodput_decisions", "Decisions by reason code", (*_LABELS, "reason"))
+STATUS_WRITES = Counter("goodput_status_writes", "Status writes by result: written (a merge-patch diff) or "
+                        "unchanged (nothing to write, skipped)", (*_LABELS, "result"))
 RECONCILE_ERRORS = Counter("goodput_reconcile_errors", "Reconciles that failed and were retried", _LABELS)
 
 
@@ -67,7 +69,7 @@ def record(namespace: str, name: str, status: dict[str, Any], event_reasons: lis
 def forget(namespace: str, name: str) -> None:
     """Drop a deleted resource's series so dashboards do not show ghosts."""
     for metric in (DESIRED, TENSOR_PARALLEL, GPUS, COST, COST_PER_MTOK, PREDICTED, OBSERVED, DEMAND, CALIBRATION,
-                   CALIBRATION_TERM, DECISIONS, RECONCILE_ERRORS):
+                   CALIBRATION_TERM, DECISIONS, RECONCILE_ERRORS, STATUS_WRITES):
         for labels in list(metric._metrics):  # prometheus_client keeps children by label tuple
             if labels[:2] == (namespace, name):
                 metric.remove(*labels)

@@ -8,7 +8,8 @@ GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own
 
 Faults: each reconcile reads the object fresh (kopf's body may predate our own last status
 write, and deciding from it would repeat a decision), and commits its status only if nobody
-wrote in between (409 otherwise: recompute from a fresh read). An apiserver that is down makes
+wrote in between (409 otherwise: recompute from a fresh read). Status goes out as a merge-patch
+diff against what the object holds, and not at all when nothing changed. An apiserver that is down makes
 the handler fail with a TemporaryError and kopf retries it after one timer period.
 """
 
@@ -30,6 +31,7 @@ from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.handlers import exporter
 from goodput.kube.actions import CONTEXT_ENV, Kube, client_connection, load_config
 from goodput.planner.observation import Observation, PoolObservation
+from goodput.render.patch import status_patch
 from goodput.render.reconcile import Event, Outcome, reconcile
 from goodput.render.vllm import ROLE_LABEL, RenderConfig
 
@@ -180,7 +182,13 @@ def _decide_and_commit(kube: Kube, namespace: str, name: str, now: dt.datetime,
                 kube.apply(desired)
             for role in outcome.delete_pools:
                 kube.delete_pool(namespace, name, role)
-            kube.patch_status(namespace, name, outcome.status, obj["metadata"]["resourceVersion"])
+            patch = status_patch(obj.get("status"), outcome.status)
+            # An unchanged status is not written: no apiserver write, no etcd revision, no watch
+            # event back to every watcher of the object.
+            exporter.STATUS_WRITES.labels(namespace=namespace, name=name,
+                                          result="written" if patch else "unchanged").inc()
+            if patch is not None:
+                kube.patch_status(namespace, name, patch, obj["metadata"]["resourceVersion"])
             return obj, outcome
         except ApiException as exc:
             if exc.status != 409 or attempt == CONFLICT_ATTEMPTS:

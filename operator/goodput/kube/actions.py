@@ -221,11 +221,13 @@ class Kube:
             if exc.status != 409:  # 409 AlreadyExists: this very Event was posted already
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any],
                      resource_version: str | None = None) -> None:
-        """Replace status; with `resource_version`, only if the object is still at it (else 409 Conflict)."""
+        """Merge-patch the status subresource with ``patch`` (``{"status": ...}``, see
+        `goodput.render.patch.status_patch`); with `resource_version`, only if the object is still
+        at it (else 409 Conflict)."""
         custom = client.CustomObjectsApi(self.api)
-        body: dict[str, Any] = {"status": status}
+        body: dict[str, Any] = dict(patch)
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
         custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body,

@@ -21,6 +21,7 @@ field                       PromQL over the window W (S = the selector)         
 ==========================  =========================================================  ==========
 request_rate_rps            rate(vllm:request_success_total[W])                          sum
 queue_growth_rps            deriv(vllm:num_requests_waiting[W])                          sum
+                            + deriv(vllm:num_requests_running[W])
 prompt/generation_tokens    rate(vllm:prompt_tokens_total / generation_tokens_total)     sum
 input/output_len_mean       rate(vllm:request_{prompt,generation}_tokens_sum) / _count   ratio of sums
 input/output_len_p99        histogram_quantile over request_{prompt,generation}_tokens   pooled buckets

@@ -68,6 +68,7 @@ from goodput.planner.stabilize import (
     DemandEstimate,
     History,
     PoolDecision,
+    compact_recommendations,
     iso,
     parse_iso,
     stabilize,
@@ -603,8 +604,8 @@ def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...]
         model = rec.pool(d.role)
         fb = feedback(d.role, d.current, d.target, model.replicas if model else d.current, max(starting, 0),
                       state.slo_headroom.get(d.role, (1.0, ""))[0], misses, unattainable,
-                      getattr(inp.spec.scaling, d.role).max_replicas) if d.current > 0 and d.reason != "Emergency" \
-            else None
+                      getattr(inp.spec.scaling, d.role).max_replicas, _readings_predate(state, d.role, inp)) \
+            if d.current > 0 and d.reason != "Emergency" else None
         if fb is None or not fb.reason:
             out.append(d)
             continue
@@ -612,6 +613,20 @@ def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...]
             state.slo_headroom[d.role] = (fb.headroom, _iso(inp.now))
         out.append(dataclasses.replace(d, target=fb.target, reason=fb.reason, message=fb.message))
     return out
+
+
+def _readings_predate(state: AutoscalerState, role: str, inp: PlannerInput) -> str:
+    """Why this pool's SLO readings still cover the time before its newest replica served, or ""."""
+    obs = inp.observation
+    seen = state.calibration.pods.get(role)
+    if obs is None or seen is None:
+        return ""
+    n, since, rose = seen
+    age_s = (inp.now - _parse(since)).total_seconds()
+    if not rose or age_s >= obs.window_s:
+        return ""
+    return (f"the {obs.window_s:.0f} s window of these readings opens before the pool rose to {n} serving "
+            f"replica(s) {age_s:.0f} s ago; waiting for readings of the pool as it is")
 
 
 def _history(state: AutoscalerState, spec: InferenceDeploymentSpec, now: dt.datetime) -> History:
@@ -722,6 +737,7 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})
     state.scale_events = [e for e in state.scale_events
                           if _parse(e["time"]) >= now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)]
+    state.recommendations = compact_recommendations(state.recommendations)
     targets = {d.role: d.target for d in decisions}
     final = with_pools(rec, tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas))
                                   for p in rec.pools))

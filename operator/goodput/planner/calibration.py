@@ -130,7 +130,9 @@ class Term:
 class Calibration:
     terms: dict[str, Term] = field(default_factory=lambda: {t: Term() for t in TERMS})
     kv_reserve_delta_gib: float = 0.0  # added to the runtime reserve: what the engines really hold back
-    pods: dict[str, tuple[int, str]] = field(default_factory=dict)  # role -> (pods reporting, since)
+    # role -> (pods reporting, since when, whether that count was a rise): when a pool's readings
+    # cover only its present replicas (calibration waits for that; so does SLO feedback after a rise).
+    pods: dict[str, tuple[int, str, bool]] = field(default_factory=dict)
 
     def scale(self, term: str) -> float:
         return self.terms[term].scale
@@ -173,7 +175,8 @@ class Calibration:
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {t: self.terms[t].to_status() for t in TERMS}
         out["kvReserveDeltaGib"] = round(self.kv_reserve_delta_gib, 4)
-        out["pods"] = {role: {"count": n, "since": since} for role, (n, since) in sorted(self.pods.items())}
+        out["pods"] = {role: {"count": n, "since": since, "rose": rose}
+                       for role, (n, since, rose) in sorted(self.pods.items())}
         return out
 
     @classmethod
@@ -183,10 +186,10 @@ class Calibration:
         if not isinstance(data, Mapping):
             seed = Term(scale=legacy_step_scale) if legacy_step_scale is not None else Term()
             return cls({t: seed if t in ("decode", "prefill") else Term() for t in TERMS})
-        pods: dict[str, tuple[int, str]] = {}
+        pods: dict[str, tuple[int, str, bool]] = {}
         for role, v in (data.get("pods") or {}).items():
             if isinstance(v, Mapping) and isinstance(v.get("count"), int) and isinstance(v.get("since"), str):
-                pods[str(role)] = (int(v["count"]), str(v["since"]))
+                pods[str(role)] = (int(v["count"]), str(v["since"]), v.get("rose") is True)
         return cls({t: Term.from_status(data.get(t), t) for t in TERMS},
                    _finite(data.get("kvReserveDeltaGib")) or 0.0, pods)
 
@@ -432,18 +435,21 @@ class Evidence:
     """Whether this observation may calibrate at all, and the pools' steadiness."""
 
     settled: bool  # metrics available for at least one short window
-    pods: dict[str, tuple[int, str]]
+    pods: dict[str, tuple[int, str, bool]]
     steady: dict[str, bool]  # role -> its replicas reporting have not changed within the window
 
 
 def evidence(cal: Calibration, obs: Observation, now: dt.datetime, settled: bool) -> Evidence:
-    pods: dict[str, tuple[int, str]] = {}
+    pods: dict[str, tuple[int, str, bool]] = {}
     steady: dict[str, bool] = {}
     for role, pm in obs.pools.items():
         n = int(pm.pods_reporting or 0)
         before = cal.pods.get(role)
-        since = before[1] if before is not None and before[0] == n else _iso(now)
-        pods[role] = (n, since)
+        if before is not None and before[0] == n:
+            pods[role] = before
+        else:
+            pods[role] = (n, _iso(now), before is not None and n > before[0])
+        since = pods[role][1]
         steady[role] = before is not None and (now - _parse(since)).total_seconds() >= obs.window_s
     return Evidence(settled, pods, steady)
 

@@ -55,10 +55,15 @@ class PoolMetrics:
 
     @property
     def arrival_rate_rps(self) -> float | None:
-        """Demand: what completed plus what piled up in the queue."""
+        """Demand: what completed plus what piled up in the queue, or less what drained from it.
+
+        Requests are conserved: arrivals = completions + growth of the requests in the system
+        (running + waiting). A backlog that drains (negative growth) after a scale-up counts as
+        such: its completions come from the backlog, not from clients, and counting them as demand
+        (clipping the growth at zero) read a draining pool as load rising and scaled up again."""
         if self.request_rate_rps is None:
             return None
-        return max(self.request_rate_rps + max(self.queue_growth_rps or 0.0, 0.0), 0.0)
+        return max(self.request_rate_rps + (self.queue_growth_rps or 0.0), 0.0)
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,11 @@ class Feedback:
 
 
 def feedback(role: str, current: int, target: int, model_replicas: int, starting: int, headroom: float,
-             misses: Sequence[SloReading], unattainable: Mapping[str, str], max_replicas: int) -> Feedback | None:
-    """The SLO-feedback decision for a pool that misses (None when ``misses`` is empty)."""
+             misses: Sequence[SloReading], unattainable: Mapping[str, str], max_replicas: int,
+             stale: str = "") -> Feedback | None:
+    """The SLO-feedback decision for a pool that misses (None when ``misses`` is empty). ``stale``:
+    why the readings do not yet show the replicas the pool has (their window opens before the
+    last rise of the pool's serving replicas); "" when they do."""
     if not misses:
         return None
     actionable = [m for m in misses if m.quantity not in unattainable]
@@ -222,6 +225,10 @@ def feedback(role: str, current: int, target: int, model_replicas: int, starting
     if starting > 0:
         return Feedback(current, "SLOMiss", f"{role} stays at {current}: {what}; {starting} replica(s) still "
                                             "starting", headroom)
+    if stale:
+        # A miss read over a window that opens before the last replica served is the old pool's miss:
+        # acting on it again adds a replica per tick for as long as the window remembers the overload.
+        return Feedback(current, "SLOMiss", f"{role} stays at {current}: {what}; {stale}", headroom)
     limit = min(max_replicas, math.floor(SLO_HEADROOM_MAX * max(model_replicas, 1)))
     want = min(current + max(1, math.ceil(SLO_STEP_SHARE * current)), limit)
     if want <= current:

@@ -59,9 +59,21 @@ def parse_iso(t: str) -> dt.datetime:
 
 
 def window(history: list[dict[str, Any]], now: dt.datetime, seconds: float, role: str) -> list[int]:
+    """The recommendations in force at some moment of the last ``seconds``. The history records a
+    recommendation when it differs from the one before (`compact_recommendations`): each stands
+    until the next, so the newest entry not after the window's start was in force then."""
     cutoff = now - dt.timedelta(seconds=seconds)
-    return [int(h["replicas"][role]) for h in history
-            if role in h.get("replicas", {}) and parse_iso(h["time"]) >= cutoff]
+    entries = [(parse_iso(h["time"]), int(h["replicas"][role])) for h in history if role in h.get("replicas", {})]
+    at_start = [n for t, n in entries if t <= cutoff][-1:]  # in force when the window opens
+    return at_start + [n for t, n in entries if t > cutoff]
+
+
+def compact_recommendations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the newest entry when it repeats the one before: the history is the moments the
+    recommendation changed, so that a steady tick leaves the status as it was (no write)."""
+    if len(history) >= 2 and history[-1].get("replicas") == history[-2].get("replicas"):
+        return history[:-1]
+    return history
 
 
 def base_for_rate_limit(scale_events: list[dict[str, Any]], now: dt.datetime, role: str, current: int) -> int:

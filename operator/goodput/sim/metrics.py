@@ -12,7 +12,7 @@ operator uses (60 s and 600 s, `goodput.handlers.operator`):
 
 ==========================  =====================================================================
 request_rate_rps            Δ request_success_total / window (``rate``; no extrapolation)
-queue_growth_rps            least-squares slope of num_requests_waiting over the window (``deriv``)
+queue_growth_rps            least-squares slope of num_requests_waiting + running over the window (``deriv``)
 prompt/generation_tokens    Δ counter / window
 input/output_len_mean       Δ request_{prompt,generation}_tokens_sum / Δ _count
 input/output_len_p99        ``histogram_quantile`` over the Δ buckets (1-2-5 buckets cut at max_model_len)
