@@ -143,7 +143,9 @@ class _Req:
         self.done = False
 
 
-_Scheduled = tuple[_Req, int, int]  # (request, tokens computed before the step, tokens in the step)
+# A step's composition, as the step-time model takes it: decodes, the sum of their context, prompt
+# tokens, their (query, key) attention pairs, prompts completing in the step.
+_Mix = tuple[int, int, int, float, int]
 
 
 class EngineReplica:
@@ -172,7 +174,7 @@ class EngineReplica:
         self.max_model_len = int(max_model_len) if max_model_len else self.total_blocks * BLOCK_SIZE
         self.max_num_seqs = int(model.max_num_seqs)
         self.max_num_batched_tokens = int(model.max_num_batched_tokens)
-        self._step_time = model.step_time_s
+        self._step_time = model.step_time_fn()  # step_time_s, bit-identical, memoized per token count
         self._rng = rng if rng is not None else np.random.default_rng(0)
         self._sigma = math.sqrt(math.log1p(noise_cv**2))
         self._noise = np.ones(0)
@@ -186,7 +188,7 @@ class EngineReplica:
         self._free = self.total_blocks
         self._clock = 0.0  # end of the last completed step
         self.now = 0.0  # the latest time advanced to
-        self._inflight: list[_Scheduled] | None = None
+        self._inflight: list[_Req] | None = None  # the step in flight: its requests that sample a token
         self._inflight_start = 0.0
         self._inflight_end = 0.0
         self._inflight_running = 0
@@ -271,7 +273,7 @@ class EngineReplica:
 
     @property
     def idle(self) -> bool:
-        return not (self._running or self._waiting or self._pending or self._inflight)
+        return not (self._running or self._waiting or self._pending or self._inflight is not None)
 
     def _sync(self) -> None:
         """Apply the planned decode steps that have ended by ``now``."""
@@ -376,110 +378,144 @@ class EngineReplica:
 
     # --- the general step ---------------------------------------------------------------------
     def _schedule(self, t: float) -> bool:
+        """Compose the next step from ``t`` (running requests, then admissions) and start it;
+        False when nothing could be scheduled (only preemptions happened)."""
+        sampling: list[_Req] = []  # the scheduled requests that sample a token at the step's end
+        budget, preempted, mix = self._schedule_running(sampling)
+        if not preempted:
+            mix = self._admit(t, budget, sampling, mix)
+        dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs = mix
+        if not (dec_n or pf_tokens):
+            return False
+        if self._noise_i >= len(self._noise_list):
+            self._refill(1)
+        factor = self._noise_list[self._noise_i]
+        self._noise_i += 1
+        dt = float(self._step_time(float(dec_n), float(dec_ctx), float(pf_tokens), pf_pairs, float(pf_seqs)))
+        self._inflight = sampling
+        self._inflight_start = t
+        self._inflight_end = t + dt * factor
+        self._inflight_running = len(self._running)
+        self._inflight_used = self.total_blocks - self._free
+        return True
+
+    def _schedule_running(self, sampling: list[_Req]) -> tuple[int, bool, _Mix]:
+        """Step 1 of the scheduler: every running request, in order, gets its tokens while the
+        budget lasts, preempting from the back when KV blocks run out. Returns the budget left,
+        whether anything was preempted, and the step's composition so far (see `_Mix`)."""
         budget = self.max_num_batched_tokens
         free = self._free
         running = self._running
-        waiting = self._waiting
-        sched: list[_Scheduled] = []
+        dec_n = dec_ctx = pf_tokens = pf_seqs = 0
+        pf_pairs = 0.0
         preempted = False
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             c0 = req.computed
-            n = req.prompt + req.gen - c0
+            total = req.prompt + req.gen
+            n = total - c0
             if n > budget:
                 n = budget
             if n <= 0:
                 i += 1
                 continue
             need = -(-(c0 + n) // BLOCK_SIZE) - req.blocks
-            fits = True
-            while need > free:
-                victim = running.pop()
-                free += victim.blocks
-                victim.blocks = 0
-                victim.computed = 0
-                victim.preempted += 1
-                self._stats.preemptions += 1
-                waiting.appendleft(victim)
+            if need > free:
+                free, fits = self._preempt_for(req, need, free)
                 preempted = True
-                if victim is req:
-                    fits = False
+                if not fits:
                     break
-            if not fits:
-                break
             if need > 0:
                 req.blocks += need
                 free -= need
             req.computed = c0 + n
-            sched.append((req, c0, n))
-            budget -= n
-            i += 1
-        if not preempted:
-            stats = self._stats
-            while waiting and budget > 0 and len(running) < self.max_num_seqs:
-                req = waiting[0]
-                if req.admitted:
-                    c0 = 0  # recompute after preemption
-                elif self.role == "decode":
-                    c0 = req.prompt - 1  # KV transferred; the last prompt token is the first input
-                else:
-                    c0 = req.cached
-                total = req.prompt + req.gen
-                n = total - c0
-                if n > budget:
-                    n = budget
-                need = -(-(c0 + n) // BLOCK_SIZE)
-                if need > free:
-                    break
-                waiting.popleft()
-                stats.prefix_cache_queries += total
-                if not req.admitted and self.role != "decode":
-                    stats.prefix_cache_hits += c0
-                elif not req.admitted:
-                    stats.prompt_tokens_external += c0  # vLLM 0.32's prompt_tokens_by_source
-                req.admitted += 1
-                if req.sched_s < 0.0:
-                    req.sched_s = t
-                req.blocks = need
-                free -= need
-                req.computed = c0 + n
-                running.append(req)
-                sched.append((req, c0, n))
-                budget -= n
-        self._free = free
-        if not sched:
-            return False
-        dec_n = 0
-        dec_ctx = 0
-        pf_tokens = 0
-        pf_pairs = 0.0
-        pf_seqs = 0
-        for req, c0, n in sched:
-            total = req.prompt + req.gen
+            # Classified as the step-time model counts it (a decode: one token completing its sequence).
             if n == 1 and c0 + 1 == total:
                 dec_n += 1
                 dec_ctx += total
+                sampling.append(req)
             else:
                 pf_tokens += n
                 pf_pairs += n * c0 + n * (n + 1) / 2.0
                 if c0 + n == total:
                     pf_seqs += 1
-        if self._noise_i >= len(self._noise_list):
-            self._refill(1)
-        factor = self._noise_list[self._noise_i]
-        self._noise_i += 1
-        dt = float(self._step_time(float(dec_n), float(dec_ctx), float(pf_tokens), pf_pairs, float(pf_seqs)))
-        self._inflight = sched
-        self._inflight_start = t
-        self._inflight_end = t + dt * factor
-        self._inflight_running = len(running)
-        self._inflight_used = self.total_blocks - free
-        return True
+                    sampling.append(req)
+            budget -= n
+            i += 1
+        self._free = free
+        return budget, preempted, (dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs)
+
+    def _preempt_for(self, req: _Req, need: int, free: int) -> tuple[int, bool]:
+        """Preempt running requests from the back until ``need`` blocks are free, or ``req`` itself
+        was preempted; returns the free blocks and whether ``req`` still runs."""
+        running = self._running
+        while need > free:
+            victim = running.pop()
+            free += victim.blocks
+            victim.blocks = 0
+            victim.computed = 0
+            victim.preempted += 1
+            self._stats.preemptions += 1
+            self._waiting.appendleft(victim)
+            if victim is req:
+                return free, False
+        return free, True
+
+    def _admit(self, t: float, budget: int, sampling: list[_Req], mix: _Mix) -> _Mix:
+        """Step 2 of the scheduler: admit waiting requests first come first served while a sequence
+        slot, the token budget and KV blocks for their first chunk remain; returns the composition."""
+        dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs = mix
+        free = self._free
+        running = self._running
+        waiting = self._waiting
+        stats = self._stats
+        decode_role = self.role == "decode"
+        while waiting and budget > 0 and len(running) < self.max_num_seqs:
+            req = waiting[0]
+            if req.admitted:
+                c0 = 0  # recompute after preemption
+            elif decode_role:
+                c0 = req.prompt - 1  # KV transferred; the last prompt token is the first input
+            else:
+                c0 = req.cached
+            total = req.prompt + req.gen
+            n = total - c0
+            if n > budget:
+                n = budget
+            need = -(-(c0 + n) // BLOCK_SIZE)
+            if need > free:
+                break
+            waiting.popleft()
+            stats.prefix_cache_queries += total
+            if not req.admitted and not decode_role:
+                stats.prefix_cache_hits += c0
+            elif not req.admitted:
+                stats.prompt_tokens_external += c0  # vLLM 0.32's prompt_tokens_by_source
+            req.admitted += 1
+            if req.sched_s < 0.0:
+                req.sched_s = t
+            req.blocks = need
+            free -= need
+            req.computed = c0 + n
+            running.append(req)
+            if n == 1 and c0 + 1 == total:
+                dec_n += 1
+                dec_ctx += total
+                sampling.append(req)
+            else:
+                pf_tokens += n
+                pf_pairs += n * c0 + n * (n + 1) / 2.0
+                if c0 + n == total:
+                    pf_seqs += 1
+                    sampling.append(req)
+            budget -= n
+        self._free = free
+        return dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs
 
     def _complete(self, out: list[Finished]) -> None:
-        sched = self._inflight
-        assert sched is not None
+        sampling = self._inflight
+        assert sampling is not None
         start = self._inflight_start
         end = self._inflight_end
         dt = end - start
@@ -491,15 +527,12 @@ class EngineReplica:
         self._kv_seconds += self._inflight_used / self.total_blocks * dt
         stats = self._stats
         itl_hist = stats.inter_token_latency
-        sampled = 0
         first_prompt = 0
         same_gap = 0
-        finished = False
-        for req, _c0, _n in sched:
-            if req.computed != req.prompt + req.gen:
-                continue  # a prompt chunk that does not complete the prompt samples nothing
+        done: list[_Req] = []
+        prefill_role = self.role == "prefill"
+        for req in sampling:  # in running order (a prompt chunk that does not complete it samples nothing)
             req.gen += 1
-            sampled += 1
             if req.gen == 1:
                 req.first_s = end
                 first_prompt += req.prompt
@@ -515,17 +548,18 @@ class EngineReplica:
                 if gap > req.itl_max:
                     req.itl_max = gap
             req.last_s = end
-            if req.gen >= req.out or self.role == "prefill":
+            if req.gen >= req.out or prefill_role:
                 req.done = True
-                finished = True
+                done.append(req)
         if same_gap:
             itl_hist.observe(dt, same_gap)
+        sampled = len(sampling)
         stats.prompt_tokens += first_prompt
         stats.generation_tokens += sampled
         if sampled:
             stats.iteration_tokens.observe(first_prompt + sampled)
-        if finished:
-            self._finish_done(end, out)
+        if done:
+            self._finish_done(end, done, out)
 
     # --- the shortcut: a planned run of identical decode steps -------------------------------
     def _try_plan(self, t: float) -> bool:
@@ -611,7 +645,7 @@ class EngineReplica:
         used_before = self.total_blocks - self._free
         free = self._free
         same_gap = 0
-        finished = False
+        done: list[_Req] = []
         itl_hist = self._stats.inter_token_latency
         for req in self._running:
             c = req.computed + m
@@ -633,7 +667,7 @@ class EngineReplica:
             req.last_s = end
             if req.gen >= req.out:
                 req.done = True
-                finished = True
+                done.append(req)
         self._free = free
         if same_gap:
             itl_hist.observe(first_dt, same_gap)
@@ -650,17 +684,15 @@ class EngineReplica:
         self._steps += m
         self._jumped_steps += m
         self._clock = end
-        if finished:
-            self._finish_done(end, out)
+        if done:
+            self._finish_done(end, done, out)
 
     # --- leaving ------------------------------------------------------------------------------
-    def _finish_done(self, end: float, out: list[Finished]) -> None:
+    def _finish_done(self, end: float, done: list[_Req], out: list[Finished]) -> None:
+        """Release the requests that completed at ``end`` (``done``, in running order)."""
         stats = self._stats
-        keep: list[_Req] = []
-        for req in self._running:
-            if not req.done:
-                keep.append(req)
-                continue
+        self._running = [req for req in self._running if not req.done]
+        for req in done:
             self._free += req.blocks
             req.blocks = 0
             handoff = self.role == "prefill"
@@ -702,7 +734,6 @@ class EngineReplica:
                 kv_transfer_s=float(self.model.kv_transfer_s(float(req.prompt))) if handoff else 0.0,
                 finish_reason=reason,
             ))
-        self._running = keep
 
     # ------------------------------------------------------------------------------------------
     # Metrics
