@@ -41,8 +41,8 @@ that has started but not ended by ``until_s`` stays in flight and completes in a
 Results do not depend on how the timeline is cut into ``advance`` calls: noise factors are drawn
 in fixed blocks and consumed one per step, in step order.
 
-The hot loop, and its one shortcut
-----------------------------------
+The hot loop, and its shortcuts
+-------------------------------
 The general step above costs a Python loop over the running batch. Most steps of a busy replica
 are pure decode steps of an unchanged batch, so when every running request is decoding, no
 waiting request can be admitted (queue empty, or ``max_num_seqs``, budget or KV blocks refuse its
@@ -61,10 +61,25 @@ between two ``advance`` calls inside a plan, ``kv_usage`` counts a decode step's
 the end of that step rather than its start (at most one block per request, once per 16 steps).
 Timelines (every step's start and end) are bit-identical to the step-by-step path; float sums
 derived from them (ITL means, histogram sums) agree to rounding.
+
+The general step's own shortcut: a lockstep cohort
+---------------------------------------------------
+A step that must go through the general path (a prompt chunk in it, an admission, a plan cut by
+an arrival) still changes every decoding request alike. Requests that sampled a token at the end
+of the last step form a cohort (`_Lockstep`) that is stepped as aggregates (count, total context,
+the step at which each finishes, the step at which each needs its next KV block) plus a log of
+the gaps; a member's own fields are brought up to date only when it finishes, by adding the
+logged gaps in step order. A general step costs O(requests not in the cohort) instead of
+O(running batch), which matters for a decode pool's batch of hundreds. When a step would not give
+every running request its tokens (token budget or KV blocks short, so order and preemption
+decide), the cohort is dissolved first and the step runs one request at a time. Unlike the
+planned runs this shortcut changes nothing at all: results are bit-identical with it off
+(``_LOCKSTEP = False``), which a test checks.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -92,6 +107,8 @@ BLOCK_SIZE = 16
 _NOISE_BLOCK = 4096  # noise factors are drawn in blocks of this size (same sequence however consumed)
 _MAX_JUMP = 1024  # longest run of decode steps planned in one numpy pass
 _MIN_JUMP = 3  # shorter runs go through the general step (cheaper than a numpy pass)
+_LOCKSTEP = True  # step decoding requests as a cohort (see _Lockstep); False: one by one (same results)
+_LOG_ENTRIES = 4096  # the cohort's log is applied to every member and emptied at this length
 _VLLM_CACHE_DTYPE = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp8": "fp8"}
 
 
@@ -121,7 +138,8 @@ class Finished:
 
 class _Req:
     __slots__ = ("admitted", "arrival", "blocks", "cached", "computed", "done", "first_s", "gen", "itl_max",
-                 "itl_n", "itl_sum", "last_s", "out", "preempted", "prompt", "rid", "sched_s")
+                 "itl_n", "itl_sum", "last_s", "lock", "lock_tokens", "out", "preempted", "prompt", "rid",
+                 "sched_s", "seq")
 
     def __init__(self, rid: RequestId, arrival: float, prompt: int, out: int, cached: int) -> None:
         self.rid = rid
@@ -141,11 +159,148 @@ class _Req:
         self.itl_max = 0.0
         self.itl_n = 0
         self.done = False
+        self.seq = 0  # order in the running batch (admissions get increasing numbers)
+        self.lock = -1  # in the lockstep cohort: the first log entry not yet applied to it; else -1
+        self.lock_tokens = 0  # the cohort's token count when it was last brought up to date
+
+
+class _Lockstep:
+    """The running requests that decode in lockstep, brought up to date only when needed.
+
+    A member sampled a token at the end of the last step and decodes one token in every step
+    until it finishes, so every step changes all members alike: one more token, the same gap
+    added to each one's ITL sum. The cohort keeps what the step-time model and the scheduler need
+    as aggregates (how many, their total context, when each finishes, when each needs its next KV
+    block) and a log of the gaps; a member's own fields are brought up to date (`settle`) when it
+    leaves, by adding the logged gaps one at a time in step order: the same float operations the
+    request-by-request loop does, so identical results at O(1) per step instead of O(batch)."""
+
+    __slots__ = ("adds", "context", "finishes", "last_end", "maxes", "n", "phase", "tokens")
+
+    def __init__(self) -> None:
+        self.n = 0  # members
+        self.context = 0  # sum over members of prompt + generated tokens: the KV their next decode reads
+        # Members by the cohort token count (mod BLOCK_SIZE) at which they need a new KV block.
+        self.phase = [0] * BLOCK_SIZE
+        self.finishes: list[tuple[int, int, _Req]] = []  # heap: (token count at which it finishes, seq, member)
+        self.tokens = 0  # tokens each member has gained in the cohort's steps, since the engine started
+        self.adds: list[float] = []  # per logged step (or planned run): what each member adds to its ITL sum
+        self.maxes: list[float] = []  # per logged entry: the longest inter-token gap in it
+        self.last_end = 0.0  # end of the last logged entry (every member's last token)
+
+    def join(self, req: _Req) -> None:
+        """``req`` sampled at the end of the last step and decodes next: it steps with the cohort."""
+        req.lock = len(self.adds)
+        req.lock_tokens = self.tokens
+        self.n += 1
+        self.context += req.computed + 1
+        self.phase[(self.tokens - req.computed) % BLOCK_SIZE] += 1
+        heapq.heappush(self.finishes, (self.tokens + req.out - req.gen, req.seq, req))
+
+    def step(self, add: float, worst: float, m: int, end: float) -> None:
+        """Every member decodes ``m`` tokens ending at ``end``: its ITL sum grows by ``add``, its
+        longest gap is at least ``worst``."""
+        self.adds.append(add)
+        self.maxes.append(worst)
+        self.tokens += m
+        self.context += self.n * m
+        self.last_end = end
+
+    def crossings(self, m: int) -> int:
+        """KV blocks the members allocate over the next ``m`` steps (one each per 16 tokens)."""
+        t0 = self.tokens
+        if m == 1:
+            return self.phase[t0 % BLOCK_SIZE]
+        total = 0
+        for key, count in enumerate(self.phase):
+            if count:
+                d = (key - t0) % BLOCK_SIZE
+                if d < m:
+                    total += count * (1 + (m - 1 - d) // BLOCK_SIZE)
+        return total
+
+    def slack(self) -> int:
+        """The fewest tokens any member can still add to its last KV block (BLOCK_SIZE if none)."""
+        t0 = self.tokens
+        return min(((key - t0) % BLOCK_SIZE for key, count in enumerate(self.phase) if count), default=BLOCK_SIZE)
+
+    def steps_to_finish(self) -> int:
+        """Steps until the first member has all its tokens (a large number if none)."""
+        return self.finishes[0][0] - self.tokens if self.finishes else 1 << 30
+
+    def settle(self, req: _Req) -> None:
+        """Apply the logged steps to a member's own fields (in step order, as the step loop would)."""
+        d = self.tokens - req.lock_tokens
+        if d:
+            k = req.lock
+            total = req.itl_sum
+            for add in self.adds[k:]:
+                total += add
+            req.itl_sum = total
+            worst = max(self.maxes[k:])
+            if worst > req.itl_max:
+                req.itl_max = worst
+            req.itl_n += d
+            req.gen += d
+            req.computed += d
+            req.blocks = -(-req.computed // BLOCK_SIZE)
+            req.last_s = self.last_end
+        req.lock = len(self.adds)
+        req.lock_tokens = self.tokens
+
+    def finished(self) -> list[_Req]:
+        """The members that have all their tokens now, settled and out of the cohort, in running order."""
+        done: list[_Req] = []
+        heap = self.finishes
+        while heap and heap[0][0] <= self.tokens:
+            req = heapq.heappop(heap)[2]
+            self.settle(req)
+            req.lock = -1
+            req.done = True
+            self.n -= 1
+            self.context -= req.computed + 1
+            self.phase[(self.tokens - req.computed) % BLOCK_SIZE] -= 1
+            done.append(req)
+        if not self.n:
+            self.adds.clear()
+            self.maxes.clear()
+        return done
+
+    def dissolve(self, running: list[_Req]) -> None:
+        """Settle every member and empty the cohort (the step loop takes over)."""
+        for req in running:
+            if req.lock >= 0:
+                self.settle(req)
+                req.lock = -1
+        self.n = 0
+        self.context = 0
+        self.phase = [0] * BLOCK_SIZE
+        self.finishes.clear()
+        self.adds.clear()
+        self.maxes.clear()
+
+    def compact(self, running: list[_Req]) -> None:
+        """Settle every member and forget the log (it would otherwise grow with the run)."""
+        for req in running:
+            if req.lock >= 0:
+                self.settle(req)
+                req.lock = 0
+        self.adds.clear()
+        self.maxes.clear()
 
 
 # A step's composition, as the step-time model takes it: decodes, the sum of their context, prompt
 # tokens, their (query, key) attention pairs, prompts completing in the step.
 _Mix = tuple[int, int, int, float, int]
+
+
+def _by_seq(a: list[_Req], b: list[_Req]) -> list[_Req]:
+    """Two lists of requests in running order, merged in running order."""
+    if not b:
+        return a
+    if not a:
+        return b
+    return sorted(a + b, key=lambda req: req.seq)
 
 
 class EngineReplica:
@@ -185,10 +340,16 @@ class EngineReplica:
         self._pending: deque[_Req] = deque()  # submitted, arrival still ahead of the engine
         self._waiting: deque[_Req] = deque()
         self._running: list[_Req] = []
+        # The running batch is the lockstep cohort (see _Lockstep) plus the others ("solo",
+        # stepped one by one), both in running order.
+        self._lock = _Lockstep()
+        self._solo: list[_Req] = []
+        self._seq = 0
         self._free = self.total_blocks
         self._clock = 0.0  # end of the last completed step
         self.now = 0.0  # the latest time advanced to
-        self._inflight: list[_Req] | None = None  # the step in flight: its requests that sample a token
+        self._inflight: list[_Req] | None = None  # the step in flight: its solo requests that sample a token
+        self._inflight_lock = False  # whether the cohort steps in it
         self._inflight_start = 0.0
         self._inflight_end = 0.0
         self._inflight_running = 0
@@ -380,10 +541,23 @@ class EngineReplica:
     def _schedule(self, t: float) -> bool:
         """Compose the next step from ``t`` (running requests, then admissions) and start it;
         False when nothing could be scheduled (only preemptions happened)."""
-        sampling: list[_Req] = []  # the scheduled requests that sample a token at the step's end
-        budget, preempted, mix = self._schedule_running(sampling)
+        sampling: list[_Req] = []  # the solo requests that sample a token at the step's end
+        lock = self._lock
+        if lock.n and not self._lockstep_fits():
+            lock.dissolve(self._running)  # the step loop decides who gets what, and who is preempted
+            self._solo = list(self._running)
+        admitted_from = len(self._running)
+        if lock.n:
+            budget, mix = self._schedule_lockstep(sampling)
+            preempted = False
+        else:
+            budget, preempted, mix = self._schedule_running(sampling)
         if not preempted:
             mix = self._admit(t, budget, sampling, mix)
+        if lock.n:
+            self._solo.extend(self._running[admitted_from:])
+        else:
+            self._solo = list(self._running)  # after preemptions, too
         dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs = mix
         if not (dec_n or pf_tokens):
             return False
@@ -393,11 +567,58 @@ class EngineReplica:
         self._noise_i += 1
         dt = float(self._step_time(float(dec_n), float(dec_ctx), float(pf_tokens), pf_pairs, float(pf_seqs)))
         self._inflight = sampling
+        self._inflight_lock = lock.n > 0
         self._inflight_start = t
         self._inflight_end = t + dt * factor
         self._inflight_running = len(self._running)
         self._inflight_used = self.total_blocks - self._free
         return True
+
+    def _lockstep_fits(self) -> bool:
+        """Whether the next step gives every running request all its tokens with no preemption:
+        then the order of the running batch decides nothing and the cohort can step as one."""
+        budget = self.max_num_batched_tokens - self._lock.n
+        need = self._lock.crossings(1)
+        for req in self._solo:
+            c0 = req.computed
+            n = req.prompt + req.gen - c0
+            if n > 0:
+                budget -= n
+                need += -(-(c0 + n) // BLOCK_SIZE) - req.blocks
+        return budget >= 0 and need <= self._free
+
+    def _schedule_lockstep(self, sampling: list[_Req]) -> tuple[int, _Mix]:
+        """Step 1 of the scheduler when `_lockstep_fits`: the cohort's members decode one token
+        each, the solo requests get all their tokens. Returns the budget left and the composition."""
+        lock = self._lock
+        budget = self.max_num_batched_tokens - lock.n
+        free = self._free - lock.crossings(1)
+        dec_n = lock.n
+        dec_ctx = lock.context
+        pf_tokens = pf_seqs = 0
+        pf_pairs = 0.0
+        for req in self._solo:
+            c0 = req.computed
+            total = req.prompt + req.gen
+            n = total - c0
+            if n <= 0:
+                continue
+            need = -(-(c0 + n) // BLOCK_SIZE) - req.blocks
+            if need > 0:
+                req.blocks += need
+                free -= need
+            req.computed = total
+            if n == 1:
+                dec_n += 1
+                dec_ctx += total
+            else:
+                pf_tokens += n
+                pf_pairs += n * c0 + n * (n + 1) / 2.0
+                pf_seqs += 1
+            sampling.append(req)
+            budget -= n
+        self._free = free
+        return budget, (dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs)
 
     def _schedule_running(self, sampling: list[_Req]) -> tuple[int, bool, _Mix]:
         """Step 1 of the scheduler: every running request, in order, gets its tokens while the
@@ -498,6 +719,8 @@ class EngineReplica:
             req.blocks = need
             free -= need
             req.computed = c0 + n
+            req.seq = self._seq
+            self._seq += 1
             running.append(req)
             if n == 1 and c0 + 1 == total:
                 dec_n += 1
@@ -551,15 +774,37 @@ class EngineReplica:
             if req.gen >= req.out or prefill_role:
                 req.done = True
                 done.append(req)
+        sampled = len(sampling)
+        if self._inflight_lock:
+            lock = self._lock
+            same_gap += lock.n  # each member's gap is end - start (it sampled at the step's start)
+            sampled += lock.n
+            lock.step(dt, dt, 1, end)
+            done = _by_seq(done, lock.finished())
         if same_gap:
             itl_hist.observe(dt, same_gap)
-        sampled = len(sampling)
         stats.prompt_tokens += first_prompt
         stats.generation_tokens += sampled
         if sampled:
             stats.iteration_tokens.observe(first_prompt + sampled)
+        self._join_lockstep(sampling)
         if done:
             self._finish_done(end, done, out)
+
+    def _join_lockstep(self, sampled: list[_Req]) -> None:
+        """Solo requests that sampled at the end of the last step and decode next join the cohort."""
+        if not _LOCKSTEP:
+            return
+        joined = False
+        lock = self._lock
+        for req in sampled:
+            if not req.done:
+                lock.join(req)
+                joined = True
+        if joined:
+            self._solo = [req for req in self._solo if req.lock < 0]
+        if len(lock.adds) >= _LOG_ENTRIES:
+            lock.compact(self._running)
 
     # --- the shortcut: a planned run of identical decode steps -------------------------------
     def _try_plan(self, t: float) -> bool:
@@ -571,10 +816,11 @@ class EngineReplica:
             return False
         if self._waiting and self._head_admissible(n):
             return False
-        context = 0
-        k_finish = _MAX_JUMP
-        slack = BLOCK_SIZE
-        for req in running:
+        lock = self._lock
+        context = lock.context
+        k_finish = min(_MAX_JUMP, lock.steps_to_finish())
+        slack = lock.slack()
+        for req in self._solo:
             c = req.computed
             if req.gen == 0 or c + 1 != req.prompt + req.gen:
                 return False
@@ -647,7 +893,8 @@ class EngineReplica:
         same_gap = 0
         done: list[_Req] = []
         itl_hist = self._stats.inter_token_latency
-        for req in self._running:
+        solo = self._solo
+        for req in solo:
             c = req.computed + m
             req.computed = c
             req.gen += m
@@ -668,6 +915,14 @@ class EngineReplica:
             if req.gen >= req.out:
                 req.done = True
                 done.append(req)
+        lock = self._lock
+        if lock.n:
+            # Every member sampled at t: the loop above with last_s == t, for all of them at once.
+            free -= lock.crossings(m)
+            same_gap += lock.n
+            gap = first_end - t
+            lock.step(end - t, gap if gap > rest_max else rest_max, m, end)
+            done = _by_seq(done, lock.finished())
         self._free = free
         if same_gap:
             itl_hist.observe(first_dt, same_gap)
@@ -684,6 +939,7 @@ class EngineReplica:
         self._steps += m
         self._jumped_steps += m
         self._clock = end
+        self._join_lockstep(solo)
         if done:
             self._finish_done(end, done, out)
 
@@ -692,6 +948,7 @@ class EngineReplica:
         """Release the requests that completed at ``end`` (``done``, in running order)."""
         stats = self._stats
         self._running = [req for req in self._running if not req.done]
+        self._solo = [req for req in self._solo if not req.done]
         for req in done:
             self._free += req.blocks
             req.blocks = 0
