@@ -33,6 +33,13 @@ def small(max_num_seqs: int = 256) -> ReplicaModel:
     return ReplicaModel(get_model("llama-3.1-8b"), get_accelerator("l4-24gb"), "bf16", 1, max_num_seqs=max_num_seqs)
 
 
+def chunky(max_num_batched_tokens: int) -> ReplicaModel:
+    """The big replica with a small token budget: most prompts take several chunks."""
+    return ReplicaModel(get_model("llama-3.1-70b"), get_accelerator("h100-sxm-80gb"), "fp8", 2, "fp8",
+                        max_num_seqs=min(256, max_num_batched_tokens),
+                        max_num_batched_tokens=max_num_batched_tokens)
+
+
 def engine(model: ReplicaModel, seed: int = 0, cv: float = 0.0, **kw: Any) -> EngineReplica:
     return EngineReplica(model, rng=np.random.default_rng(seed), noise_cv=cv, **kw)
 
@@ -342,6 +349,8 @@ def _everything(e: EngineReplica, done: list[Finished]) -> tuple[Any, ...]:
     (big, "aggregated", 3.0, None),  # chunked prefills beside a large decode batch
     (big, "aggregated", 3.0, 0.037),  # many short advance calls, as the fleet's router makes them
     (lambda: small(64), "aggregated", 1.5, 0.5),  # a KV cache that fills: preemptions and recompute
+    (lambda: chunky(512), "aggregated", 3.0, 0.037),  # prompt chunks that take what the decodes leave
+    (lambda: chunky(96), "aggregated", 1.0, 0.1),  # a budget the decodes alone can exhaust
     (big, "decode", 8.0, 0.05),  # a disaggregated decode pool: admissions cut every planned run
     (big, "prefill", 3.0, None),
 ])

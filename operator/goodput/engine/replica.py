@@ -175,7 +175,7 @@ class _Lockstep:
     leaves, by adding the logged gaps one at a time in step order: the same float operations the
     request-by-request loop does, so identical results at O(1) per step instead of O(batch)."""
 
-    __slots__ = ("adds", "context", "finishes", "last_end", "maxes", "n", "phase", "tokens")
+    __slots__ = ("adds", "context", "finishes", "last_end", "last_seq", "maxes", "n", "phase", "tokens")
 
     def __init__(self) -> None:
         self.n = 0  # members
@@ -187,11 +187,13 @@ class _Lockstep:
         self.adds: list[float] = []  # per logged step (or planned run): what each member adds to its ITL sum
         self.maxes: list[float] = []  # per logged entry: the longest inter-token gap in it
         self.last_end = 0.0  # end of the last logged entry (every member's last token)
+        self.last_seq = -1  # no member is later than this in the running batch (an upper bound)
 
     def join(self, req: _Req) -> None:
         """``req`` sampled at the end of the last step and decodes next: it steps with the cohort."""
         req.lock = len(self.adds)
         req.lock_tokens = self.tokens
+        self.last_seq = max(self.last_seq, req.seq)
         self.n += 1
         self.context += req.computed + 1
         self.phase[(self.tokens - req.computed) % BLOCK_SIZE] += 1
@@ -222,7 +224,11 @@ class _Lockstep:
     def slack(self) -> int:
         """The fewest tokens any member can still add to its last KV block (BLOCK_SIZE if none)."""
         t0 = self.tokens
-        return min(((key - t0) % BLOCK_SIZE for key, count in enumerate(self.phase) if count), default=BLOCK_SIZE)
+        phase = self.phase
+        for d in range(BLOCK_SIZE):
+            if phase[(t0 + d) % BLOCK_SIZE]:
+                return d
+        return BLOCK_SIZE
 
     def steps_to_finish(self) -> int:
         """Steps until the first member has all its tokens (a large number if none)."""
@@ -264,6 +270,7 @@ class _Lockstep:
         if not self.n:
             self.adds.clear()
             self.maxes.clear()
+            self.last_seq = -1
         return done
 
     def dissolve(self, running: list[_Req]) -> None:
@@ -274,6 +281,7 @@ class _Lockstep:
                 req.lock = -1
         self.n = 0
         self.context = 0
+        self.last_seq = -1
         self.phase = [0] * BLOCK_SIZE
         self.finishes.clear()
         self.adds.clear()
@@ -575,21 +583,32 @@ class EngineReplica:
         return True
 
     def _lockstep_fits(self) -> bool:
-        """Whether the next step gives every running request all its tokens with no preemption:
-        then the order of the running batch decides nothing and the cohort can step as one."""
-        budget = self.max_num_batched_tokens - self._lock.n
-        need = self._lock.crossings(1)
+        """Whether the cohort can step as one: every request up to its last member (in running
+        order) gets all its tokens, so that each member gets its one (the requests after it get
+        what the budget leaves, in order, as the step loop gives it), and no request's KV blocks
+        run short (no preemption)."""
+        lock = self._lock
+        budget = self.max_num_batched_tokens - lock.n
+        need = lock.crossings(1)
         for req in self._solo:
             c0 = req.computed
             n = req.prompt + req.gen - c0
-            if n > 0:
-                budget -= n
-                need += -(-(c0 + n) // BLOCK_SIZE) - req.blocks
-        return budget >= 0 and need <= self._free
+            if n <= 0:
+                continue
+            if n > budget:
+                if req.seq < lock.last_seq:
+                    return False  # the step loop would give it budget that a member after it needs
+                if budget <= 0:
+                    break
+                n = budget
+            budget -= n
+            need += -(-(c0 + n) // BLOCK_SIZE) - req.blocks
+        return need <= self._free
 
     def _schedule_lockstep(self, sampling: list[_Req]) -> tuple[int, _Mix]:
         """Step 1 of the scheduler when `_lockstep_fits`: the cohort's members decode one token
-        each, the solo requests get all their tokens. Returns the budget left and the composition."""
+        each, the solo requests get their tokens in running order from the budget left (as in
+        `_schedule_running`). Returns the budget left and the step's composition."""
         lock = self._lock
         budget = self.max_num_batched_tokens - lock.n
         free = self._free - lock.crossings(1)
@@ -598,24 +617,30 @@ class EngineReplica:
         pf_tokens = pf_seqs = 0
         pf_pairs = 0.0
         for req in self._solo:
+            if budget <= 0:
+                break
             c0 = req.computed
             total = req.prompt + req.gen
             n = total - c0
+            if n > budget:
+                n = budget
             if n <= 0:
                 continue
             need = -(-(c0 + n) // BLOCK_SIZE) - req.blocks
             if need > 0:
                 req.blocks += need
                 free -= need
-            req.computed = total
-            if n == 1:
+            req.computed = c0 + n
+            if n == 1 and c0 + 1 == total:
                 dec_n += 1
                 dec_ctx += total
+                sampling.append(req)
             else:
                 pf_tokens += n
                 pf_pairs += n * c0 + n * (n + 1) / 2.0
-                pf_seqs += 1
-            sampling.append(req)
+                if c0 + n == total:
+                    pf_seqs += 1
+                    sampling.append(req)
             budget -= n
         self._free = free
         return budget, (dec_n, dec_ctx, pf_tokens, pf_pairs, pf_seqs)
