@@ -8,6 +8,7 @@ recalibration does not break them; figures that are pure arithmetic are checked 
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -499,3 +500,5 @@ def test_step_time_fn_is_bit_identical_to_step_time_s(model_id, gpu_id, precisio
             assert fast(*args) == r.step_time_s(*args)
         ctx_array = np.arange(1024, dtype=np.float64) * 37.0 + 12345.0  # a planned decode run
         assert np.array_equal(fast(37.0, ctx_array), r.step_time_s(37.0, ctx_array))
+        copy = pickle.loads(pickle.dumps(r))  # --jobs N sends the models to other processes
+        assert copy.step_time_fn()(37.0, 12345.0) == r.step_time_s(37.0, 12345.0)

@@ -126,15 +126,17 @@ class WorldReplicaModel(ReplicaModel):
 
     def step_time_fn(self) -> StepTimeFn:
         """The belief's fast path with this world's rates (set on ``self``), then the speed."""
+        fn: StepTimeFn | None = vars(self).get("_step_time_fn")
+        if fn is not None:
+            return fn
         base = self._fast_step_time()
         scale = self.step_time_scale
-        if scale == 1.0:
-            return base
 
         def step_time(*args: Num) -> Num:
             return base(*args) * scale
 
-        return step_time
+        fn = self._step_time_fn = base if scale == 1.0 else step_time
+        return fn
 
 
 # ------------------------------------------------------------------------------------------
