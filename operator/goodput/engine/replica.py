@@ -369,6 +369,7 @@ class EngineReplica:
         self._plan_t0 = 0.0
         self._plan_passed = 0
         self._early: list[Finished] = []  # finished while a counter was read; returned by advance
+        self._unrecorded: list[_Req] = []  # finished, not yet in the per-request histograms
 
         self._stats = ReplicaStats()
         self.rejected = 0
@@ -404,6 +405,7 @@ class EngineReplica:
     def stats(self) -> ReplicaStats:
         """vLLM's counters and histograms of this replica (see ``goodput.engine.vllm_metrics``)."""
         self._sync()
+        self._record_finished()
         return self._stats
 
     @property
@@ -971,31 +973,15 @@ class EngineReplica:
     # --- leaving ------------------------------------------------------------------------------
     def _finish_done(self, end: float, done: list[_Req], out: list[Finished]) -> None:
         """Release the requests that completed at ``end`` (``done``, in running order)."""
-        stats = self._stats
         self._running = [req for req in self._running if not req.done]
         self._solo = [req for req in self._solo if not req.done]
+        self._unrecorded += done
+        handoff = self.role == "prefill"
+        reason = "length" if handoff else "stop"
+        self._stats.success[reason] = self._stats.success.get(reason, 0.0) + len(done)
         for req in done:
             self._free += req.blocks
             req.blocks = 0
-            handoff = self.role == "prefill"
-            reason = "length" if handoff else "stop"
-            stats.count_success(reason)
-            stats.e2e_request_latency.observe(end - req.arrival)
-            stats.request_queue_time.observe(req.sched_s - req.arrival)
-            stats.request_prefill_time.observe(req.first_s - req.sched_s)
-            stats.request_decode_time.observe(end - req.first_s)
-            stats.request_inference_time.observe(end - req.sched_s)
-            stats.request_prompt_tokens.observe(req.prompt)
-            stats.request_generation_tokens.observe(req.gen)
-            stats.request_max_num_generation_tokens.observe(req.gen)  # n = 1: its only sequence
-            stats.request_params_n.observe(1)
-            stats.request_params_max_tokens.observe(1 if handoff else req.out)
-            # vLLM 0.32: decode time over the tokens after the first; preemptions; prefill KV computed
-            decode_s = req.last_s - req.first_s
-            stats.request_time_per_output_token.observe(decode_s / (req.gen - 1) if req.gen > 1 else 0.0)
-            stats.request_num_preemptions.observe(req.preempted)
-            external = req.prompt - 1 if self.role == "decode" else req.cached
-            stats.request_prefill_kv_computed_tokens.observe(max(req.prompt - external, 0))
             out.append(Finished(
                 request_id=req.rid,
                 arrival_s=req.arrival,
@@ -1016,6 +1002,41 @@ class EngineReplica:
                 kv_transfer_s=float(self.model.kv_transfer_s(float(req.prompt))) if handoff else 0.0,
                 finish_reason=reason,
             ))
+
+    def _record_finished(self) -> None:
+        """The per-request histograms of the requests finished since the last read, observed in
+        finishing order (deferred from `_finish_done`: one numpy pass per histogram when they are
+        read, at a scrape, instead of fourteen observations per request; the same counts and sums)."""
+        reqs = self._unrecorded
+        if not reqs:
+            return
+        self._unrecorded = []
+        f64 = np.float64
+        end = np.array([r.last_s for r in reqs], dtype=f64)  # each sampled its last token at its finish
+        arrival = np.array([r.arrival for r in reqs], dtype=f64)
+        sched = np.array([r.sched_s for r in reqs], dtype=f64)
+        first = np.array([r.first_s for r in reqs], dtype=f64)
+        prompt = np.array([r.prompt for r in reqs], dtype=f64)
+        gen = np.array([r.gen for r in reqs], dtype=f64)
+        handoff = self.role == "prefill"
+        external = prompt - 1.0 if self.role == "decode" else np.array([r.cached for r in reqs], dtype=f64)
+        s = self._stats
+        s.e2e_request_latency.observe_each(end - arrival)
+        s.request_queue_time.observe_each(sched - arrival)
+        s.request_prefill_time.observe_each(first - sched)
+        s.request_decode_time.observe_each(end - first)
+        s.request_inference_time.observe_each(end - sched)
+        s.request_prompt_tokens.observe_each(prompt)
+        s.request_generation_tokens.observe_each(gen)
+        s.request_max_num_generation_tokens.observe_each(gen)  # n = 1: its only sequence
+        s.request_params_n.observe_each(np.ones(len(reqs)))
+        s.request_params_max_tokens.observe_each(
+            np.ones(len(reqs)) if handoff else np.array([r.out for r in reqs], dtype=f64))
+        # vLLM 0.32: decode time over the tokens after the first; preemptions; prefill KV computed
+        per_token = np.where(gen > 1.0, (end - first) / np.maximum(gen - 1.0, 1.0), 0.0)
+        s.request_time_per_output_token.observe_each(per_token)
+        s.request_num_preemptions.observe_each(np.array([r.preempted for r in reqs], dtype=f64))
+        s.request_prefill_kv_computed_tokens.observe_each(np.maximum(prompt - external, 0.0))
 
     # ------------------------------------------------------------------------------------------
     # Metrics
