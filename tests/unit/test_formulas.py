@@ -19,6 +19,7 @@ from goodput.model.errors import CapacityModelError, DoesNotFitError, Unsupporte
 from goodput.model.hardware import GIB, accelerator_catalog, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, kv_dtype, weight_precision
 from goodput.model.replica import TP_DEGREES, ReplicaModel, smallest_tp
+from goodput.model.workload import LengthDistribution
 
 H100 = "h100-sxm-80gb"
 
@@ -502,3 +503,13 @@ def test_step_time_fn_is_bit_identical_to_step_time_s(model_id, gpu_id, precisio
         assert np.array_equal(fast(37.0, ctx_array), r.step_time_s(37.0, ctx_array))
         copy = pickle.loads(pickle.dumps(r))  # --jobs N sends the models to other processes
         assert copy.step_time_fn()(37.0, 12345.0) == r.step_time_s(37.0, 12345.0)
+
+
+def test_binned_ratio_shortcut_is_bit_identical() -> None:
+    """The lognormal fit's inner function skips a sort and constant work: it must return exactly
+    what the distribution it describes does (else every planned count could move)."""
+    from goodput.model import workload
+
+    for sigma in np.concatenate([np.random.default_rng(3).uniform(1e-6, 2.33, 3000), [1e-6, 0.05, 2.3263478740408408]]):
+        d = LengthDistribution._binned_lognormal(1.0, float(sigma))
+        assert workload._binned_ratio(float(sigma)) == d.quantile(0.99) / d.mean
