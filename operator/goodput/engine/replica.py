@@ -369,6 +369,9 @@ class EngineReplica:
         self._plan_t0 = 0.0
         self._plan_passed = 0
         self._early: list[Finished] = []  # finished while a counter was read; returned by advance
+        # Nothing starts or ends before this time: advance() to an earlier one only moves ``now``
+        # (a fleet advances every replica to every arrival). Reset by anything that changes the state.
+        self._quiet_until = -math.inf
         self._unrecorded: list[_Req] = []  # finished, not yet in the per-request histograms
 
         self._stats = ReplicaStats()
@@ -449,6 +452,7 @@ class EngineReplica:
     def _sync(self) -> None:
         """Apply the planned decode steps that have ended by ``now``."""
         if self._plan_ends is not None and self._plan_passed:
+            self._quiet_until = -math.inf
             self._apply_plan(self._plan_passed, self._early)
 
     # ------------------------------------------------------------------------------------------
@@ -468,6 +472,7 @@ class EngineReplica:
             return False
         cached = 0 if self.role == "decode" else max(0, min(int(cached_tokens), prompt - 1))
         req = _Req(request_id, float(arrival_s), prompt, out, cached)
+        self._quiet_until = -math.inf
         pending = self._pending
         if not pending or pending[-1].arrival <= req.arrival:
             pending.append(req)
@@ -494,27 +499,34 @@ class EngineReplica:
         if until < self.now:
             raise ValueError(f"time goes forward: advanced to {self.now}, asked for {until}")
         out, self._early = self._early, []
+        if until < self._quiet_until:
+            self.now = until
+            return out
         empty_at = math.nan
-        while True:
+        while True:  # every exit says until when the engine stays as it is (_quiet_until)
             if self._plan_ends is not None:
                 passed = int(np.searchsorted(self._plan_ends, until, side="right"))
                 if passed < self._plan_ends.size:
                     self._plan_passed = passed  # the next planned step is in flight
+                    self._quiet_until = float(self._plan_ends[passed])
                     break
                 self._apply_plan(passed, out)
                 continue
             if self._inflight is not None:
                 if self._inflight_end > until:
+                    self._quiet_until = self._inflight_end
                     break
                 self._complete(out)
                 continue
             t = self._clock if self._clock > self.ready_at_s else self.ready_at_s
             if not self._running and not self._waiting:
                 if not self._pending:
+                    self._quiet_until = math.inf
                     break
                 if self._pending[0].arrival > t:
                     t = self._pending[0].arrival
             if t >= until:
+                self._quiet_until = t
                 break
             pending = self._pending
             while pending and pending[0].arrival <= t:
