@@ -43,6 +43,7 @@ from goodput.sim.simulate import (
     SimConfig,
     Simulation,
     build_spec,
+    longest_first,
     make_policy,
     policy_order,
     prepare,
@@ -109,11 +110,11 @@ def simulate_config(setup: Setup, jobs: int) -> tuple[Simulation, dict[str, dict
             log(f"    {name}: {runs[name].wall_s:.1f} s")
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {name: pool.submit(_run, setup, name) for name in order}
+            futures = {name: pool.submit(_run, setup, name) for name in longest_first(order)}
             for name, fut in futures.items():
                 runs[name], diags[name] = fut.result()
                 log(f"    {name}: {runs[name].wall_s:.1f} s")
-    return Simulation(setup, {n: runs[n] for n in order}), diags
+    return Simulation(setup, {n: runs[n] for n in order}), {n: diags[n] for n in order}
 
 
 def judge(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -189,6 +189,17 @@ def test_same_seed_gives_bit_identical_results(mode: str) -> None:
     assert other.runs["hpa"].ttft_s.tobytes() != first.runs["hpa"].ttft_s.tobytes()
 
 
+def test_jobs_give_the_same_bits_as_one_process() -> None:
+    """--jobs N runs policies in other processes (the oracle first): the same results, in the same order."""
+    from goodput.sim.cli import Progress, run_all
+
+    setup = setup_for(even_trace([(120.0, 4.0)]))
+    one = run_all(setup, ["hpa", "static-peak"], 1, Progress(False))
+    two = run_all(setup, ["hpa", "static-peak"], 2, Progress(False))
+    assert list(two.runs) == list(one.runs) == ["hpa", "static-peak", "oracle"]
+    assert _fingerprint(two) == _fingerprint(one)
+
+
 # ------------------------------------------------------------------------------------------
 # the command line
 # ------------------------------------------------------------------------------------------
