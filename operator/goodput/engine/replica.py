@@ -79,6 +79,7 @@ planned runs this shortcut changes nothing at all: results are bit-identical wit
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -368,10 +369,15 @@ class EngineReplica:
         self._plan_gaps: npt.NDArray[np.float64] = np.ones(0)
         self._plan_t0 = 0.0
         self._plan_passed = 0
+        # The plan's end times as Python floats (bisect is cheaper than a numpy search for one
+        # value) and the index in them of _plan_ends[0].
+        self._plan_ends_l: list[float] = []
+        self._plan_off = 0
         self._early: list[Finished] = []  # finished while a counter was read; returned by advance
-        # Nothing starts or ends before this time: advance() to an earlier one only moves ``now``
-        # (a fleet advances every replica to every arrival). Reset by anything that changes the state.
-        self._quiet_until = -math.inf
+        # Nothing starts or ends before this time: advance(t) for an earlier t only sets ``now``
+        # to t, so a fleet that advances every replica to every arrival may do just that itself.
+        # Reset by anything that changes the state (submit, counters read mid-plan).
+        self.quiet_until = -math.inf
         self._unrecorded: list[_Req] = []  # finished, not yet in the per-request histograms
 
         self._stats = ReplicaStats()
@@ -452,7 +458,7 @@ class EngineReplica:
     def _sync(self) -> None:
         """Apply the planned decode steps that have ended by ``now``."""
         if self._plan_ends is not None and self._plan_passed:
-            self._quiet_until = -math.inf
+            self.quiet_until = -math.inf
             self._apply_plan(self._plan_passed, self._early)
 
     # ------------------------------------------------------------------------------------------
@@ -472,7 +478,7 @@ class EngineReplica:
             return False
         cached = 0 if self.role == "decode" else max(0, min(int(cached_tokens), prompt - 1))
         req = _Req(request_id, float(arrival_s), prompt, out, cached)
-        self._quiet_until = -math.inf
+        self.quiet_until = -math.inf
         pending = self._pending
         if not pending or pending[-1].arrival <= req.arrival:
             pending.append(req)
@@ -482,12 +488,15 @@ class EngineReplica:
                 i -= 1
             pending.insert(i, req)
         ends = self._plan_ends
-        if ends is not None and req.arrival < float(ends[-2] if ends.size > 1 else math.inf):
-            # No planned step may start at or after an arrival (it would admit the request);
-            # steps that have already started stay.
-            keep = max(1 + int(np.searchsorted(ends[:-1], req.arrival, side="left")), self._plan_passed + 1)
-            self._plan_ends = ends[:keep]
-            self._plan_gaps = self._plan_gaps[:keep]
+        if ends is not None and ends.size > 1:
+            lo = self._plan_off
+            hi = lo + ends.size - 1  # the last step's start is the one before's end
+            if req.arrival < self._plan_ends_l[hi - 1]:
+                # No planned step may start at or after an arrival (it would admit the request);
+                # steps that have already started stay.
+                keep = max(1 + bisect.bisect_left(self._plan_ends_l, req.arrival, lo, hi) - lo, self._plan_passed + 1)
+                self._plan_ends = ends[:keep]
+                self._plan_gaps = self._plan_gaps[:keep]
         return True
 
     # ------------------------------------------------------------------------------------------
@@ -499,34 +508,35 @@ class EngineReplica:
         if until < self.now:
             raise ValueError(f"time goes forward: advanced to {self.now}, asked for {until}")
         out, self._early = self._early, []
-        if until < self._quiet_until:
+        if until < self.quiet_until:
             self.now = until
             return out
         empty_at = math.nan
         while True:  # every exit says until when the engine stays as it is (_quiet_until)
             if self._plan_ends is not None:
-                passed = int(np.searchsorted(self._plan_ends, until, side="right"))
+                lo = self._plan_off
+                passed = bisect.bisect_right(self._plan_ends_l, until, lo, lo + self._plan_ends.size) - lo
                 if passed < self._plan_ends.size:
                     self._plan_passed = passed  # the next planned step is in flight
-                    self._quiet_until = float(self._plan_ends[passed])
+                    self.quiet_until = self._plan_ends_l[lo + passed]
                     break
                 self._apply_plan(passed, out)
                 continue
             if self._inflight is not None:
                 if self._inflight_end > until:
-                    self._quiet_until = self._inflight_end
+                    self.quiet_until = self._inflight_end
                     break
                 self._complete(out)
                 continue
             t = self._clock if self._clock > self.ready_at_s else self.ready_at_s
             if not self._running and not self._waiting:
                 if not self._pending:
-                    self._quiet_until = math.inf
+                    self.quiet_until = math.inf
                     break
                 if self._pending[0].arrival > t:
                     t = self._pending[0].arrival
             if t >= until:
-                self._quiet_until = t
+                self.quiet_until = t
                 break
             pending = self._pending
             while pending and pending[0].arrival <= t:
@@ -894,6 +904,8 @@ class EngineReplica:
         self._plan_gaps = np.diff(times[:k + 1])
         self._plan_t0 = t
         self._plan_passed = 0
+        self._plan_ends_l = self._plan_ends.tolist()
+        self._plan_off = 0
         return True
 
     def _apply_plan(self, m: int, out: list[Finished]) -> None:
@@ -908,6 +920,7 @@ class EngineReplica:
             self._plan_ends = ends[m:]
             self._plan_gaps = self._plan_gaps[m:]
             self._plan_t0 = float(ends[m - 1])
+            self._plan_off += m
         self._plan_passed = 0
 
     def _head_admissible(self, n_running: int) -> bool:

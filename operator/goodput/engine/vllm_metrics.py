@@ -200,7 +200,9 @@ class Histogram:
     def observe_each(self, values: npt.NDArray[np.float64]) -> None:
         """``observe(v)`` for every v of ``values`` in order, in one numpy pass: the same counts,
         and the same sum (accumulated value by value, not pairwise as ``values.sum()`` would)."""
-        if values.size == 0:
+        if values.size < 16:  # fewer than the numpy calls would cost
+            for value in values.tolist():
+                self.observe(value)
             return
         idx = np.searchsorted(np.asarray(self.bounds), values, side="left")
         binned = np.bincount(idx, minlength=len(self.counts))
