@@ -363,12 +363,12 @@ class EngineReplica:
         self._inflight_end = 0.0
         self._inflight_running = 0
         self._inflight_used = 0
-        # A planned run of pure decode steps (see _try_plan): their end times and durations, the
-        # start of the first, and how many of them have ended by ``now`` but are not applied yet.
+        # A planned run of pure decode steps (see _try_plan): their end times and durations and the
+        # start of the first; those that have ended by ``now`` are applied when the run ends or a
+        # counter is read (_plan_passed).
         self._plan_ends: npt.NDArray[np.float64] | None = None
         self._plan_gaps: npt.NDArray[np.float64] = np.ones(0)
         self._plan_t0 = 0.0
-        self._plan_passed = 0
         # The plan's end times as Python floats (bisect is cheaper than a numpy search for one
         # value) and the index in them of _plan_ends[0].
         self._plan_ends_l: list[float] = []
@@ -457,9 +457,17 @@ class EngineReplica:
 
     def _sync(self) -> None:
         """Apply the planned decode steps that have ended by ``now``."""
-        if self._plan_ends is not None and self._plan_passed:
-            self.quiet_until = -math.inf
-            self._apply_plan(self._plan_passed, self._early)
+        if self._plan_ends is not None:
+            passed = self._plan_passed()
+            if passed:
+                self.quiet_until = -math.inf
+                self._apply_plan(passed, self._early)
+
+    def _plan_passed(self) -> int:
+        """How many planned steps have ended by ``now``."""
+        assert self._plan_ends is not None
+        lo = self._plan_off
+        return bisect.bisect_right(self._plan_ends_l, self.now, lo, lo + self._plan_ends.size) - lo
 
     # ------------------------------------------------------------------------------------------
     # Input
@@ -494,7 +502,8 @@ class EngineReplica:
             if req.arrival < self._plan_ends_l[hi - 1]:
                 # No planned step may start at or after an arrival (it would admit the request);
                 # steps that have already started stay.
-                keep = max(1 + bisect.bisect_left(self._plan_ends_l, req.arrival, lo, hi) - lo, self._plan_passed + 1)
+                started = self._plan_passed() + 1
+                keep = max(1 + bisect.bisect_left(self._plan_ends_l, req.arrival, lo, hi) - lo, started)
                 self._plan_ends = ends[:keep]
                 self._plan_gaps = self._plan_gaps[:keep]
         return True
@@ -514,13 +523,13 @@ class EngineReplica:
         empty_at = math.nan
         while True:  # every exit says until when the engine stays as it is (_quiet_until)
             if self._plan_ends is not None:
-                lo = self._plan_off
-                passed = bisect.bisect_right(self._plan_ends_l, until, lo, lo + self._plan_ends.size) - lo
-                if passed < self._plan_ends.size:
-                    self._plan_passed = passed  # the next planned step is in flight
-                    self.quiet_until = self._plan_ends_l[lo + passed]
+                last = self._plan_off + self._plan_ends.size - 1
+                if until < self._plan_ends_l[last]:
+                    # Its last step is still in flight: the steps ended by now are applied when it
+                    # ends, or when a counter is read (_sync), nothing shows them before.
+                    self.quiet_until = self._plan_ends_l[last]
                     break
-                self._apply_plan(passed, out)
+                self._apply_plan(self._plan_ends.size, out)
                 continue
             if self._inflight is not None:
                 if self._inflight_end > until:
@@ -903,7 +912,6 @@ class EngineReplica:
         self._plan_ends = ends[:k]
         self._plan_gaps = np.diff(times[:k + 1])
         self._plan_t0 = t
-        self._plan_passed = 0
         self._plan_ends_l = self._plan_ends.tolist()
         self._plan_off = 0
         return True
@@ -921,7 +929,6 @@ class EngineReplica:
             self._plan_gaps = self._plan_gaps[m:]
             self._plan_t0 = float(ends[m - 1])
             self._plan_off += m
-        self._plan_passed = 0
 
     def _head_admissible(self, n_running: int) -> bool:
         """Could the next step admit the waiting queue's head (before the decodes take blocks)?"""
