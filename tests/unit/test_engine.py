@@ -33,6 +33,13 @@ def small(max_num_seqs: int = 256) -> ReplicaModel:
     return ReplicaModel(get_model("llama-3.1-8b"), get_accelerator("l4-24gb"), "bf16", 1, max_num_seqs=max_num_seqs)
 
 
+def chunky(max_num_batched_tokens: int) -> ReplicaModel:
+    """The big replica with a small token budget: most prompts take several chunks."""
+    return ReplicaModel(get_model("llama-3.1-70b"), get_accelerator("h100-sxm-80gb"), "fp8", 2, "fp8",
+                        max_num_seqs=min(256, max_num_batched_tokens),
+                        max_num_batched_tokens=max_num_batched_tokens)
+
+
 def engine(model: ReplicaModel, seed: int = 0, cv: float = 0.0, **kw: Any) -> EngineReplica:
     return EngineReplica(model, rng=np.random.default_rng(seed), noise_cv=cv, **kw)
 
@@ -329,6 +336,37 @@ def test_planned_decode_runs_equal_step_by_step(monkeypatch: pytest.MonkeyPatch)
     for name in ("inter_token_latency", "time_to_first_token", "e2e_request_latency", "iteration_tokens"):
         ha, hb = getattr(fast.stats, name), getattr(slow.stats, name)
         assert ha.counts == hb.counts and ha.sum == pytest.approx(hb.sum, rel=1e-9)
+
+
+def _everything(e: EngineReplica, done: list[Finished]) -> tuple[Any, ...]:
+    """Every output of a replay, bit for bit: the requests, the counters, the histograms."""
+    hists = tuple((name, h.counts, h.sum, h.count) for name, h in vars(e.stats).items() if hasattr(h, "counts"))
+    return (sorted(done, key=lambda f: f.request_id), e.steps, e.jumped_steps, e.busy_s, e.running_seconds,
+            e.kv_seconds, e.stats.preemptions, e.stats.generation_tokens, e.stats.prompt_tokens, hists)
+
+
+@pytest.mark.parametrize(("model", "role", "rate", "slice_s"), [
+    (big, "aggregated", 3.0, None),  # chunked prefills beside a large decode batch
+    (big, "aggregated", 3.0, 0.037),  # many short advance calls, as the fleet's router makes them
+    (lambda: small(64), "aggregated", 1.5, 0.5),  # a KV cache that fills: preemptions and recompute
+    (lambda: chunky(512), "aggregated", 3.0, 0.037),  # prompt chunks that take what the decodes leave
+    (lambda: chunky(96), "aggregated", 1.0, 0.1),  # a budget the decodes alone can exhaust
+    (big, "decode", 8.0, 0.05),  # a disaggregated decode pool: admissions cut every planned run
+    (big, "prefill", 3.0, None),
+])
+def test_lockstep_cohort_is_bit_identical_to_one_by_one(monkeypatch: pytest.MonkeyPatch, model: Any, role: str,
+                                                        rate: float, slice_s: float | None) -> None:
+    """Decoding requests stepped as a cohort (applied lazily) give exactly what stepping each
+    request in each step gives: the same floats, not merely close ones."""
+    reqs = trace(rate, 200.0, seed=11)
+    fast = engine(model(), seed=3, cv=0.05, role=role)
+    a = _everything(fast, replay(fast, reqs, 600.0, slice_s=slice_s))
+    monkeypatch.setattr(engine_module, "_LOCKSTEP", False)
+    slow = engine(model(), seed=3, cv=0.05, role=role)
+    b = _everything(slow, replay(slow, reqs, 600.0, slice_s=slice_s))
+    assert a == b
+    if role != "prefill":
+        assert fast.jumped_steps > 0
 
 
 def test_counters_agree_with_finished_requests() -> None:

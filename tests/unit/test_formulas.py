@@ -8,7 +8,9 @@ recalibration does not break them; figures that are pure arithmetic are checked 
 from __future__ import annotations
 
 import math
+import pickle
 
+import numpy as np
 import pytest
 
 from goodput.model.architecture import arch_from_hf_config, get_model, kv_bytes_per_token_16bit
@@ -17,6 +19,7 @@ from goodput.model.errors import CapacityModelError, DoesNotFitError, Unsupporte
 from goodput.model.hardware import GIB, accelerator_catalog, custom_accelerator, get_accelerator
 from goodput.model.precision import check_supported, kv_dtype, weight_precision
 from goodput.model.replica import TP_DEGREES, ReplicaModel, smallest_tp
+from goodput.model.workload import LengthDistribution
 
 H100 = "h100-sxm-80gb"
 
@@ -471,3 +474,42 @@ def test_efficiency_validation():
     with pytest.raises(CapacityModelError, match="unknown efficiency factors: nonsense"):
         Efficiency.from_dict({"nonsense": 1.0})
     assert math.isclose(Efficiency.from_dict({"compute_fraction": 0.5}).compute_fraction, 0.5)
+
+
+@pytest.mark.parametrize(("model_id", "gpu_id", "precision", "tp"), [
+    ("llama-3.1-70b", "h100-sxm-80gb", "fp8", 2),  # custom all-reduce
+    ("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1),  # no all-reduce
+    ("llama-3.1-70b", "h100-sxm-80gb", "bf16", 8),
+    ("mixtral-8x7b", "h100-sxm-80gb", "bf16", 2),  # MoE: the experts a step touches depend on its tokens
+])
+def test_step_time_fn_is_bit_identical_to_step_time_s(model_id, gpu_id, precision, tp):
+    """The engine's memoized step time must not change a single simulated timeline."""
+    from goodput.engine.world import build_world
+
+    base = ReplicaModel(get_model(model_id), get_accelerator(gpu_id), precision, tp)
+    rng = np.random.default_rng(7)
+    for world in (None, "speed=0.8", "decode_speed=1.3,prefill_speed=0.7"):
+        r = base if world is None else build_world(None, world).engine_model(base)
+        fast = r.step_time_fn()
+        for _ in range(2000):
+            dec = float(rng.integers(0, 300))
+            ctx = float(rng.integers(0, 10**6))
+            chunk = float(rng.integers(1, 600)) if rng.random() < 0.5 else 0.0
+            c0 = float(rng.integers(0, 5000))
+            args = (dec, ctx, chunk, chunk * c0 + chunk * (chunk + 1) / 2.0, float(rng.integers(0, 2)))
+            assert fast(*args) == r.step_time_s(*args)  # twice: the memoized path too
+            assert fast(*args) == r.step_time_s(*args)
+        ctx_array = np.arange(1024, dtype=np.float64) * 37.0 + 12345.0  # a planned decode run
+        assert np.array_equal(fast(37.0, ctx_array), r.step_time_s(37.0, ctx_array))
+        copy = pickle.loads(pickle.dumps(r))  # --jobs N sends the models to other processes
+        assert copy.step_time_fn()(37.0, 12345.0) == r.step_time_s(37.0, 12345.0)
+
+
+def test_binned_ratio_shortcut_is_bit_identical() -> None:
+    """The lognormal fit's inner function skips a sort and constant work: it must return exactly
+    what the distribution it describes does (else every planned count could move)."""
+    from goodput.model import workload
+
+    for sigma in np.concatenate([np.random.default_rng(3).uniform(1e-6, 2.33, 3000), [1e-6, 0.05, 2.3263478740408408]]):
+        d = LengthDistribution._binned_lognormal(1.0, float(sigma))
+        assert workload._binned_ratio(float(sigma)) == d.quantile(0.99) / d.mean

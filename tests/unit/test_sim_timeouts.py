@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sim_replay import BASE, _cli, _trace_file, even_trace, setup_for
+from test_sim_replay import BASE, _bursty_trace, _cli, _fingerprint, _trace_file, even_trace, setup_for
 
 from goodput.engine.replica import EngineReplica
 from goodput.model.architecture import get_model
 from goodput.model.hardware import get_accelerator
 from goodput.model.replica import ReplicaModel
 from goodput.sim.fleet import ABANDONED, DONE, Fleet
-from goodput.sim.simulate import SimConfig, build_spec, make_policy, prepare, run_policy, summarize
+from goodput.sim.simulate import SimConfig, build_spec, make_policy, prepare, run_policy, simulate, summarize
 from goodput.sim.trace import Trace
 
 
@@ -194,3 +194,40 @@ def test_cli_flag_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as info:  # argparse: usage and the reason, exit 2
         _cli(["simulate", "--trace", "x", *BASE, "--client-timeout-s", "-1"])
     assert info.value.code == 2
+
+
+# ------------------------------------------------------------------------------------------
+# aborts in the engine's fast paths (lockstep cohort, planned runs, quiet replicas skipped)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["aggregated", "disaggregated"])
+def test_clients_that_give_up_replay_to_the_same_bits_and_free_every_block(mode: str) -> None:
+    """Clients that give up within seconds of a burst (aborts while requests wait, prefill, go
+    to the decode pool and decode in the lockstep cohort): two replays give the same bits, and
+    when the fleet has drained every replica is idle with all its KV blocks free."""
+    spec = build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode=mode, cold_start_s=60.0)
+    trace = _bursty_trace()
+    config = SimConfig(client_timeout_s=4.0)
+    names = ["goodput", "hpa", "static-peak"]
+    first = simulate(prepare(spec, trace, config), names)
+    again = simulate(prepare(spec, trace, config), names)
+    assert _fingerprint(first) == _fingerprint(again)
+    assert first.report()["policies"] == again.report()["policies"]
+    assert sum(run.abandoned for run in first.runs.values()) > 0
+    for run in first.runs.values():
+        assert run.unfinished == 0
+
+    setup = prepare(spec, trace, config)
+    fleets: list[Fleet] = []
+
+    def keep(fleet: Fleet) -> bool:  # run_policy asks at every scrape: a look at its fleet
+        fleets.append(fleet)
+        return False
+
+    run = run_policy(setup, make_policy("hpa", setup), give_up=keep)
+    fleet = fleets[-1]
+    assert run.abandoned > 0 and sum(r.engine.aborted for r in fleet.replicas) > 0
+    assert not fleet.busy()
+    for rep in fleet.replicas:
+        engine = rep.engine
+        assert engine.idle and engine.running == 0 and engine.kv_usage == 0.0, (rep.role, rep.index)
+    assert run.ttft_s.tobytes() == first.runs["hpa"].ttft_s.tobytes()

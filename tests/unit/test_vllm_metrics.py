@@ -374,3 +374,25 @@ def test_engine_replica_0_32_families_reflect_its_state() -> None:
 def test_unknown_generation_is_refused() -> None:
     with pytest.raises(ValueError, match=r"0\.32, 0\.11, 0\.8"):
         ours(vm.ReplicaStats(), generation="0.10")
+
+
+def test_observe_each_is_bit_identical_to_observing_one_by_one() -> None:
+    """The engine records per-request histograms in bulk when they are read: the counts and the
+    sum must be exactly what observing each value in turn gives (a sequential sum, not pairwise)."""
+    from goodput.engine.vllm_metrics import REQUEST_LATENCY_BUCKETS, TOKEN_BUCKETS_STORED
+    from goodput.engine.vllm_metrics import Histogram as EngineHistogram
+
+    rng = np.random.default_rng(5)
+    for bounds, values in ((REQUEST_LATENCY_BUCKETS, rng.lognormal(0.0, 2.0, 5000)),
+                           (TOKEN_BUCKETS_STORED, np.round(rng.lognormal(6.0, 1.5, 5000))),
+                           (REQUEST_LATENCY_BUCKETS, np.array([0.0, 0.3, 0.3, 1e9]))):
+        one = EngineHistogram(bounds)
+        one.observe(0.125)
+        for v in values.tolist():
+            one.observe(v)
+        for parts in (7, 400):  # batches large enough for numpy, and small ones
+            bulk = EngineHistogram(bounds)
+            bulk.observe(0.125)
+            for part in np.array_split(values, parts):
+                bulk.observe_each(part)
+            assert (bulk.counts, bulk.sum, bulk.count) == (one.counts, one.sum, one.count)

@@ -44,7 +44,7 @@ from typing import Any
 
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
-from goodput.model.replica import Num, ReplicaModel
+from goodput.model.replica import Num, ReplicaModel, StepTimeFn
 
 SPEED_ALIASES = {
     "decode_speed": "memory-bound part of a step (weight and KV reads) takes 1/X of the belief's time",
@@ -123,6 +123,20 @@ class WorldReplicaModel(ReplicaModel):
         t = super().step_time_s(decode_seqs, decode_context_tokens, prefill_tokens, prefill_pairs, prefill_seqs,
                                 prefill_context_tokens)
         return t * self.step_time_scale if self.step_time_scale != 1.0 else t
+
+    def step_time_fn(self) -> StepTimeFn:
+        """The belief's fast path with this world's rates (set on ``self``), then the speed."""
+        fn: StepTimeFn | None = vars(self).get("_step_time_fn")
+        if fn is not None:
+            return fn
+        base = self._fast_step_time()
+        scale = self.step_time_scale
+
+        def step_time(*args: Num) -> Num:
+            return base(*args) * scale
+
+        fn = self._step_time_fn = base if scale == 1.0 else step_time
+        return fn
 
 
 # ------------------------------------------------------------------------------------------

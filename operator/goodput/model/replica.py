@@ -22,6 +22,7 @@ Scalar calls cost a few microseconds; every argument may also be a numpy array.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ from goodput.model.precision import (
 
 # Every time function takes floats or numpy arrays (broadcast together) and returns the same.
 Num = float | npt.NDArray[np.float64]
+StepTimeFn = Callable[..., Num]  # step_time_s's signature
 
 TP_DEGREES = (1, 2, 4, 8)
 # vLLM defaults (V1 engine): continuous batching with chunked prefill.
@@ -213,6 +215,65 @@ class ReplicaModel:
         t_core: Num = (t_mem**n + t_compute**n) ** (1.0 / n)
         overhead = self.fixed_overhead_s + self.per_sequence_overhead_s * (decode_seqs + prefill_seqs)
         return t_core + self.comm_s(tokens) + overhead
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the fast step-time closure (rebuilt on demand), e.g. for --jobs N."""
+        state = dict(vars(self))
+        state.pop("_step_time_fn", None)
+        return state
+
+    def step_time_fn(self) -> StepTimeFn:
+        """`step_time_s` for a caller that asks millions of times (the engine emulator): the same
+        float operations in the same order, so bit-identical results, at a fraction of the cost.
+
+        The token count (``decode_seqs + prefill_tokens``) must be a scalar; the context and
+        prefill arguments may be arrays. Everything that depends on the token count alone (the
+        weights read, the GEMM time, the 2 x layers all-reduces: most of a scalar call's cost) is
+        memoized per count: an engine asks for at most ``max_num_batched_tokens`` distinct ones."""
+        if type(self).step_time_s is not ReplicaModel.step_time_s or "step_time_s" in vars(self):
+            return self.step_time_s  # a subclass (or an instance) with its own formula: keep it
+        fn: StepTimeFn | None = vars(self).get("_step_time_fn")
+        if fn is None:  # built once per model (its memo is shared by every engine of the pool)
+            fn = self._step_time_fn = self._fast_step_time()
+        return fn
+
+    def _fast_step_time(self) -> StepTimeFn:
+        kvb, bw = self.kv_bytes_per_token_per_gpu, self.bandwidth_bytes_s
+        attn, attn_s = self.attention_flops_per_pair, self.attention_flops_s
+        lm, lm_s = self.lm_head_flops, self.lm_head_flops_s
+        sharp = self.sharpness
+        inv_sharp = 1.0 / sharp
+        fixed, per_seq = self.fixed_overhead_s, self.per_sequence_overhead_s
+        by_tokens: dict[float, tuple[float, float, float]] = {}
+        # The all-reduce time of every token count a step can have, in one vectorized call: the
+        # same elementwise operations as the scalar call (no transcendental function in it).
+        comm_table: list[float] = np.asarray(
+            self.comm_s(np.arange(self.max_num_batched_tokens + 1, dtype=np.float64)), dtype=np.float64).tolist()
+
+        def per_tokens(tokens: float) -> tuple[float, float, float]:
+            """(weight bytes read, GEMM time, communication time) of a step of ``tokens`` tokens."""
+            weights: float = self.dense_bytes_per_gpu
+            if self.expert_miss:
+                weights = weights + self.expert_bytes_per_gpu * (1.0 - self.expert_miss**tokens)
+            index = int(tokens)
+            comm = comm_table[index] if index == tokens and 0 <= index < len(comm_table) else float(self.comm_s(tokens))
+            entry = (weights, self.gemm_flops_per_token * tokens / self.gemm_flops_s, comm)
+            by_tokens[tokens] = entry
+            return entry
+
+        def step_time(decode_seqs: float, decode_context_tokens: Num, prefill_tokens: float = 0.0,
+                      prefill_pairs: Num = 0.0, prefill_seqs: float = 0.0,
+                      prefill_context_tokens: Num = 0.0) -> Num:
+            tokens = decode_seqs + prefill_tokens
+            weights, t_gemm, t_comm = by_tokens.get(tokens) or per_tokens(tokens)
+            kv_tokens = decode_context_tokens + prefill_tokens + prefill_context_tokens
+            t_mem = (weights + kvb * kv_tokens) / bw
+            t_compute = (t_gemm + attn * (decode_context_tokens + prefill_pairs) / attn_s
+                         + lm * (decode_seqs + prefill_seqs) / lm_s)
+            t_core: Num = (t_mem**sharp + t_compute**sharp) ** inv_sharp
+            return t_core + t_comm + (fixed + per_seq * (decode_seqs + prefill_seqs))
+
+        return step_time
 
     def decode_step_s(self, batch: Num, context_len: Num) -> Num:
         """One decode iteration of ``batch`` sequences, each holding ``context_len`` tokens."""

@@ -48,6 +48,7 @@ from goodput.sim.simulate import (
     Simulation,
     build_spec,
     details,
+    longest_first,
     measure_shared,
     policy_order,
     prepare,
@@ -229,7 +230,9 @@ def run_all(setup: Setup, names: list[str], jobs: int, progress: Progress) -> Si
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(order))) as pool:
-            futures = {name: pool.submit(_run_one, setup, name) for name in order}
+            # The longest first (the oracle replays the trace several times): the others fill
+            # the other workers meanwhile instead of leaving it to run alone at the end.
+            futures = {name: pool.submit(_run_one, setup, name) for name in longest_first(order)}
             for name, future in futures.items():
                 runs[name] = future.result()
                 progress(name, 1.0)

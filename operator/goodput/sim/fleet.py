@@ -257,6 +257,9 @@ class Fleet:
         handoffs: list[tuple[float, Finished]] = []
         for rep in self.replicas:
             if rep.role != "decode":
+                if t < rep.engine.quiet_until:  # nothing happens in it by t: what advance(t) would do
+                    rep.engine.now = t
+                    continue
                 for f in rep.engine.advance(t):
                     self._finished(rep, f, handoffs)
         if handoffs:
@@ -265,6 +268,9 @@ class Fleet:
                 self._route(int(f.request_id), "decode", at)
         for rep in self.replicas:
             if rep.role == "decode":
+                if t < rep.engine.quiet_until:
+                    rep.engine.now = t
+                    continue
                 for f in rep.engine.advance(t):
                     self._finished(rep, f, handoffs)
         self.now = t
@@ -311,16 +317,18 @@ class Fleet:
 
     def _pick(self, role: str) -> Replica | None:
         t = self.now
-        best: Replica | None = None
-        best_key = (0, 0)
         self._rr += 1
         cands = [r for r in self.replicas if r.role == role and not r.draining and r.ready_s <= t]
-        n = len(cands)
-        for j, rep in enumerate(cands):
-            key = (rep.outstanding, (j - self._rr) % n)
-            if best is None or key < best_key:
-                best, best_key = rep, key
-        return best
+        if not cands:
+            return None
+        # The least outstanding, ties to the first at or after the round-robin position (cyclic):
+        # the minimum of (outstanding, (j - rr) % n), found by list operations.
+        loads = [r.outstanding for r in cands]
+        low = min(loads)
+        try:
+            return cands[loads.index(low, self._rr % len(cands))]
+        except ValueError:
+            return cands[loads.index(low)]
 
     def _route(self, i: int, role: str, at: float) -> None:
         rep = self._pick(role)

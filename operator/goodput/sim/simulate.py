@@ -337,8 +337,16 @@ class PolicyRun:
 Progress = Callable[[str, float], None]
 
 
+class GaveUp(Exception):
+    """A replay stopped early: its ``give_up`` callback said the outcome it was run for is decided."""
+
+
 def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
-               clock: Callable[[], float] | None = None) -> PolicyRun:
+               clock: Callable[[], float] | None = None,
+               give_up: Callable[[Fleet], bool] | None = None) -> PolicyRun:
+    """Replay the trace under ``policy``. ``give_up`` is asked at every scrape; when it says so
+    the replay stops and raises `GaveUp` (the oracle's search drops a candidate that can no longer
+    meet the goal)."""
     cfg = setup.config
     trace = setup.trace
     times = trace.times
@@ -377,6 +385,8 @@ def run_policy(setup: Setup, policy: Policy, progress: Progress | None = None,
                              "gpus": fleet.allocated_gpus()})
             last_scrape_i = i
             scrape_k += 1
+            if give_up is not None and give_up(fleet):
+                raise GaveUp(policy.name)
         if t >= t_decide:
             targets = policy.decide(t, fleet)
             decisions += 1
@@ -412,12 +422,17 @@ def _pct(values: npt.NDArray[np.float64], q: float) -> float | None:
 
 def attainment_mask(run: PolicyRun, setup: Setup) -> npt.NDArray[np.bool_]:
     """Requests that finished with TTFT and mean ITL within their targets."""
+    return _within_slo(run.status, run.ttft_s, run.itl_s, setup)
+
+
+def _within_slo(status: npt.NDArray[np.int8], ttft_s: npt.NDArray[np.float64], itl_s: npt.NDArray[np.float64],
+                setup: Setup) -> npt.NDArray[np.bool_]:
     slo = setup.spec.slo
     single = setup.trace.outputs <= 1
     with np.errstate(invalid="ignore"):
-        ok_ttft = run.ttft_s * 1000.0 <= slo.ttft_ms
-        ok_itl = single | (run.itl_s * 1000.0 <= slo.itl_ms)
-    return np.asarray((run.status == DONE) & ok_ttft & ok_itl, dtype=np.bool_)
+        ok_ttft = ttft_s * 1000.0 <= slo.ttft_ms
+        ok_itl = single | (itl_s * 1000.0 <= slo.itl_ms)
+    return np.asarray((status == DONE) & ok_ttft & ok_itl, dtype=np.bool_)
 
 
 def summarize(run: PolicyRun, setup: Setup, oracle_gpu_hours: float | None,
@@ -581,15 +596,40 @@ class _OracleSearch:
 
     def run(self, rps: dict[str, float], extra: Extra) -> PolicyRun:
         run = run_policy(self.setup, OraclePolicy(self.setup, extra, rps), self.progress)
+        self._count(run)
+        return run
+
+    def trial(self, rps: dict[str, float], extra: Extra) -> PolicyRun | None:
+        """A candidate that is kept only if it meets the goal: its replay stops (None) as soon as
+        the requests already missed make the goal unreachable, for the rest would change nothing."""
+        try:
+            run = run_policy(self.setup, OraclePolicy(self.setup, extra, rps), self.progress,
+                             give_up=self.cannot_meet)
+        except GaveUp:
+            self.progress = None
+            self.replays += 1
+            return None
+        self._count(run)
+        return run
+
+    def _count(self, run: PolicyRun) -> None:
         self.progress = None  # progress is shown for the first replay only
         self.replays += 1
         if self.meets(run) and (self.best is None or run.gpu_hours < self.best.gpu_hours):
             self.best = run
-        return run
 
     def meets(self, run: PolicyRun) -> bool:
         ok = attainment_mask(run, self.setup)
         return bool(ok.size and np.count_nonzero(ok) >= self.goal * ok.size)
+
+    def cannot_meet(self, fleet: Fleet) -> bool:
+        """Whether the requests rejected, abandoned by their clients or finished outside the SLOs
+        (each a miss for good) already exceed what the goal allows (every other request counted as
+        met: the most the replay could still reach)."""
+        status = fleet.status
+        missed = np.count_nonzero((status == REJECTED) | (status == ABANDONED)) + np.count_nonzero(
+            (status == DONE) & ~_within_slo(status, fleet.ttft_s, fleet.itl_s, self.setup))
+        return bool(status.size - missed < self.goal * status.size)
 
     def per_interval(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
         return np.bincount(self.k_of, weights=mask, minlength=self.n_k.size).astype(np.float64)
@@ -644,8 +684,8 @@ def run_oracle(setup: Setup, progress: Progress | None = None, clock: Callable[[
     for _ in range(ORACLE_SCALE_STEPS):
         if not search.meets(run):
             break
-        trial = search.run({r: g * scale * ORACLE_SCALE_STEP for r, g in rps.items()}, extra)
-        if not search.meets(trial):
+        trial = search.trial({r: g * scale * ORACLE_SCALE_STEP for r, g in rps.items()}, extra)
+        if trial is None or not search.meets(trial):
             break
         scale *= ORACLE_SCALE_STEP
         run = trial
@@ -660,8 +700,8 @@ def run_oracle(setup: Setup, progress: Progress | None = None, clock: Callable[[
         if not search.meets(run):
             break
         fewer = search.refine_down(run, extra)
-        trial = search.run(rps, fewer)
-        if not search.meets(trial):
+        trial = search.trial(rps, fewer)
+        if trial is None or not search.meets(trial):
             break
         extra, run = fewer, trial
     best = search.best or run
@@ -714,6 +754,11 @@ def policy_order(names: Sequence[str]) -> list[str]:
     if "oracle" not in order:
         order.append("oracle")
     return order
+
+
+def longest_first(names: Sequence[str]) -> list[str]:
+    """The order to start policies in parallel: the oracle's search (several replays) first."""
+    return sorted(names, key=lambda name: name != "oracle")
 
 
 def make_policy(name: str, setup: Setup) -> Policy:
