@@ -24,7 +24,10 @@ and reported together at the end, each with what was seen, so one run shows ever
 5. load back to 2 req/s: no scale-down before the 60 s stabilization window has passed since the
    last recommendation at the current size, then a ScaleDown (or RateLimited) decision;
 6. metric-driven decisions change replicas only: the vLLM pod template (engine arguments) stays,
-   since every template change restarts every vLLM pod (a cold start each).
+   since every template change restarts every vLLM pod (a cold start each);
+7. the scale-down cuts no request: the pods that leave finish what they hold within their
+   termination grace period (the emulator's ``--drain-s``), counted from the emulator's
+   ``resubmitted`` (a request cut when its pod goes, retried by its client).
 
 kwok marks a pod Ready the moment it runs, where a vLLM pod becomes Ready only after loading its
 weights; the fixture sets ``minReadySeconds`` (cold start + 2 s) on the Deployment, so a rollout
@@ -356,6 +359,32 @@ def test_legacy_metric_names_still_give_itl_and_kv_usage(loop: Loop) -> None:
           f"{observed}", file=sys.stderr)
 
 
+
+def _requests_cut_by_scale_down(w: Any, emulator: EmulatorHandle, cut_before: int) -> None:
+    """Once every replica of the scaled-down pods has drained (the emulator finishes what a deleted
+    pod holds for its termination grace period, as a kubelet does, and re-submits what is left: a
+    cut request), the requests cut must be 0: the operator marked the least-loaded pods to leave
+    (pod-deletion-cost) and the grace period covers the longest request."""
+    deadline = time.time() + 90
+    leaving: dict[str, int] = {}
+    while time.time() < deadline:
+        state = emulator.state()
+        draining = [r for r in state["replicas"] if r["draining"]]
+        for r in draining:
+            leaving.setdefault(r["pod"], int(r["outstanding"]))
+        if leaving and not draining:
+            break
+        time.sleep(1)
+    cut = int(emulator.state().get("resubmitted", 0)) - cut_before
+    held = ", ".join(f"{pod} with {n} in flight" for pod, n in sorted(leaving.items())) or "none seen draining"
+    if not leaving:
+        w.fail("7 cut requests", "no replica was seen draining within 90 s of the scale-down")
+    elif cut:
+        w.fail("7 cut requests", f"the scale-down cut {cut} request(s) (re-submitted by their clients); "
+                                 f"leaving: {held}")
+    else:
+        w.ok("7 cut requests", f"0 requests cut by the scale-down; leaving: {held}, each drained before it went")
+
 def test_closed_loop_scales_with_load_and_holds_on_outage(loop: Loop) -> None:
     w = Watch(loop)
     w.say(f"namespace {loop.ns}; Prometheus {loop.prom.url}; emulator control port {loop.main.port}")
@@ -491,6 +520,7 @@ def test_closed_loop_scales_with_load_and_holds_on_outage(loop: Loop) -> None:
 
     # 5. load falls -----------------------------------------------------------------------------
     high = w.replicas
+    cut_before = int(loop.main.state().get("resubmitted", 0))
     t_drop = time.time()
     loop.main.set_rate(1.0)
     w.say(f"load back to {BASE_RPS:g} req/s (replicas {high})")
@@ -524,6 +554,10 @@ def test_closed_loop_scales_with_load_and_holds_on_outage(loop: Loop) -> None:
             gap = f"{t_down - last_high:.0f} s after the last recommendation of {frm}" if last_high else ""
             w.ok("5 scale-down", f"{down['reason']} {frm}→{down['toReplicas']} {t_down - t_drop:.0f} s after the "
                                  f"load fell, {gap}: {down['message'][:140]}")
+
+    # 7. requests cut by the scale-down (issue 14): the pods that left finish what they hold ------
+    if downs:
+        _requests_cut_by_scale_down(w, loop.main, cut_before)
 
     # 6. the pod template --------------------------------------------------------------------------
     w.poll()
