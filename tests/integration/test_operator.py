@@ -253,6 +253,24 @@ def test_replicas_edited_by_hand_are_restored(cluster: Any, operator: Any) -> No
     assert any(e["reason"] == "ReplicasRestored" for e in events_for(cluster, name))
 
 
+def test_cold_start_is_measured_from_the_pods(cluster: Any, operator: Any) -> None:
+    """Pods that take 25 s from creation to Ready (kwok delays them, as a vLLM pod loading weights
+    would be): the operator keeps that creation-to-Ready time per pool in status (issue 16)."""
+    name = "llama-8b-chat"
+    wait_for("a plan", lambda: plan_of(cluster, name))
+    patch = {"spec": {"template": {"metadata": {"annotations": {"goodput.dev/kwok-ready-delay": "25s"}}}}}
+    assert cluster.kubectl("patch", "deployment", f"{name}-aggregated", "-n", NS, "--type=merge",
+                           "-p", json.dumps(patch)).returncode == 0
+
+    def measured() -> list[float] | None:
+        starts = ((infd(cluster, name).get("status") or {}).get("autoscaler") or {}).get("coldStarts") or {}
+        seconds = [s for s in (starts.get("aggregated") or {}).get("seconds", []) if s >= 20]
+        return seconds or None
+
+    seconds = wait_for("a 25 s pod start in status.autoscaler.coldStarts", measured, timeout=120)
+    assert all(24.0 <= s <= 45.0 for s in seconds), seconds
+
+
 def test_delete_garbage_collects_owned_objects(cluster: Any, operator: Any) -> None:
     assert cluster.kubectl("delete", "infd", "llama-70b", "-n", NS, "--wait=true").returncode == 0
     owned = "goodput.dev/inference-deployment=llama-70b"

@@ -316,6 +316,12 @@ spec:
     - key: '.status.conditions[]? | select(.type == "Ready") | .status'
       operator: NotIn
       values: ["True"]
+  # A pod annotated goodput.dev/kwok-ready-delay (a duration, "25s") starts that much later: a
+  # vLLM pod's time from creation to Ready (image pull, weights, readiness probe) for tests that
+  # need one. Unannotated pods start at once.
+  delay:
+    durationFrom:
+      expressionFrom: '.metadata.annotations["goodput.dev/kwok-ready-delay"]'
   next:
     statusTemplate: |
       {{ $now := Now }}

@@ -115,19 +115,24 @@ class Kube:
         return dict(items[0]) if items else None
 
     def observe_pools(self, namespace: str, name: str) -> dict[str, PoolObservation]:
-        """The owned Deployments' replicas and ready replicas, and their pods the scheduler could
-        not place, by pool role."""
+        """The owned Deployments' replicas and ready replicas, their pods the scheduler could not
+        place, and how long their pods took from creation to Ready, by pool role."""
         selector = f"{OWNER_LABEL}={name}"
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector,
                                                            _request_timeout=REQUEST_TIMEOUT_S)
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector, field_selector="status.phase=Pending",
-                                             _request_timeout=REQUEST_TIMEOUT_S)
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S)
         pending: dict[str, list[str]] = {}
+        starts: dict[str, list[tuple[dt.datetime, float]]] = {}
         for pod in pods.items:
             role = ((pod.metadata.labels if pod.metadata else None) or {}).get(ROLE_LABEL)
+            if not role or (pod.metadata and pod.metadata.deletion_timestamp):
+                continue
             why = unschedulable(pod)
-            if role and why is not None and not (pod.metadata and pod.metadata.deletion_timestamp):
+            if why is not None:
                 pending.setdefault(role, []).append(why)
+            start = cold_start(pod)
+            if start is not None:
+                starts.setdefault(role, []).append(start)
         out = {}
         for d in deployments.items:
             role = ((d.metadata.labels if d.metadata else None) or {}).get(ROLE_LABEL)
@@ -135,7 +140,8 @@ class Kube:
                 stuck = pending.get(role, [])
                 out[role] = PoolObservation(replicas=d.spec.replicas or 0,
                                             ready_replicas=(d.status.ready_replicas or 0) if d.status else 0,
-                                            pending_replicas=len(stuck), pending_message=stuck[0] if stuck else "")
+                                            pending_replicas=len(stuck), pending_message=stuck[0] if stuck else "",
+                                            pod_starts=tuple(sorted(starts.get(role, []))))
         return out
 
     # --- writes ------------------------------------------------------------------------------
@@ -251,6 +257,21 @@ def unschedulable(pod: Any) -> str | None:
         if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
             return str(c.message or "Unschedulable")
     return None
+
+
+def cold_start(pod: Any) -> tuple[dt.datetime, float] | None:
+    """(Ready at, seconds from creation to Ready) for a Ready pod whose containers never restarted
+    (a restart moves Ready's transition time: that would be a restart's time, not a start's)."""
+    meta, status = pod.metadata, pod.status
+    if meta is None or status is None or meta.creation_timestamp is None:
+        return None
+    if any((c.restart_count or 0) > 0 for c in (status.container_statuses or [])):
+        return None
+    ready = next((c for c in (status.conditions or []) if c.type == "Ready" and c.status == "True"), None)
+    if ready is None or ready.last_transition_time is None:
+        return None
+    at = ready.last_transition_time.replace(microsecond=0)
+    return at, max((at - meta.creation_timestamp).total_seconds(), 0.0)
 
 
 def event_name(name: str, uid: str, event: Event, now: dt.datetime) -> str:

@@ -54,6 +54,7 @@ from goodput.planner import calibration as cal_terms
 from goodput.planner import engine_args, guards
 from goodput.planner.burst import LEVEL_NAMES, SCV_MAX, RiseHistory, headroom, observe_rate, per_replica_scv
 from goodput.planner.calibration import Calibration, PoolConfig
+from goodput.planner.coldstart import ColdStarts
 from goodput.planner.observation import Observation, PoolMetrics, PoolObservation
 from goodput.planner.recommend import (
     Recommendation,
@@ -99,6 +100,7 @@ class AutoscalerState:
     last_rollout: str | None = None
     rollout_candidates: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)  # role -> (args, since)
     burst: RiseHistory = field(default_factory=RiseHistory)  # rises over one cold start (goodput.planner.burst)
+    cold_starts: ColdStarts = field(default_factory=ColdStarts)  # measured pod starts (goodput.planner.coldstart)
 
     @property
     def step_time_scale(self) -> float:
@@ -137,6 +139,7 @@ class AutoscalerState:
             last_rollout=text("lastRollout"),
             rollout_candidates=candidates,
             burst=RiseHistory.from_status(data.get("burst")),
+            cold_starts=ColdStarts.from_status(data.get("coldStarts")),
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -153,6 +156,8 @@ class AutoscalerState:
                                         for role, (args, since) in sorted(self.rollout_candidates.items())}
         if self.burst.updated is not None:
             out["burst"] = self.burst.to_status()
+        if self.cold_starts.samples:
+            out["coldStarts"] = self.cold_starts.to_status()
         if self.slo_headroom:
             out["sloHeadroom"] = {role: {"factor": round(f, 4), "since": since}
                                   for role, (f, since) in sorted(self.slo_headroom.items())}
@@ -164,9 +169,12 @@ class AutoscalerState:
                                    rollout_candidates=dict(self.rollout_candidates), burst=self.burst.copy())
 
 
-def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
-                    long_window_full: bool = True) -> DemandEstimate:
-    horizon = float(spec.scaling.cold_start_seconds)
+def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None, long_window_full: bool = True,
+                    cold_start: tuple[float, str] | None = None) -> DemandEstimate:
+    """The demand to size for: the short-window arrival rate, projected over the cold start when
+    it rises. ``cold_start``: the horizon and its reason when measured from pods
+    (`goodput.planner.coldstart`); the spec's coldStartSeconds otherwise."""
+    horizon, measured = cold_start if cold_start is not None else (float(spec.scaling.cold_start_seconds), "")
     if obs is None or not obs.available:
         return DemandEstimate(spec.workload.request_rate, "spec.workload")
     short = obs.serving_pool()
@@ -187,6 +195,8 @@ def estimate_demand(spec: InferenceDeploymentSpec, obs: Observation | None,
         if lng > forecast:
             note += f"; the {obs.long_window_s:.0f} s rate {lng:.2f} req/s is higher and is kept"
         forecast = max(forecast, lng)
+    if measured:
+        note += f" ({measured})"
     return DemandEstimate(max(forecast, 0.0), "metrics", s, lng, horizon, note)
 
 
@@ -500,7 +510,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
             pm = obs.pools.get(p.role) if obs is not None else None
             why = engine_args.batch_at_cap(pm, running[1]) or engine_args.rollout_gain(
                 target, p, workload, eff, running, inp.current.get(p.role, p.replicas),
-                float(inp.spec.scaling.cold_start_seconds), rec.demand_rps)
+                state.cold_starts.horizon(float(inp.spec.scaling.cold_start_seconds))[0], rec.demand_rps)
         if why and _persistent(state, p.role, wanted, inp.now, settle_s):
             change = engine_args.changed_args(running, wanted)
             rollouts.append(engine_args.Rollout(p.role, wanted, f"{p.role} {change}: {why}"))
@@ -664,7 +674,9 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     settle = guards.settling(_parse(state.available_since) if state.available_since else None, obs, now)
     long_window_full = (obs is not None and state.metrics_since is not None
                         and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
-    demand = estimate_demand(spec, obs, long_window_full)
+    state.cold_starts = state.cold_starts.observe({role: p.pod_starts for role, p in inp.pods.items()})
+    cold_start = state.cold_starts.horizon(float(spec.scaling.cold_start_seconds))
+    demand = estimate_demand(spec, obs, long_window_full, cold_start)
     demand = with_burst_headroom(spec, demand, obs, state, now, have_metrics and not inp.spec_changed)
     scv, scv_note = arrival_scv(obs, spec.scaling.max_arrival_scv)
     if scv_note:

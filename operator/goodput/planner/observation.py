@@ -106,3 +106,6 @@ class PoolObservation:
     # Pods the scheduler could not place (Pending, PodScheduled=False/Unschedulable), and its message.
     pending_replicas: int = 0
     pending_message: str = ""
+    # Pods that became Ready without a restart: (Ready at, seconds from creation to Ready), the
+    # cold start a scale-up really waits for (goodput.planner.coldstart).
+    pod_starts: tuple[tuple[dt.datetime, float], ...] = ()
