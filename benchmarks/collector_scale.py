@@ -37,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from goodput.metrics.prometheus import PrometheusCollector  # noqa: E402
-from goodput.metrics.shared import SharedCollector  # noqa: E402
-from goodput.metrics.testing import LocalPrometheus  # noqa: E402
+from goodput.metrics.prometheus import PrometheusCollector
+from goodput.metrics.shared import SharedCollector
+from goodput.metrics.testing import LocalPrometheus
 
 NAMESPACE = "bench"
 WINDOW_S, LONG_WINDOW_S = 30.0, 60.0
@@ -190,8 +190,9 @@ def markdown(results: list[dict[str, Any]], scrape_s: float) -> str:
     for r in results:
         n = r["resources"]
         for label, m in (("shared", r["shared"]), ("per-resource", r["per_resource"])):
-            lines.append(f"| {n} | {r['series']} | {label} | {m['queries']:.0f} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} | "
-                         f"{1000 * m['cpu_s'] / n:.2f} | {m['prometheus_cpu_s']:.2f} | {m['available']} |")
+            lines.append(f"| {n} | {r['series']} | {label} | {m['queries']:.0f} | {m['wall_s']:.2f} | "
+                         f"{m['cpu_s']:.2f} | {1000 * m['cpu_s'] / n:.2f} | {m['prometheus_cpu_s']:.2f} | "
+                         f"{m['available']} |")
     lines += ["", "Shared and per-resource Observations equal on the sampled resources (same evaluation time): "
               + ", ".join(f"N={r['resources']}: {'yes' if r['agree_on_sample'] else 'NO'}" for r in results), ""]
     return "\n".join(lines)
