@@ -179,12 +179,12 @@ def markdown(results: list[dict[str, Any]], scrape_s: float) -> str:
         "`python benchmarks/collector_scale.py` on "
         f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), Prometheus 2.42 (Debian), "
         f"scrape every {scrape_s:g} s, windows {WINDOW_S:g} s / {LONG_WINDOW_S:g} s, one pod per resource "
-        "(~110 vLLM series each). One tick = every resource's Observation once. Shared: median of 3 ticks. "
+        "(102 vLLM series each). One tick = every resource's Observation once. Shared: median of 3 ticks. "
         "Per-resource: one resource after another; above 200 resources, 200 of them timed and scaled to N. "
         "CPU = this process (the operator's share); Prometheus CPU from /proc.",
         "",
         "| resources | series | path | queries/tick | wall s/tick | operator CPU s/tick | operator CPU ms/resource "
-        "| Prometheus CPU s/tick | resources available |",
+        "| Prometheus CPU s/tick | resources available (of those timed) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
