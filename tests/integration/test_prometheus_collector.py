@@ -18,6 +18,7 @@ Like the rest of tests/integration these never skip: without a prometheus binary
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.server
 import json
@@ -35,6 +36,7 @@ import pytest
 
 from goodput.metrics.cli_observe import main as observe_main
 from goodput.metrics.prometheus import K8S_DEPLOYMENT_LABEL, K8S_ROLE_LABEL, PrometheusCollector
+from goodput.metrics.shared import SharedCollector
 from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
 from goodput.planner.observation import Observation, PoolMetrics
 
@@ -331,6 +333,33 @@ def test_unknown_deployment_is_no_data_not_zero(fleet: Fleet) -> None:
     obs = observe(fleet.prom, "nobody")
     assert obs.error is None and obs.pools == {} and not obs.available
     assert len(obs.missing) == 1 and "no vLLM series for prod/nobody" in obs.missing[0]
+
+
+def test_shared_collector_equals_the_per_resource_collector(fleet: Fleet) -> None:
+    """Issue 19: one fleet-wide answer per tick, split per deployment, gives every deployment exactly
+    the Observation its own queries give (new names, old names, mid-upgrade, duplicate scrapes, a
+    deployment with no series), field by field and note by note, for 42 queries in all."""
+    # 3 s in the past: every scrape up to then is in the TSDB, so both read the same samples
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3)
+    names = ["llama", "llama-old", "llama-mixed", "llama-dup", "churn", "nobody"]
+    shared = SharedCollector(fleet.prom.url, timeout_s=5, max_age_s=15)
+    got = {name: shared.observe("prod", name, now, WINDOW_S, LONG_WINDOW_S, 0.99) for name in names}
+    assert shared.fetches == 1 and shared.queries_sent == 42
+    per = PrometheusCollector(fleet.prom.url, timeout_s=5)
+    for name in names:
+        want = per.observe("prod", name, now, WINDOW_S, LONG_WINDOW_S, 0.99)
+        assert got[name].error is None
+        for field in dataclasses.fields(Observation):
+            assert getattr(got[name], field.name) == getattr(want, field.name), (name, field.name)
+        assert got[name] == want
+    assert per.queries_sent == 42 * len(names)
+    check_llama_pools(got["llama"])
+    assert got["llama-dup"].pools["decode"].pods_reporting == 2  # the duplicate scrape job counted once
+    assert len(got["llama-old"].missing) == 2 and not got["nobody"].available
+    assert got["llama"].pools["decode"].ttft_buckets is not None  # the labelled answers too
+    # another percentile is another snapshot, equal again
+    p90 = shared.observe("prod", "llama", now, WINDOW_S, LONG_WINDOW_S, 0.9)
+    assert shared.fetches == 2 and p90 == per.observe("prod", "llama", now, WINDOW_S, LONG_WINDOW_S, 0.9)
 
 
 def test_selector_and_cli(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:

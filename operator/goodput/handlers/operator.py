@@ -4,7 +4,11 @@ Run with `goodput operator` (or `kopf run -m goodput.handlers.operator`). Settin
 GOODPUT_TIMER_SECONDS (reconcile period, default 30), GOODPUT_PROMETHEUS_URL (default metrics
 source; spec.prometheus.url overrides it per resource; unset and no override: plan from the spec's
 workload hints), GOODPUT_WINDOW_SECONDS / GOODPUT_LONG_WINDOW_SECONDS (60 / 600),
-GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own /metrics; 0 = off).
+GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own /metrics; 0 = off),
+GOODPUT_SHARED_COLLECTOR (1: one fleet-wide Prometheus answer per tick and URL serves every resource
+without spec.prometheus.labelMatchers; 0: every resource asks its own queries),
+GOODPUT_SHARED_COLLECTOR_MAX_AGE_SECONDS (how old that answer may be and still be reused; default half
+the timer period).
 
 Faults: each reconcile reads the object fresh (kopf's body may predate our own last status
 write, and deciding from it would repeat a decision), and commits its status only if nobody
@@ -43,7 +47,10 @@ PROMETHEUS_TIMEOUT_SECONDS = float(os.environ.get("GOODPUT_PROMETHEUS_TIMEOUT_SE
 RETRY_DELAY_SECONDS = min(10.0, TIMER_SECONDS)  # after a failed API call
 CONFLICT_ATTEMPTS = 5  # reads-decide-write rounds when others keep writing the object meanwhile
 EVENT_ATTEMPTS = 3  # an Event is named by its content: posting it again cannot duplicate it
+SHARED_COLLECTOR = os.environ.get("GOODPUT_SHARED_COLLECTOR", "1").strip().lower() not in ("0", "false", "no", "off")
+SHARED_MAX_AGE_SECONDS = float(os.environ.get("GOODPUT_SHARED_COLLECTOR_MAX_AGE_SECONDS", str(TIMER_SECONDS / 2)))
 _collectors: dict[tuple[str, tuple[tuple[str, str], ...], int], Any] = {}
+_shared: dict[str, Any] = {}  # url -> SharedCollector (thread-safe: one for all worker threads)
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
@@ -102,15 +109,29 @@ def _collector(spec: dict[str, Any], url: str) -> Any:
     return _collectors[key]
 
 
+def _shared_collector(url: str) -> Any:
+    from goodput.metrics.shared import SharedCollector  # only when metrics are used
+
+    with _locks_guard:
+        if url not in _shared:
+            _shared[url] = SharedCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
+                                           max_age_s=SHARED_MAX_AGE_SECONDS)
+        return _shared[url]
+
+
 def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -> Observation | None:
-    """Live metrics for one resource, or None when no Prometheus is configured for it."""
+    """Live metrics for one resource, or None when no Prometheus is configured for it. From the
+    tick's fleet-wide answer of its Prometheus (one per URL, a per-resource URL included), unless
+    its spec sets its own label matchers or GOODPUT_SHARED_COLLECTOR=0: then its own queries."""
     prom = spec.get("prometheus") or {}
     url = prom.get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
     if not url:
         return None
     percentile = float((spec.get("slo") or {}).get("percentile", 99.0))
-    result: Observation = _collector(spec, url).observe(namespace, name, now, window_s=WINDOW_SECONDS,
-                                                   long_window_s=LONG_WINDOW_SECONDS, quantile=percentile / 100)
+    shared = SHARED_COLLECTOR and not prom.get("labelMatchers")
+    collector = _shared_collector(url) if shared else _collector(spec, url)
+    result: Observation = collector.observe(namespace, name, now, window_s=WINDOW_SECONDS,
+                                            long_window_s=LONG_WINDOW_SECONDS, quantile=percentile / 100)
     return result
 
 

@@ -83,7 +83,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,12 +173,14 @@ class PoolQuery:
 # the queries (pure: strings from matchers)
 # ------------------------------------------------------------------------------------------
 def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
-                  long: bool = False) -> list[PoolQuery]:
-    """The PromQL for every PoolMetrics field over one window, grouped by role."""
+                  long: bool = False, by: Sequence[str] = (ROLE_LABEL,)) -> list[PoolQuery]:
+    """The PromQL for every PoolMetrics field over one window, grouped by role (``by``: the
+    grouping labels, the role last; the shared collector groups by namespace, deployment and
+    role with a selector matching every deployment, so one answer serves them all)."""
     sel = render_matchers(matchers)
     w = duration(window_s)
     step = duration(max(1.0, window_s / 60.0))
-    r = ROLE_LABEL
+    r = _grouping(by)
     q = repr(float(quantile))
 
     def dedup(expr: str) -> str:
@@ -214,7 +216,7 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
 
     dispersion = (f"(avg_over_time((({count_in_bin('')} - {count_in_bin(f' offset {bin_s}')}) ^ 2)[{w}:{bin_s}]) "
                   f"/ (2 * avg_over_time(({count_in_bin('')})[{w}:{bin_s}])))")
-    pods = (f"count by ({r}) (group by ({r}, {NAMESPACE_LABEL}, {POD_LABEL}, {INSTANCE_LABEL}) "
+    pods = (f"count by ({r}) (group by ({_grouping(by, NAMESPACE_LABEL, POD_LABEL, INSTANCE_LABEL)}) "
             f"({REQUESTS_RUNNING}{{{sel}}}))")
     kv = gauge(f"max by ({r}) ({KV_USAGE}{{{sel}}} or {KV_USAGE_OLD}{{{sel}}})")
     prefix = (f"({rate_sum(PREFIX_HITS, PREFIX_HITS_OLD)} / "
@@ -268,22 +270,93 @@ class LabelledQuery:
     labels: tuple[str, ...]  # grouped by the role and these
 
 
-def build_labelled_queries(matchers: Sequence[Matcher], window_s: float) -> list[LabelledQuery]:
+def build_labelled_queries(matchers: Sequence[Matcher], window_s: float,
+                           by: Sequence[str] = (ROLE_LABEL,)) -> list[LabelledQuery]:
     """The TTFT and ITL buckets (rates per ``le``, both name generations pod by pod) and the KV
-    capacity each pod's engine allocated."""
+    capacity each pod's engine allocated (``by`` as in `build_queries`)."""
     sel = render_matchers(matchers)
     w = duration(window_s)
-    r = ROLE_LABEL
+    r = _grouping(by)
 
     def buckets(*hists: str) -> str:
         rates = " or ".join(f"rate({h}_bucket{{{sel}}}[{w}])" for h in hists)
         return f"sum by ({r}, le) (max without ({JOB_LABEL}) ({rates}))"
 
-    info = (f"group by ({r}, {POD_LABEL}, num_gpu_blocks, block_size) "
+    info = (f"group by ({_grouping(by, POD_LABEL, 'num_gpu_blocks', 'block_size')}) "
             f"({CACHE_CONFIG_INFO}{{{sel}}})")
     return [LabelledQuery("ttft_buckets", buckets(TTFT), TTFT, ("le",)),
             LabelledQuery("itl_buckets", buckets(ITL, ITL_OLD), f"{ITL} (or {ITL_OLD})", ("le",)),
             LabelledQuery("kv_capacity_tokens", info, CACHE_CONFIG_INFO, ("num_gpu_blocks", "block_size"))]
+
+
+def _grouping(by: Sequence[str], *more: str) -> str:
+    """``by`` and ``more`` as a PromQL grouping list, each label once, in order."""
+    return ", ".join(dict.fromkeys((*by, *more)))
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Every query of one observation: the fields over the short and the long window, and the
+    labelled ones (short window). `promqls` lists each distinct query once, in the order asked."""
+
+    short: tuple[PoolQuery, ...]
+    long: tuple[PoolQuery, ...]
+    labelled: tuple[LabelledQuery, ...]
+
+    @classmethod
+    def build(cls, matchers: Sequence[Matcher], window_s: float, long_window_s: float, quantile: float,
+              by: Sequence[str] = (ROLE_LABEL,)) -> QueryPlan:
+        return cls(tuple(build_queries(matchers, window_s, quantile, long=False, by=by)),
+                   tuple(build_queries(matchers, long_window_s, quantile, long=True, by=by)),
+                   tuple(build_labelled_queries(matchers, window_s, by=by)))
+
+    def promqls(self) -> list[str]:
+        asked = [q.promql for q in (*self.short, *self.long)] + [q.promql for q in self.labelled]
+        return list(dict.fromkeys(asked))
+
+
+def assemble(plan: QueryPlan, answer: Callable[[str], Sequence[Sample]], target: str, now: dt.datetime,
+             window_s: float, long_window_s: float, blank_role: str | None) -> Observation:
+    """The Observation from the answers to `plan`'s queries (``answer(promql)``: the samples of
+    one deployment, grouped by role). Pure: the per-resource and the shared collector both end here."""
+    notes = _Notes(target)
+    windows = {}
+    for long, span, queries in ((False, window_s, plan.short), (True, long_window_s, plan.long)):
+        results: dict[str, dict[str, Reading]] = {}  # role -> field -> reading
+        for pq in queries:
+            per_role: dict[str, list[float]] = {}
+            for role, values in sorted(group_by_label(answer(pq.promql), ROLE_LABEL).items()):
+                role_name = _role(role, blank_role, notes)
+                if role_name is not None:
+                    per_role.setdefault(role_name, []).extend(values)
+            for role_name, values in per_role.items():
+                results.setdefault(role_name, {})[pq.field] = combine(values, pq.how)
+        windows[long] = _pools(results, queries, span, notes)
+    windows[False] = _with_labelled(windows[False], plan.labelled, answer, window_s, blank_role, notes)
+    if not windows[False] and not windows[True]:
+        notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
+                      f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
+                      f"to {DEPLOYMENT_LABEL} and {ROLE_LABEL}?")
+    elif not windows[False]:
+        notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(window_s)} (only in the "
+                      f"{_fmt_s(long_window_s)} window)")
+    return Observation(time=now, window_s=window_s, long_window_s=long_window_s, pools=windows[False],
+                       long_pools=windows[True], missing=notes.render())
+
+
+def _with_labelled(pools: dict[str, PoolMetrics], labelled: Sequence[LabelledQuery],
+                   answer: Callable[[str], Sequence[Sample]], window_s: float, blank_role: str | None,
+                   notes: _Notes) -> dict[str, PoolMetrics]:
+    """The short window's pools with their buckets and KV capacity. A pool without these keeps
+    None (the planner then does without): they refine calibration, the plan does not need them."""
+    out = dict(pools)
+    for lq in labelled:
+        samples = [Sample({**x.labels, ROLE_LABEL: _role(x.labels.get(ROLE_LABEL, ""), blank_role, notes) or ""},
+                          x.value, x.timestamp) for x in answer(lq.promql)]
+        for role, value in labelled_values(lq, samples, window_s).items():
+            if role in out and value is not None:
+                out[role] = dataclasses.replace(out[role], **{lq.field: value})
+    return out
 
 
 def labelled_values(lq: LabelledQuery, samples: Sequence[Sample], window_s: float) -> dict[str, Any]:
@@ -348,6 +421,7 @@ class PrometheusCollector:
         self.timeout_s = float(timeout_s)
         self.budget_s = float(budget_s) if budget_s is not None else BUDGET_FACTOR * self.timeout_s
         self.extra_matchers = equality_matchers(extra_matchers or {})  # validates the label names
+        self.queries_sent = 0  # HTTP queries asked so far (tests and benchmarks count them)
         self._client: _Client = client if client is not None else PrometheusConnect(
             url=self.url, disable_ssl=disable_ssl, headers=dict(headers) if headers else None,
             # no retries: a dead or stalled server fails this observation fast; the next one retries
@@ -414,35 +488,9 @@ class PrometheusCollector:
             if problem:
                 return Observation.unavailable(now, problem, w_s, lw_s)
             deadline = time.monotonic() + self.budget_s
-            at = _unix(now)
-            notes = _Notes(target)
-            windows = {}
-            answers: dict[str, list[Sample]] = {}  # a query the same in both windows is asked once
-            for long, span in ((False, float(window_s)), (True, float(long_window_s))):
-                results: dict[str, dict[str, Reading]] = {}  # role -> field -> reading
-                queries = build_queries(matchers, span, quantile, long=long)
-                for pq in queries:
-                    if pq.promql not in answers:
-                        answers[pq.promql] = self._query(pq.promql, at, deadline)
-                    per_role: dict[str, list[float]] = {}
-                    for role, values in sorted(group_by_label(answers[pq.promql], ROLE_LABEL).items()):
-                        role_name = _role(role, blank_role, notes)
-                        if role_name is not None:
-                            per_role.setdefault(role_name, []).extend(values)
-                    for role_name, values in per_role.items():
-                        results.setdefault(role_name, {})[pq.field] = combine(values, pq.how)
-                windows[long] = _pools(results, queries, span, notes)
-            windows[False] = self._with_labelled(windows[False], matchers, float(window_s), at, deadline,
-                                                 blank_role, notes)
-            if not windows[False] and not windows[True]:
-                notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
-                              f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
-                              f"to {DEPLOYMENT_LABEL} and {ROLE_LABEL}?")
-            elif not windows[False]:
-                notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(window_s)} (only in the "
-                              f"{_fmt_s(long_window_s)} window)")
-            return Observation(time=now, window_s=w_s, long_window_s=lw_s, pools=windows[False],
-                               long_pools=windows[True], missing=notes.render())
+            plan = QueryPlan.build(matchers, float(window_s), float(long_window_s), quantile)
+            answers = self.fetch(plan, _unix(now), deadline)  # a query the same in both windows is asked once
+            return assemble(plan, answers.__getitem__, target, now, w_s, lw_s, blank_role)
         except _Unavailable as exc:
             return Observation.unavailable(now, str(exc), w_s, lw_s)
         except Exception as exc:  # a bug or a surprise: still never raise into the operator
@@ -450,18 +498,10 @@ class PrometheusCollector:
             return Observation.unavailable(now, f"reading Prometheus at {self.url} failed: "
                                                 f"{type(exc).__name__}: {exc}", w_s, lw_s)
 
-    def _with_labelled(self, pools: dict[str, PoolMetrics], matchers: Sequence[Matcher], window_s: float,
-                       at: float, deadline: float, blank_role: str | None, notes: _Notes) -> dict[str, PoolMetrics]:
-        """The short window's pools with their buckets and KV capacity. A pool without these keeps
-        None (the planner then does without): they refine calibration, the plan does not need them."""
-        out = dict(pools)
-        for lq in build_labelled_queries(matchers, window_s):
-            samples = [Sample({**x.labels, ROLE_LABEL: _role(x.labels.get(ROLE_LABEL, ""), blank_role, notes) or ""},
-                              x.value, x.timestamp) for x in self._query(lq.promql, at, deadline)]
-            for role, value in labelled_values(lq, samples, window_s).items():
-                if role in out and value is not None:
-                    out[role] = dataclasses.replace(out[role], **{lq.field: value})
-        return out
+    def fetch(self, plan: QueryPlan, at: float, deadline: float) -> dict[str, list[Sample]]:
+        """Every query of `plan` at unix time ``at``, one after the other: promql -> samples.
+        Raises _Unavailable on the first that fails."""
+        return {promql: self._query(promql, at, deadline) for promql in plan.promqls()}
 
     def _query(self, promql: str, at: float, deadline: float) -> list[Sample]:
         left = deadline - time.monotonic()
@@ -471,6 +511,7 @@ class PrometheusCollector:
         timeout = min(self.timeout_s, left)
         params = {"time": f"{at:.3f}", "timeout": duration(max(timeout, 0.001))}
         short = promql if len(promql) <= 160 else promql[:157] + "..."
+        self.queries_sent += 1
         try:
             raw = self._client.custom_query(promql, params=params, timeout=timeout)
         except requests.exceptions.Timeout as exc:
