@@ -437,3 +437,22 @@ def test_calibration_records_whether_the_serving_count_rose() -> None:
     assert seen((2, earlier, False), 3) == (3, "2026-11-23T12:00:00Z", True)
     assert seen((3, earlier, True), 2) == (2, "2026-11-23T12:00:00Z", False)
     assert seen((3, earlier, True), 3) == (3, earlier, True)
+
+
+# --- standby replicas: warm capacity held above the demand (issue 16) -----------------------------
+def test_standby_replicas_are_held_above_the_demand_and_said() -> None:
+    need = replicas_for(10.0)
+    s = spec(aggregated={"minReplicas": 1, "maxReplicas": 40, "standbyReplicas": 2}, scaleUpMaxPercentPerMinute=1000)
+    target, reason, _, message = run(s, obs(10.0, pods_reporting=need), need, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need + 2, "ScaleUp")
+    assert "+2 standby (spec.scaling.aggregated.standbyReplicas)" in message
+
+
+def test_standby_stays_within_max_replicas_and_the_budget() -> None:
+    need = replicas_for(10.0)
+    capped = spec(aggregated={"minReplicas": 1, "maxReplicas": need + 1, "standbyReplicas": 3},
+                  scaleUpMaxPercentPerMinute=1000)
+    assert run(capped, obs(10.0, pods_reporting=need), need, AutoscalerState(metrics_seen=True), T0)[0] == need + 1
+    budget = spec(aggregated={"minReplicas": 1, "maxReplicas": 40, "standbyReplicas": 3}, maxGpus=need)
+    target, _, _, message = run(budget, obs(10.0, pods_reporting=need), need, AutoscalerState(metrics_seen=True), T0)
+    assert target == need and "standby" not in message  # TP1: no GPU left under maxGpus for a standby

@@ -176,6 +176,10 @@ class SLOSpec(_Model):
 class PoolScaling(_Model):
     min_replicas: int = Field(1, ge=0, le=10_000)
     max_replicas: int = Field(100, ge=1, le=10_000)
+    standby_replicas: int = Field(
+        0, ge=0, le=1_000,
+        description="Warm replicas held above what the demand needs (within maxReplicas and the budget): "
+                    "capacity that serves a burst at once instead of one cold start later, at their price.")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         rule("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),

@@ -563,6 +563,28 @@ def with_headroom(rec: Recommendation, spec: InferenceDeploymentSpec, headroom: 
     return with_pools(rec, tuple(pools))
 
 
+def with_standby(rec: Recommendation, spec: InferenceDeploymentSpec,
+                 gpu_usd_per_hour: float) -> tuple[Recommendation, dict[str, int]]:
+    """The counts plus each pool's `standbyReplicas`, within maxReplicas and the budget (maxGpus,
+    maxCostPerHour), pool by pool in plan order; the standby each pool got."""
+    budget_gpus = spec.scaling.max_gpus
+    if spec.scaling.max_cost_per_hour is not None and gpu_usd_per_hour > 0:
+        by_cost = math.floor(spec.scaling.max_cost_per_hour / gpu_usd_per_hour + 1e-9)
+        budget_gpus = by_cost if budget_gpus is None else min(budget_gpus, by_cost)
+    spare = None if budget_gpus is None else budget_gpus - sum(p.tp * p.replicas for p in rec.pools)
+    pools, added = [], {}
+    for p in rec.pools:
+        bounds = getattr(spec.scaling, p.role)
+        n = max(min(bounds.standby_replicas, bounds.max_replicas - p.replicas), 0)
+        if spare is not None:
+            n = max(min(n, spare // p.tp), 0)
+            spare -= n * p.tp
+        if n:
+            added[p.role] = n
+        pools.append(dataclasses.replace(p, replicas=p.replicas + n))
+    return (with_pools(rec, tuple(pools)) if added else rec), added
+
+
 def decayed_headroom(state: AutoscalerState, readings: tuple[SloReading, ...], now: dt.datetime,
                      half_life_s: float) -> dict[str, float]:
     """Headroom factors now: halved toward 1 per half-life while a pool is comfortably within its SLOs."""
@@ -709,12 +731,13 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
                          for r in raw)
     headroom = decayed_headroom(state, readings, now, spec.scaling.scale_down_stabilization_seconds)
     rec = with_headroom(rec, spec, headroom)
+    rec, standby = with_standby(rec, spec, inp.resolved.gpu.usd_per_gpu_hour)
 
     recorded = {p.role: p.replicas for p in rec.pools}
     state.recommendations.append({"time": _iso(now), "replicas": recorded})
     history = _history(state, spec, now)
     current = dict(inp.current)
-    decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom, prior)
+    decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom, prior, standby)
     steps: list[str] = []
 
     def step(name: str, new: list[PoolDecision]) -> list[PoolDecision]:

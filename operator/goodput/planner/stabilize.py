@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,8 @@ def emergency(pool: PoolMetrics | None) -> str:
     return ""
 
 
-def why(role: str, rec: Recommendation, demand: DemandEstimate, headroom: float = 1.0, prior: str = "") -> str:
+def why(role: str, rec: Recommendation, demand: DemandEstimate, headroom: float = 1.0, prior: str = "",
+        standby: int = 0) -> str:
     p = rec.pool(role)
     assert p is not None
     source = "forecast" if demand.source == "metrics" else "hinted"
@@ -108,6 +110,7 @@ def why(role: str, rec: Recommendation, demand: DemandEstimate, headroom: float 
     horizon = f" in {demand.horizon_s:.0f} s" if demand.source == "metrics" and demand.horizon_s else ""
     extra = (f", ×{headroom:.2f} kept from earlier SLO misses" if headroom > 1.0 + 1e-9 else "")
     extra += f", {prior}" if prior else ""
+    extra += f", +{standby} standby (spec.scaling.{role}.standbyReplicas)" if standby else ""
     if role != "decode" and demand.arrival_scv > 1.0 + 1e-6:
         latency += f" with arrivals ca² {demand.arrival_scv:.2f}"
     g = max(p.goodput_rps, 1e-9)
@@ -131,7 +134,8 @@ class History:
 
 def stabilize(spec: InferenceDeploymentSpec, rec: Recommendation, demand: DemandEstimate, obs: Observation | None,
               current: dict[str, int], history: History, now: dt.datetime, immediate: bool,
-              headroom: dict[str, float], prior: str = "") -> list[PoolDecision]:
+              headroom: dict[str, float], prior: str = "", standby: Mapping[str, int] | None = None,
+              ) -> list[PoolDecision]:
     """One decision per pool of `rec` (its replicas: the model's count)."""
     have_metrics = obs is not None and obs.available
     decisions = []
@@ -139,7 +143,7 @@ def stabilize(spec: InferenceDeploymentSpec, rec: Recommendation, demand: Demand
         role = p.role
         bounds = getattr(spec.scaling, role)
         cur = current.get(role)
-        reason_text = why(role, rec, demand, headroom.get(role, 1.0), prior)
+        reason_text = why(role, rec, demand, headroom.get(role, 1.0), prior, (standby or {}).get(role, 0))
         if cur is None:  # a new pool (first plan, or a mode change): start where the model says
             decisions.append(PoolDecision(role, 0, p.replicas, p.replicas, "ScaleUp",
                                           f"{role} 0→{p.replicas}: {reason_text}"))
