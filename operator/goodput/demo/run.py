@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, TP_ANNOTATION
 from goodput.cli import number_arg
 from goodput.demo.report import (
     DecisionLine,
@@ -84,9 +85,8 @@ from goodput.devcluster.build import (
     expected_binaries,
 )
 from goodput.devcluster.cluster import LocalCluster, LocalClusterError
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL
+from goodput.metrics.prometheus import NAMESPACE_LABEL
 from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, LocalPrometheusError, free_port
-from goodput.render.vllm import OWNER_LABEL
 from goodput.sim.trace import BUNDLED_TRACES
 
 # The examples ship inside the package (copies of manifests/examples/, kept equal by a test), so that
@@ -421,7 +421,7 @@ class Demo:
         for line in sorted(fresh, key=lambda x: x.t):
             self.decisions.append(line)
             say(line.text())
-        selector = urllib.parse.quote(f"{OWNER_LABEL}={self.name}")
+        selector = urllib.parse.quote(f"{DEPLOYMENT_LABEL}={self.name}")
         deps = (self.cluster.api("GET", f"/apis/apps/v1/namespaces/{self.ns}/deployments?labelSelector={selector}")
                 or {}).get("items", [])
         desired = pods = gpus = 0
@@ -430,7 +430,7 @@ class Demo:
             if dep_name not in self._patched:
                 set_min_ready(self.cluster, self.ns, dep_name, self.args.cold_start_s + 2)
                 self._patched.add(dep_name)
-            tp = int((dep["metadata"].get("annotations") or {}).get("goodput.dev/tensor-parallel", 1))
+            tp = int((dep["metadata"].get("annotations") or {}).get(TP_ANNOTATION, 1))
             n = int((dep.get("status") or {}).get("replicas") or 0)
             desired += int(dep["spec"].get("replicas") or 0)
             pods += n
@@ -496,7 +496,7 @@ class Demo:
         time.sleep(1.5)  # one more scrape
         self._poll()
         t_end = self._now()
-        sel = f'{NAMESPACE_LABEL}="{self.ns}",{DEPLOYMENT_LABEL}="{self.name}"'
+        sel = f'{NAMESPACE_LABEL}="{self.ns}",{PROM_DEPLOYMENT_LABEL}="{self.name}"'
         range_s = math.ceil(t_end) + 5
         ttft_ok, ttft_exact = fraction_at_most(self._histogram("vllm:time_to_first_token_seconds", sel, range_s),
                                                spec.slo.ttft_ms / 1000.0)

@@ -85,23 +85,28 @@ from typing import Any, Protocol
 import numpy as np
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION, InferenceDeploymentSpec
+from goodput.api.vocabulary import (
+    DEPLOYMENT_LABEL,
+    PROM_DEPLOYMENT_LABEL,
+    PROM_ROLE_LABEL,
+    ROLE_LABEL,
+    TP_ANNOTATION,
+)
 from goodput.emulator import openai_api
 from goodput.engine.replica import BLOCK_SIZE, EngineReplica, Finished, as_role
 from goodput.engine.vllm_metrics import GENERATIONS
 from goodput.engine.world import SPEED_ALIASES, World
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
-from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
+from goodput.metrics.prometheus import NAMESPACE_LABEL, POD_LABEL
 from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, ReplicaModel
 from goodput.model.workload import lognormal_mu_sigma
 from goodput.planner.recommend import ROLES, ResolvedSpec, resolve
-from goodput.render.vllm import OWNER_LABEL, ROLE_LABEL, pool_name
+from goodput.render.vllm import pool_name
 from goodput.sim.cli import load_trace as load_any_trace
 from goodput.sim.cli import load_world
 from goodput.sim.trace import BUNDLED_TRACES, Trace
 
 log = logging.getLogger("goodput.emulator")
 
-TP_ANNOTATION = "goodput.dev/tensor-parallel"
 SPEC_REFRESH_S = 5.0
 ENGINES = ("emulated", "vllm-cpu")
 SUMMARY_EVERY_S = 15.0
@@ -450,7 +455,7 @@ class ClusterWatcher:
         spec, resolved = self._spec, self._resolved
         if spec is None or resolved is None:
             return
-        selector = f"{OWNER_LABEL}={self.name}"
+        selector = f"{DEPLOYMENT_LABEL}={self.name}"
         deployments = self.apps.list_namespaced_deployment(self.namespace, label_selector=selector,
                                                            _request_timeout=5).items
         by_name: dict[str, Any] = {str(d.metadata.name): d for d in deployments if d.metadata is not None}
@@ -911,7 +916,7 @@ class Emulator:
     def _write_targets(self, empty: bool = False) -> None:
         groups = [] if empty else [
             {"targets": [f"{r.host}:{r.port}"],
-             "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
+             "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, PROM_DEPLOYMENT_LABEL: self.name,
                         PROM_ROLE_LABEL: r.role}}
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.server is not None]
         self._targets_text = write_targets_file(Path(self.args.targets_file), groups, self._targets_text)

@@ -92,6 +92,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL, ROLE_LABEL
 from goodput.metrics.promql import (
     Combine,
     MalformedResult,
@@ -112,11 +113,7 @@ from goodput.planner.observation import ROLES, Observation, PoolMetrics
 log = logging.getLogger(__name__)
 
 # Pod labels as the operator sets them on vLLM pods, and as Prometheus stores them after relabeling.
-K8S_DEPLOYMENT_LABEL = "goodput.dev/inference-deployment"
-K8S_ROLE_LABEL = "goodput.dev/role"
 NAMESPACE_LABEL = "namespace"
-DEPLOYMENT_LABEL = "goodput_dev_inference_deployment"
-ROLE_LABEL = "goodput_dev_role"
 POD_LABEL = "pod"
 INSTANCE_LABEL = "instance"
 JOB_LABEL = "job"  # series differing only in this label are duplicate scrapes of one pod
@@ -178,7 +175,7 @@ def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
     sel = render_matchers(matchers)
     w = duration(window_s)
     step = duration(max(1.0, window_s / 60.0))
-    r = ROLE_LABEL
+    r = PROM_ROLE_LABEL
     q = repr(float(quantile))
 
     def dedup(expr: str) -> str:
@@ -273,7 +270,7 @@ def build_labelled_queries(matchers: Sequence[Matcher], window_s: float) -> list
     capacity each pod's engine allocated."""
     sel = render_matchers(matchers)
     w = duration(window_s)
-    r = ROLE_LABEL
+    r = PROM_ROLE_LABEL
 
     def buckets(*hists: str) -> str:
         rates = " or ".join(f"rate({h}_bucket{{{sel}}}[{w}])" for h in hists)
@@ -293,7 +290,7 @@ def labelled_values(lq: LabelledQuery, samples: Sequence[Sample], window_s: floa
     still profiling reports num_gpu_blocks="None": skipped)."""
     per_role: dict[str, list[Sample]] = {}
     for sample in samples:
-        per_role.setdefault(sample.labels.get(ROLE_LABEL, ""), []).append(sample)
+        per_role.setdefault(sample.labels.get(PROM_ROLE_LABEL, ""), []).append(sample)
     out: dict[str, Any] = {}
     for role, items in per_role.items():
         if lq.field == "kv_capacity_tokens":
@@ -322,8 +319,8 @@ def deployment_matchers(namespace: str, name: str,
                         extra: Mapping[str, str] | Iterable[Matcher] = ()) -> tuple[Matcher, ...]:
     """The matchers for the vLLM pods of one InferenceDeployment (all roles)."""
     extra_m = equality_matchers(extra) if isinstance(extra, Mapping) else tuple(extra)
-    return (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
-            Matcher(ROLE_LABEL, "=~", "|".join(ROLES)), *extra_m)
+    return (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(PROM_DEPLOYMENT_LABEL, "=", name),
+            Matcher(PROM_ROLE_LABEL, "=~", "|".join(ROLES)), *extra_m)
 
 
 # ------------------------------------------------------------------------------------------
@@ -394,8 +391,8 @@ class PrometheusCollector:
         scale-down first are those with the fewest). None when Prometheus cannot say; a pod that
         reports no series is absent. Never raises."""
         try:
-            matchers = (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
-                        Matcher(ROLE_LABEL, "=", role), *self.extra_matchers)
+            matchers = (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(PROM_DEPLOYMENT_LABEL, "=", name),
+                        Matcher(PROM_ROLE_LABEL, "=", role), *self.extra_matchers)
             sel = render_matchers(matchers)
             promql = (f"max by ({POD_LABEL}) ({REQUESTS_RUNNING}{{{sel}}}) + "
                       f"max by ({POD_LABEL}) ({REQUESTS_WAITING}{{{sel}}})")
@@ -425,7 +422,7 @@ class PrometheusCollector:
                     if pq.promql not in answers:
                         answers[pq.promql] = self._query(pq.promql, at, deadline)
                     per_role: dict[str, list[float]] = {}
-                    for role, values in sorted(group_by_label(answers[pq.promql], ROLE_LABEL).items()):
+                    for role, values in sorted(group_by_label(answers[pq.promql], PROM_ROLE_LABEL).items()):
                         role_name = _role(role, blank_role, notes)
                         if role_name is not None:
                             per_role.setdefault(role_name, []).extend(values)
@@ -436,8 +433,8 @@ class PrometheusCollector:
                                                  blank_role, notes)
             if not windows[False] and not windows[True]:
                 notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
-                              f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
-                              f"to {DEPLOYMENT_LABEL} and {ROLE_LABEL}?")
+                              f"scraped, with the pod labels {DEPLOYMENT_LABEL} and {ROLE_LABEL} mapped "
+                              f"to {PROM_DEPLOYMENT_LABEL} and {PROM_ROLE_LABEL}?")
             elif not windows[False]:
                 notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(window_s)} (only in the "
                               f"{_fmt_s(long_window_s)} window)")
@@ -456,7 +453,8 @@ class PrometheusCollector:
         None (the planner then does without): they refine calibration, the plan does not need them."""
         out = dict(pools)
         for lq in build_labelled_queries(matchers, window_s):
-            samples = [Sample({**x.labels, ROLE_LABEL: _role(x.labels.get(ROLE_LABEL, ""), blank_role, notes) or ""},
+            samples = [Sample({**x.labels,
+                               PROM_ROLE_LABEL: _role(x.labels.get(PROM_ROLE_LABEL, ""), blank_role, notes) or ""},
                               x.value, x.timestamp) for x in self._query(lq.promql, at, deadline)]
             for role, value in labelled_values(lq, samples, window_s).items():
                 if role in out and value is not None:
@@ -553,7 +551,7 @@ def _role(value: str, blank_role: str | None, notes: _Notes) -> str | None:
         return value
     if value == "" and blank_role is not None:
         return blank_role
-    notes.add_raw(f"series with {ROLE_LABEL}={value!r} for {notes.target} ignored: the role must be one of "
+    notes.add_raw(f"series with {PROM_ROLE_LABEL}={value!r} for {notes.target} ignored: the role must be one of "
                   f"{', '.join(ROLES)}")
     return None
 
