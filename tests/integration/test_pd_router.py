@@ -268,6 +268,7 @@ def _until_served(url: str, deadline_s: float) -> int:
 
 def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kubernetes(
         cluster: Any, tmp_path: Path) -> None:
+    from goodput.cli.render import render_objects
     from goodput.demo.stack import (
         EmulatorHandle,
         Processes,
@@ -278,7 +279,6 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
         log_tail,
     )
     from goodput.metrics.testing import free_port
-    from goodput.render_command import render_objects
 
     ns, name = f"pd-{uuid.uuid4().hex[:6]}", "pd"
     create_namespace(cluster, ns)

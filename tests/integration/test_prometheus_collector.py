@@ -34,7 +34,7 @@ import polling
 import pytest
 
 from goodput.api.vocabulary import DEPLOYMENT_LABEL, ROLE_LABEL
-from goodput.metrics.cli_observe import main as observe_main
+from goodput.cli.observe import main as observe_main
 from goodput.metrics.prometheus import PrometheusCollector
 from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
 from goodput.planner.observation import Observation, PoolMetrics

@@ -21,7 +21,7 @@ import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
-from goodput.metrics.cli_observe import add_observe_parser, cmd_observe, observation_json, observation_text
+from goodput.cli.observe import add_observe_parser, cmd_observe, observation_json, observation_text
 from goodput.metrics.prometheus import (
     ITL,
     ITL_OLD,

@@ -18,7 +18,8 @@ def test_prometheus_label_names_are_the_kubernetes_sd_sanitised_pod_labels() -> 
 
 
 def test_condition_types_in_status_order() -> None:
-    assert v.CONDITION_ORDER == ("Ready", "MetricsAvailable", "ScalingActive", "ScalingLimited", "SLOAtRisk", "Degraded")
+    assert v.CONDITION_ORDER == ("Ready", "MetricsAvailable", "ScalingActive", "ScalingLimited", "SLOAtRisk",
+                                 "Degraded")
 
 
 def test_reasons_are_plain_distinct_strings() -> None:

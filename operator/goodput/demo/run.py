@@ -48,7 +48,7 @@ import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, TP_ANNOTATION
-from goodput.cli import number_arg
+from goodput.cli.args import number_arg
 from goodput.demo.report import (
     DecisionLine,
     LoadProfile,

@@ -101,9 +101,9 @@ from goodput.model.replica import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NU
 from goodput.model.workload import lognormal_mu_sigma
 from goodput.planner.recommend import ROLES, ResolvedSpec, resolve
 from goodput.render.vllm import pool_name
-from goodput.sim.cli import load_trace as load_any_trace
-from goodput.sim.cli import load_world
 from goodput.sim.trace import BUNDLED_TRACES, Trace
+from goodput.sim.traces import load_trace as load_any_trace
+from goodput.sim.traces import load_world
 
 log = logging.getLogger("goodput.emulator")
 

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_ROLE_LABEL
-from goodput.cli import add_output_args, emit, number_arg, structured
+from goodput.cli.args import add_output_args, emit, number_arg, structured
 from goodput.metrics.prometheus import DEFAULT_TIMEOUT_S, PrometheusCollector
 from goodput.metrics.promql import Matcher, parse_selector
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
@@ -192,7 +192,7 @@ def _get(pool: PoolMetrics | None, name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `observe` alone (until it is wired into `goodput`): ``python -m goodput.metrics.cli_observe``."""
+    """Run `observe` alone (until it is wired into `goodput`): ``python -m goodput.cli.observe``."""
     parser = argparse.ArgumentParser(prog="goodput")
     add_observe_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["observe", *(sys.argv[1:] if argv is None else argv)])
