@@ -30,13 +30,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.emulator.common import ReplicaConfig
 from goodput.emulator.process import (
     Emulator,
     FixedLengths,
     LoadGenerator,
     PodInfo,
     RateSchedule,
-    ReplicaConfig,
     Snapshot,
     _PoissonEvents,
 )

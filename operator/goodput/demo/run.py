@@ -350,7 +350,7 @@ class Demo:
     def _emulated_load(self) -> tuple[float, list[str], str]:
         """The trace, the example manifest, and the emulator's load arguments."""
         a = self.args
-        from goodput.emulator.process import load_trace
+        from goodput.emulator.common import load_trace
 
         try:
             trace = load_trace(a.trace)

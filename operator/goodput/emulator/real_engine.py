@@ -52,7 +52,7 @@ from typing import Any
 from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
 from goodput.devcluster.vllm_cpu import VllmCpuEnv, VllmCpuUnavailable, ensure_tiny_model, ensure_vllm_cpu
 from goodput.devcluster.vllm_server import VllmCpuServer, VllmServerError, stream_completion
-from goodput.emulator.process import (
+from goodput.emulator.common import (
     ClusterWatcher,
     LoadGenerator,
     PodInfo,
