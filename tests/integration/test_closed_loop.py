@@ -69,8 +69,8 @@ from goodput.demo.stack import (
     wait_deployment,
 )
 from goodput.devcluster.cluster import LocalCluster
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.metrics.prometheus import NAMESPACE_LABEL, PrometheusCollector
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.planner.autoscale import scaled_efficiency
 from goodput.planner.recommend import hinted_workload, recommend, resolve
 

@@ -278,7 +278,7 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
         install_crd,
         log_tail,
     )
-    from goodput.metrics.testing import free_port
+    from goodput.devcluster.prometheus import free_port
 
     ns, name = f"pd-{uuid.uuid4().hex[:6]}", "pd"
     create_namespace(cluster, ns)

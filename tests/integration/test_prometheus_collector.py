@@ -35,8 +35,8 @@ import pytest
 
 from goodput.api.vocabulary import DEPLOYMENT_LABEL, ROLE_LABEL
 from goodput.cli.observe import main as observe_main
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
 from goodput.metrics.prometheus import PrometheusCollector
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
 from goodput.planner.observation import Observation, PoolMetrics
 
 WINDOW_S = 10.0

@@ -9,10 +9,11 @@ One module per command group, each adding its subcommands to the parser that `ma
     explain    explain (one InferenceDeployment, read from the cluster)
     simulate   simulate (trace replay)
     render     render (the objects the operator would apply, without a cluster)
+    demo       demo (the closed loop on a local cluster; the work is goodput.demo.run)
     main       the parser and `main`
 
-The demo's subcommand is `goodput.demo.run.add_demo_parser`. Modules import ``args``, never one
-another's commands, so the package has no import cycle.
+Command modules import ``args``, never ``main``; nothing outside the package imports it, so
+the CLI has no import cycle.
 """
 
 from goodput.cli.main import build_parser, main

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 from goodput.cli.args import GoodputParser
 from goodput.cli.capacity import add_capacity_parsers
+from goodput.cli.demo import add_demo_parser
 from goodput.cli.explain import add_explain_parser
 from goodput.cli.observe import add_observe_parser
 from goodput.cli.operator import add_crd_parser, add_operator_parser
 from goodput.cli.render import add_render_parser
 from goodput.cli.simulate import add_simulate_parser
-from goodput.demo.run import add_demo_parser
 from goodput.model.errors import CapacityModelError
 
 
