@@ -28,9 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.simulate_targets import CONFIGS, RESULTS, pick_scale, spec_for
-from goodput.sim.cli import load_trace
 from goodput.sim.simulate import make_policy, prepare, run_policy, summarize
 from goodput.sim.trace import replicate_rate
+from goodput.sim.traces import load_trace
 
 TRACES = ("azure-code", "azure-conv")
 POLICIES = ("goodput", "goodput-q0", "static-peak", "dynamo")

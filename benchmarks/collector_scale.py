@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from goodput.metrics.prometheus import PrometheusCollector
 from goodput.metrics.shared import SharedCollector
-from goodput.metrics.testing import LocalPrometheus
+from goodput.devcluster.prometheus import LocalPrometheus
 
 NAMESPACE = "bench"
 WINDOW_S, LONG_WINDOW_S = 30.0, 60.0
@@ -123,7 +123,7 @@ def timed(prom: LocalPrometheus, fn: Any) -> dict[str, float]:
 
 
 def run(n: int, scrape_s: float, sample: int, work: Path) -> dict[str, Any]:
-    from goodput.metrics.testing import free_port
+    from goodput.devcluster.prometheus import free_port
 
     port = free_port()
     exporter = subprocess.Popen([sys.executable, __file__, "--serve", str(n), str(port)])

@@ -28,10 +28,10 @@ from typing import Any
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.engine.world import build_world
-from goodput.sim.cli import load_trace
 from goodput.sim.policies import GoodputPolicy
 from goodput.sim.simulate import build_spec, make_policy, prepare, run_policy, summarize
 from goodput.sim.trace import Trace, replicate_rate
+from goodput.sim.traces import load_trace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE_SCALE = 6

@@ -47,7 +47,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from goodput.sim.cli import load_trace, run_all
+from goodput.cli.simulate import run_all
 from goodput.sim.policies import GoodputPolicy
 from goodput.sim.simulate import (
     PolicyRun,
@@ -64,6 +64,7 @@ from goodput.sim.simulate import (
     run_policy,
 )
 from goodput.sim.trace import Trace, replicate_rate, scale_rate
+from goodput.sim.traces import load_trace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = [
@@ -257,7 +258,7 @@ def speed(jobs: int, case: tuple[str, int, str, str] = SPEED_CASES[0]) -> dict[s
     import os
     import resource
 
-    from goodput.sim.cli import Progress
+    from goodput.cli.simulate import Progress
 
     label, rate_scale, kv_dtype, mode = case
     cfg: dict[str, Any] = CONFIGS[0]

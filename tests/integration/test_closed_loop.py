@@ -57,6 +57,7 @@ from typing import Any
 import pytest
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL
 from goodput.demo.stack import (
     EmulatorHandle,
     Processes,
@@ -71,8 +72,8 @@ from goodput.demo.stack import (
     wait_deployment,
 )
 from goodput.devcluster.cluster import LocalCluster
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, PrometheusCollector
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.metrics.prometheus import NAMESPACE_LABEL, PrometheusCollector
 from goodput.planner.autoscale import scaled_efficiency
 from goodput.planner.recommend import hinted_workload, recommend, resolve
 
@@ -173,7 +174,7 @@ class Loop:
         """Completed requests per second over the 20 s window, straight from Prometheus: a lower
         bound of the arrival rate the operator plans for (it adds the queue growth, and forecasts
         along the trend only upwards)."""
-        sel = f'{NAMESPACE_LABEL}="{self.ns}",{DEPLOYMENT_LABEL}="{NAME}"'
+        sel = f'{NAMESPACE_LABEL}="{self.ns}",{PROM_DEPLOYMENT_LABEL}="{NAME}"'
         return self.prom_value(f"sum(rate(vllm:request_success_total{{{sel}}}[{WINDOW_S:g}s]))")
 
 
@@ -329,7 +330,7 @@ def engine_args(args: list[str]) -> str:
 def test_legacy_metric_names_still_give_itl_and_kv_usage(loop: Loop) -> None:
     """vLLM 0.8-0.10 names (time_per_output_token_seconds, gpu_cache_usage_perc): the collector
     falls back to them pod by pod."""
-    sel = f'{NAMESPACE_LABEL}="{loop.ns}",{DEPLOYMENT_LABEL}="{LEGACY}"'
+    sel = f'{NAMESPACE_LABEL}="{loop.ns}",{PROM_DEPLOYMENT_LABEL}="{LEGACY}"'
     collector = PrometheusCollector(loop.prom.url, timeout_s=5)
     deadline = time.monotonic() + 120
     while True:

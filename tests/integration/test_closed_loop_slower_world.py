@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL
 from goodput.demo.stack import (
     EmulatorHandle,
     Processes,
@@ -52,8 +53,8 @@ from goodput.demo.stack import (
     wait_deployment,
 )
 from goodput.devcluster.cluster import LocalCluster
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.metrics.prometheus import NAMESPACE_LABEL
 from goodput.planner.autoscale import scaled_efficiency
 from goodput.planner.recommend import hinted_workload, recommend, resolve
 
@@ -115,7 +116,7 @@ class World:
 
     def attainment(self, family: str, bound_s: float) -> float | None:
         """The fraction of observations of a vLLM histogram within ``bound_s`` over the last minute."""
-        sel = f'{NAMESPACE_LABEL}="{self.ns}",{DEPLOYMENT_LABEL}="{NAME}"'
+        sel = f'{NAMESPACE_LABEL}="{self.ns}",{PROM_DEPLOYMENT_LABEL}="{NAME}"'
         window = f"[{ATTAINMENT_WINDOW_S}s]"
         within = self.prom.query(f'sum(increase({family}_bucket{{{sel},le="{BUCKET_LE[bound_s]}"}}{window}))',
                                  timeout=3)

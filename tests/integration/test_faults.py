@@ -62,7 +62,7 @@ from goodput.demo.stack import (
     wait_deployment,
 )
 from goodput.devcluster.cluster import FakeNodeSpec, LocalCluster
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.planner.autoscale import scaled_efficiency
 from goodput.planner.recommend import hinted_workload, recommend, resolve
 

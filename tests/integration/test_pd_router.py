@@ -30,13 +30,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.emulator.common import ReplicaConfig
 from goodput.emulator.process import (
     Emulator,
     FixedLengths,
     LoadGenerator,
     PodInfo,
     RateSchedule,
-    ReplicaConfig,
     Snapshot,
     _PoissonEvents,
 )
@@ -268,6 +268,7 @@ def _until_served(url: str, deadline_s: float) -> int:
 
 def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kubernetes(
         cluster: Any, tmp_path: Path) -> None:
+    from goodput.cli.render import render_objects
     from goodput.demo.stack import (
         EmulatorHandle,
         Processes,
@@ -277,8 +278,7 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
         install_crd,
         log_tail,
     )
-    from goodput.metrics.testing import free_port
-    from goodput.render_command import render_objects
+    from goodput.devcluster.prometheus import free_port
 
     ns, name = f"pd-{uuid.uuid4().hex[:6]}", "pd"
     create_namespace(cluster, ns)

@@ -34,10 +34,11 @@ from typing import Any
 import polling
 import pytest
 
-from goodput.metrics.cli_observe import main as observe_main
-from goodput.metrics.prometheus import K8S_DEPLOYMENT_LABEL, K8S_ROLE_LABEL, PrometheusCollector
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, ROLE_LABEL
+from goodput.cli.observe import main as observe_main
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
+from goodput.metrics.prometheus import PrometheusCollector
 from goodput.metrics.shared import SharedCollector
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, kubernetes_pod_target
 from goodput.planner.observation import Observation, PoolMetrics
 
 WINDOW_S = 10.0
@@ -216,7 +217,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     pods: dict[str, tuple[FakeVllmPod, dict[str, str]]] = {}
 
     def add(deployment: str, name: str, role: str, spec: PodSpec, names: str = "new") -> None:
-        labels = kubernetes_pod_target("prod", name, {K8S_DEPLOYMENT_LABEL: deployment, K8S_ROLE_LABEL: role,
+        labels = kubernetes_pod_target("prod", name, {DEPLOYMENT_LABEL: deployment, ROLE_LABEL: role,
                                                       "app.kubernetes.io/name": "vllm"})
         pods[name] = (FakeVllmPod(spec, names=names), labels)
 
@@ -413,8 +414,8 @@ def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPromet
     _need_prometheus()
     pod = FakeVllmPod(CHURN)
     prom = LocalPrometheus(tmp_path_factory.mktemp("lone"), scrape_interval_s=1)
-    prom.set_targets([(pod.address, kubernetes_pod_target("ops", "solo-0", {K8S_DEPLOYMENT_LABEL: "solo",
-                                                                            K8S_ROLE_LABEL: "aggregated"}))])
+    prom.set_targets([(pod.address, kubernetes_pod_target("ops", "solo-0", {DEPLOYMENT_LABEL: "solo",
+                                                                            ROLE_LABEL: "aggregated"}))])
     try:
         with prom:
             wait_for("the pod scraped twice", lambda: prom.query("count_over_time(vllm:num_requests_running[1m]) > 1"))

@@ -63,9 +63,9 @@ from goodput.demo.stack import (
 )
 from goodput.devcluster.cluster import LocalCluster
 from goodput.devcluster.cpu_core import measure_core
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.devcluster.vllm_cpu import VllmCpuEnv, ensure_tiny_model
 from goodput.metrics.prometheus import PrometheusCollector
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.planner.calibration import BOUNDS
 
 pytestmark = pytest.mark.integration

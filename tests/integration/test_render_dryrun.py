@@ -17,11 +17,11 @@ import sys
 import uuid
 from typing import Any
 
+from goodput.cli.render import render_objects
 from goodput.demo.stack import install_crd
 from goodput.devcluster.build import prometheus_operator_crd
 from goodput.devcluster.cluster import LocalCluster
 from goodput.render.vllm import RenderConfig
-from goodput.render_command import render_objects
 
 MODELS = ("llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "qwen2.5-72b", "gpt-oss-120b", "deepseek-v3")
 PRECISIONS = ("bf16", "fp8", "int8", "int4-awq", "int4-gptq", "fp4", "mxfp4")

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from goodput.devcluster.prometheus import LocalPrometheus, kubernetes_pod_target
 from goodput.devcluster.vllm_conformance import CONFORMANCE_WORDS, drive, emulated_text, snapshot
 from goodput.devcluster.vllm_server import Completion, VllmCpuServer, run_load, synthetic_prompt
 from goodput.engine.vllm_schema import metrics_schema, schema_differences
 from goodput.metrics.prometheus import PrometheusCollector
-from goodput.metrics.testing import LocalPrometheus, kubernetes_pod_target
 
 REFERENCE: dict[str, dict[str, Any]] = snapshot()["families"]
 

@@ -71,9 +71,10 @@ def test_step_up_is_immediate_with_reason() -> None:
     need = replicas_for(60)
     target, reason, _, message = run(spec(), obs(60), 1, AutoscalerState(metrics_seen=True), T0)
     assert need > 2
-    assert reason in ("ScaleUp", "RateLimited")
-    # Default scale-up limit: +100% per minute from 1 replica is 2.
-    assert target == min(need, 2)
+    # The model asks for `need` (3); the default scale-up limit, +100% per minute from 1 replica, allows
+    # 2 this minute: a scale-up cut short by the limit is RateLimited, not ScaleUp (that is the next test).
+    assert reason == "RateLimited"
+    assert target == 2
     assert "aggregated 1→" in message and "req/s" in message
 
 
@@ -97,14 +98,27 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     # Recommendations stay low for the whole window: then it scales down, by the rate limit.
     for minute in range(7, 13):
         target, reason, state, message = run(s, obs(5, long_rate=5), high, state, T0 + dt.timedelta(minutes=minute))
-    assert target < high and reason in ("ScaleDown", "RateLimited"), message
+    # The model asks for 1 (5 req/s), but the default scale-down limit (-10% per minute, at least one
+    # replica) allows one fewer per minute: a scale-down cut short by the limit is RateLimited.
+    assert replicas_for(5) < high - 1
+    assert (target, reason) == (high - 1, "RateLimited"), message
 
 
 def test_small_changes_within_tolerance_are_ignored() -> None:
     s = spec(tolerance=0.5)
     need = replicas_for(60)
-    target, reason, _, _ = run(s, obs(60 * 1.2), need, AutoscalerState(metrics_seen=True), T0)
-    assert target == need and reason in ("WithinTolerance", "Hold")
+    # 20% more load: the model still asks for `need` replicas, so nothing is to be ignored: Hold.
+    assert replicas_for(60 * 1.2) == need
+    target, reason, _, message = run(s, obs(60 * 1.2), need, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need, "Hold"), message
+    # 50% more load: the model asks for one more replica, a change of 1/need (33%) within the 50%
+    # tolerance: the pool stays, and says why.
+    assert replicas_for(60 * 1.5) == need + 1
+    target, reason, _, message = run(s, obs(60 * 1.5), need, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need, "WithinTolerance"), message
+    # Without the tolerance the same load scales up: the tolerance is what held it.
+    target, reason, _, message = run(spec(tolerance=0), obs(60 * 1.5), need, AutoscalerState(metrics_seen=True), T0)
+    assert (target, reason) == (need + 1, "ScaleUp"), message
 
 
 # 28 req/s needs 2 replicas (about 26 req/s each with the issue-15 factors), and so does 28 + 1.5 req/s of

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
 from goodput.engine.vllm_metrics import ReplicaStats, exposition
 from goodput.handlers import exporter
 from goodput.metrics import prometheus as collector
@@ -26,7 +27,7 @@ GRID_WIDTH = 24
 # Labels Prometheus attaches to every scraped series.
 SCRAPE_LABELS = frozenset({collector.JOB_LABEL, collector.INSTANCE_LABEL})
 # Labels a vLLM pod's series carry after the usual Kubernetes relabeling (as the collector queries them).
-VLLM_TARGET_LABELS = frozenset({collector.NAMESPACE_LABEL, collector.DEPLOYMENT_LABEL, collector.ROLE_LABEL,
+VLLM_TARGET_LABELS = frozenset({collector.NAMESPACE_LABEL, PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL,
                                 collector.POD_LABEL}) | SCRAPE_LABELS
 KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
                       "offset", "inf", "nan"})
@@ -203,5 +204,5 @@ def test_operator_series_selected_by_the_dashboard_variables() -> None:
     for where, expr, _ in queries():
         for metric, labels in parse_promql(expr)[0].items():
             expected = {"namespace", "name"} if metric.startswith("goodput_") else {
-                collector.NAMESPACE_LABEL, collector.DEPLOYMENT_LABEL}
+                collector.NAMESPACE_LABEL, PROM_DEPLOYMENT_LABEL}
             assert expected <= labels, f"{where}: {metric} is not filtered by {sorted(expected - labels)}"

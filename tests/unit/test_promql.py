@@ -20,9 +20,9 @@ import pytest
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from goodput.metrics.cli_observe import add_observe_parser, cmd_observe, observation_json, observation_text
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
+from goodput.cli.observe import add_observe_parser, cmd_observe, observation_json, observation_text
 from goodput.metrics.prometheus import (
-    DEPLOYMENT_LABEL,
     ITL,
     ITL_OLD,
     KV_USAGE,
@@ -31,7 +31,6 @@ from goodput.metrics.prometheus import (
     PREFIX_HITS,
     PREFIX_HITS_OLD,
     PREFIX_QUERIES,
-    ROLE_LABEL,
     PoolQuery,
     PrometheusCollector,
     build_labelled_queries,
@@ -60,7 +59,7 @@ def series(value: Any, **labels: str) -> dict[str, Any]:
 
 
 def role(r: str, value: Any) -> dict[str, Any]:
-    return series(value, **{ROLE_LABEL: r})
+    return series(value, **{PROM_ROLE_LABEL: r})
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,7 +116,7 @@ def test_error_body_keeps_prometheus_message() -> None:
 
 def test_group_by_label_defaults_absent_label() -> None:
     samples = parse_vector([role("decode", 1), role("decode", 2), series(5)])
-    assert group_by_label(samples, ROLE_LABEL) == {"decode": [1.0, 2.0], "": [5.0]}
+    assert group_by_label(samples, PROM_ROLE_LABEL) == {"decode": [1.0, 2.0], "": [5.0]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,7 +201,7 @@ def test_one_query_per_pool_metrics_field() -> None:
 
 def test_labelled_queries_read_buckets_and_the_kv_capacity() -> None:
     q = {lq.field: lq for lq in build_labelled_queries(MATCHERS, 60)}
-    assert q["itl_buckets"].promql.startswith(f"sum by ({ROLE_LABEL}, le) (max without (job) (rate({ITL}_bucket{{")
+    assert q["itl_buckets"].promql.startswith(f"sum by ({PROM_ROLE_LABEL}, le) (max without (job) (rate({ITL}_bucket{{")
     assert f"[60s]) or rate({ITL_OLD}_bucket{{" in q["itl_buckets"].promql
     assert "vllm:cache_config_info{" in q["kv_capacity_tokens"].promql
     assert "num_gpu_blocks, block_size" in q["kv_capacity_tokens"].promql
@@ -210,7 +209,7 @@ def test_labelled_queries_read_buckets_and_the_kv_capacity() -> None:
     def s(value: float, **labels: str) -> Any:
         from goodput.metrics.promql import Sample
 
-        return Sample({ROLE_LABEL: "decode", **labels}, value, 0.0)
+        return Sample({PROM_ROLE_LABEL: "decode", **labels}, value, 0.0)
 
     # rates per second x the window: counts; le in seconds -> ms; sorted with +Inf last
     buckets = labelled_values(q["itl_buckets"], [s(1.0, le="+Inf"), s(0.5, le="0.025"), s(0.9, le="0.05")], 60)
@@ -225,11 +224,11 @@ def test_labelled_queries_read_buckets_and_the_kv_capacity() -> None:
 
 
 def test_queries_select_the_deployment_and_group_by_role() -> None:
-    sel = (f'{NAMESPACE_LABEL}="prod",{DEPLOYMENT_LABEL}="llama-70b",'
-           f'{ROLE_LABEL}=~"aggregated|prefill|decode"')
+    sel = (f'{NAMESPACE_LABEL}="prod",{PROM_DEPLOYMENT_LABEL}="llama-70b",'
+           f'{PROM_ROLE_LABEL}=~"aggregated|prefill|decode"')
     for pq in _by_field().values():
         assert sel in pq.promql
-        assert f"by ({ROLE_LABEL}" in pq.promql
+        assert f"by ({PROM_ROLE_LABEL}" in pq.promql
 
 
 def test_queries_use_vllm_names_and_both_generations() -> None:
@@ -245,7 +244,7 @@ def test_queries_use_vllm_names_and_both_generations() -> None:
     assert "vllm:time_to_first_token_seconds_bucket{" in q["ttft_ms"]
     # both generations, pod by pod: the new name first, so it wins where a pod exports both
     assert f"(rate({ITL}_bucket{{" in q["itl_ms"] and f"[60s]) or rate({ITL_OLD}_bucket{{" in q["itl_ms"]
-    assert q["kv_cache_usage"].startswith(f"max by ({ROLE_LABEL}) ({KV_USAGE}{{")
+    assert q["kv_cache_usage"].startswith(f"max by ({PROM_ROLE_LABEL}) ({KV_USAGE}{{")
     assert f"}} or {KV_USAGE_OLD}{{" in q["kv_cache_usage"]
     assert "rate(vllm:num_preemptions_total{" in q["preemptions_rps"]
     assert f"[60s]) or rate({PREFIX_HITS_OLD}{{" in q["prefix_cache_hit_rate"]
@@ -372,7 +371,7 @@ def test_no_series_at_all_is_no_pools_and_not_available() -> None:
     assert obs.error is None and obs.pools == {} and obs.long_pools == {}
     assert not obs.available
     assert len(obs.missing) == 1 and "no vLLM series for prod/llama-70b" in obs.missing[0]
-    assert "goodput.dev/role" in obs.missing[0] and ROLE_LABEL in obs.missing[0]
+    assert "goodput.dev/role" in obs.missing[0] and PROM_ROLE_LABEL in obs.missing[0]
 
 
 def test_missing_metric_is_none_with_a_note_naming_metric_and_pool() -> None:
@@ -448,7 +447,7 @@ def test_blank_and_aggregated_roles_are_one_pool() -> None:
 def test_selector_replaces_the_deployment_matchers() -> None:
     c, client = collector(lambda q: [])
     c.observe_selector({"app": "vllm"}, NOW)
-    assert all('{app="vllm"}' in q and DEPLOYMENT_LABEL not in q for q, _, _ in client.calls)
+    assert all('{app="vllm"}' in q and PROM_DEPLOYMENT_LABEL not in q for q, _, _ in client.calls)
 
 
 def test_extra_matchers_go_into_every_query() -> None:

@@ -19,7 +19,7 @@ import pytest
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.demo import real_loop
 from goodput.devcluster.cpu_core import CoreMeasurement, custom_accelerator, tiny_architecture, tiny_llama_spec
-from goodput.emulator import process
+from goodput.emulator import common, process
 from goodput.emulator.real_engine import RealEngineEmulator, RealReplica, Request, server_args
 from goodput.model.goodput import aggregated_means, evaluate_aggregated
 from goodput.model.replica import ReplicaModel
@@ -127,9 +127,9 @@ class _Senders:
         self.sent.append((req, rep))
 
 
-def _pod(name: str, tp: int = 1) -> process.PodInfo:
-    config = process.ReplicaConfig("aggregated", tp, 16, 256, 2048, "auto", "tiny-llama")
-    return process.PodInfo(f"uid-{name}", name, "aggregated", 0.0, False, config, None)  # type: ignore[arg-type]
+def _pod(name: str, tp: int = 1) -> common.PodInfo:
+    config = common.ReplicaConfig("aggregated", tp, 16, 256, 2048, "auto", "tiny-llama")
+    return common.PodInfo(f"uid-{name}", name, "aggregated", 0.0, False, config, None)  # type: ignore[arg-type]
 
 
 def _emulator(tmp_path: Path, **overrides: Any) -> RealEngineEmulator:

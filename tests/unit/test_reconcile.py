@@ -85,12 +85,23 @@ def test_more_demand_scales_up_with_a_reason() -> None:
     assert out.status["lastScaleTime"] == "2026-11-23T12:01:00Z"
 
 
+# SLOs (ttftMs, itlMs), each at least as tight as the one before it in both, from OBJ's own. At 20
+# req/s the plan changes along the chain (2 GPUs at OBJ's SLO, 4 at a 150 ms TTFT, 8 at a 20 ms ITL,
+# about 20 at 120/12): the assertion compares plans that differ, so it can fail.
+TIGHTENING_SLOS = [(1000, 40), (400, 40), (150, 40), (150, 25), (150, 20), (150, 15), (120, 12), (100, 10)]
+
+
 def test_tighter_slo_never_needs_fewer_gpus() -> None:
-    obj, observed = settled(OBJ, NOW)
-    obj["spec"]["slo"]["ttftMs"] = 400
-    edited(obj)
-    out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
-    assert out.status["plan"]["gpus"] >= obj["status"]["plan"]["gpus"]
+    gpus = []
+    for ttft_ms, itl_ms in TIGHTENING_SLOS:
+        obj, observed = settled(OBJ, NOW)
+        obj["spec"]["slo"] = {"ttftMs": ttft_ms, "itlMs": itl_ms}
+        edited(obj)
+        out = reconcile(obj, observed, NOW + dt.timedelta(minutes=1))
+        assert conds(out.status)["Degraded"] == ("False", "SpecValid"), (ttft_ms, itl_ms)
+        gpus.append(out.status["plan"]["gpus"])
+    assert gpus == sorted(gpus), list(zip(TIGHTENING_SLOS, gpus, strict=True))
+    assert len(set(gpus)) >= 3, f"the chain should move the plan, not hold it: {gpus}"
 
 
 def test_invalid_spec_touches_nothing_and_warns_once() -> None:

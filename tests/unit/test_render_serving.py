@@ -20,6 +20,7 @@ import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.cli import main as cli_main
+from goodput.cli.render import render_objects
 from goodput.model.errors import CapacityModelError
 from goodput.model.serving import checkpoint_by_name, checkpoint_for, checkpoints, context_length, vendor_facts
 from goodput.planner.recommend import hinted_workload, max_model_len, recommend, resolve
@@ -33,7 +34,6 @@ from goodput.render.vllm import (
     termination_grace_s,
     vllm_version,
 )
-from goodput.render_command import render_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL as DEPLOYMENT_LABEL
+from goodput.api.vocabulary import PROM_ROLE_LABEL as ROLE_LABEL
 from goodput.metrics.prometheus import (
-    DEPLOYMENT_LABEL,
     NAMESPACE_LABEL,
-    ROLE_LABEL,
     PrometheusCollector,
     QueryPlan,
     deployment_matchers,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from goodput.sim.cli import add_simulate_parser
+from goodput.cli.simulate import add_simulate_parser
 from goodput.sim.simulate import (
     PolicyRun,
     Setup,
@@ -193,7 +193,7 @@ def test_same_seed_gives_bit_identical_results(mode: str) -> None:
 
 def test_jobs_give_the_same_bits_as_one_process() -> None:
     """--jobs N runs policies in other processes (the oracle first): the same results, in the same order."""
-    from goodput.sim.cli import Progress, run_all
+    from goodput.cli.simulate import Progress, run_all
 
     setup = setup_for(even_trace([(120.0, 4.0)]))
     one = run_all(setup, ["hpa", "static-peak"], 1, Progress(False))

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from goodput.sim.cli import load_trace
 from goodput.sim.trace import (
     MOONCAKE_BLOCK_TOKENS,
     TraceError,
@@ -20,6 +19,7 @@ from goodput.sim.trace import (
     replicate_rate,
     scale_rate,
 )
+from goodput.sim.traces import load_trace
 
 AZURE = [
     "TIMESTAMP,ContextTokens,GeneratedTokens",

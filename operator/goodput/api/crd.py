@@ -24,6 +24,7 @@ from goodput.api.v1alpha1 import (
     InferenceDeploymentSpec,
     InferenceDeploymentStatus,
 )
+from goodput.api.vocabulary import ConditionType
 
 _KEEP = {
     "type", "properties", "required", "items", "additionalProperties", "enum", "minimum", "maximum",
@@ -41,7 +42,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Decode", "type": "integer", "jsonPath": ".status.plan.decodeReplicas",
      "description": "Decoding replicas: the decode pool, or the aggregated pool"},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus"},
-    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Ready", "type": "string",
+     "jsonPath": f'.status.conditions[?(@.type=="{ConditionType.READY}")].status'},
     {"name": "$/h", "type": "number", "jsonPath": ".status.plan.costPerHour", "priority": 1},
     {"name": "TTFT ms (SLO pct)", "type": "number", "jsonPath": ".status.plan.predictedTtftMs", "priority": 1,
      "description": "Predicted TTFT at spec.slo.percentile, ms"},

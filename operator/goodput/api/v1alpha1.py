@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
-GROUP = "goodput.dev"
+from goodput.api.vocabulary import GROUP as GROUP  # re-exported: the CRD's API group
+
 VERSION = "v1alpha1"
 KIND = "InferenceDeployment"
 PLURAL = "inferencedeployments"
@@ -314,11 +315,8 @@ class InferenceDeploymentSpec(_Model):
 
 # --- status ---------------------------------------------------------------------------------
 
-ConditionType = Literal["Ready", "MetricsAvailable", "ScalingActive", "ScalingLimited", "SLOAtRisk", "Degraded"]
-
-
 class Condition(_Model):
-    type: str
+    type: str  # a goodput.api.vocabulary.ConditionType
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""

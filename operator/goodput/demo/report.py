@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCALING_REASONS = ("ScaleUp", "ScaleDown", "RateLimited", "Emergency")
+from goodput.api.vocabulary import Reason
+
+SCALING_REASONS = (Reason.SCALE_UP, Reason.SCALE_DOWN, Reason.RATE_LIMITED, Reason.EMERGENCY)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
-from goodput.cli import number_arg
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, TP_ANNOTATION
 from goodput.demo.report import (
     DecisionLine,
     LoadProfile,
@@ -84,10 +84,8 @@ from goodput.devcluster.build import (
     expected_binaries,
 )
 from goodput.devcluster.cluster import LocalCluster, LocalClusterError
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL
-from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, LocalPrometheusError, free_port
-from goodput.render.vllm import OWNER_LABEL
-from goodput.sim.trace import BUNDLED_TRACES
+from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, LocalPrometheusError, free_port
+from goodput.metrics.prometheus import NAMESPACE_LABEL
 
 # The examples ship inside the package (copies of manifests/examples/, kept equal by a test), so that
 # `goodput demo` works from an installed package, not only from the source tree.
@@ -350,7 +348,7 @@ class Demo:
     def _emulated_load(self) -> tuple[float, list[str], str]:
         """The trace, the example manifest, and the emulator's load arguments."""
         a = self.args
-        from goodput.emulator.process import load_trace
+        from goodput.emulator.common import load_trace
 
         try:
             trace = load_trace(a.trace)
@@ -421,7 +419,7 @@ class Demo:
         for line in sorted(fresh, key=lambda x: x.t):
             self.decisions.append(line)
             say(line.text())
-        selector = urllib.parse.quote(f"{OWNER_LABEL}={self.name}")
+        selector = urllib.parse.quote(f"{DEPLOYMENT_LABEL}={self.name}")
         deps = (self.cluster.api("GET", f"/apis/apps/v1/namespaces/{self.ns}/deployments?labelSelector={selector}")
                 or {}).get("items", [])
         desired = pods = gpus = 0
@@ -430,7 +428,7 @@ class Demo:
             if dep_name not in self._patched:
                 set_min_ready(self.cluster, self.ns, dep_name, self.args.cold_start_s + 2)
                 self._patched.add(dep_name)
-            tp = int((dep["metadata"].get("annotations") or {}).get("goodput.dev/tensor-parallel", 1))
+            tp = int((dep["metadata"].get("annotations") or {}).get(TP_ANNOTATION, 1))
             n = int((dep.get("status") or {}).get("replicas") or 0)
             desired += int(dep["spec"].get("replicas") or 0)
             pods += n
@@ -496,7 +494,7 @@ class Demo:
         time.sleep(1.5)  # one more scrape
         self._poll()
         t_end = self._now()
-        sel = f'{NAMESPACE_LABEL}="{self.ns}",{DEPLOYMENT_LABEL}="{self.name}"'
+        sel = f'{NAMESPACE_LABEL}="{self.ns}",{PROM_DEPLOYMENT_LABEL}="{self.name}"'
         range_s = math.ceil(t_end) + 5
         ttft_ok, ttft_exact = fraction_at_most(self._histogram("vllm:time_to_first_token_seconds", sel, range_s),
                                                spec.slo.ttft_ms / 1000.0)
@@ -575,42 +573,6 @@ def spec_scaling(manifest: dict[str, Any]) -> dict[str, Any]:
 # command line
 
 
-_positive = number_arg(float, 0.0, inclusive=False)
-
-
-def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``demo`` to the subparsers of `goodput` (``sub`` from ``add_subparsers``)."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="the closed loop on a local cluster: build, start, replay a trace, stream decisions, summarize",
-        description="Build (once) and start a local control plane with fake GPU nodes, Prometheus, the vLLM "
-                    "emulator and the operator; apply an example InferenceDeployment, replay a trace against it, "
-                    "stream the operator's decisions, then print a summary and write a plot. Everything started is "
-                    "stopped at the end, also on Ctrl-C.")
-    p.add_argument("--trace", default="azure-conv",
-                   help=f"bundled trace ({', '.join(BUNDLED_TRACES)}) or an Azure-format CSV (default azure-conv)")
-    p.add_argument("--duration-s", type=_positive, default=270.0,
-                   help="seconds of load after the first replica serves (default 270)")
-    p.add_argument("--speed", type=_positive, default=2.0, help="play the trace this many times faster (default 2)")
-    p.add_argument("--surge", type=_positive, default=3.0,
-                   help="load multiplier in the middle of the run, ramped up from 18%% and down from 45%% of it "
-                   "(default 3; 1: the base load alone)")
-    p.add_argument("--engine", choices=("emulated", "vllm-cpu"), default="emulated",
-                   help="what serves in the pods: emulated vLLM replicas (default), or real vLLM CPU servers "
-                   "(vllm-cpu: the tiny Llama on one core per pod, at most two; this machine's core is the "
-                   "accelerator the operator plans for; --trace, --speed and --example do not apply; a real server "
-                   "takes 30-140 s to start, so give --duration-s 480 or more to see the second one serve)")
-    p.add_argument("--example", type=example_arg, default=DEFAULT_EXAMPLE, metavar="NAME|FILE.yaml",
-                   help="the InferenceDeployment to apply: a bundled example (" + ", ".join(BUNDLED_EXAMPLES)
-                        + ") or a manifest file (default aggregated-small)")
-    p.add_argument("--cold-start-s", type=_positive, default=20.0,
-                   help="seconds a new replica takes to load (spec.scaling.coldStartSeconds; default 20)")
-    p.add_argument("--plot", type=Path, default=Path("demo.png"), metavar="FILE.png", help="default demo.png")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, kubeconfig, TSDB)")
-    p.add_argument("--work-dir", type=Path, metavar="DIR", help="work directory (default: a new temporary one)")
-    p.set_defaults(func=cmd_demo)
-    return p
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     started = dt.datetime.now()
     code = Demo(args).run()
@@ -619,4 +581,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
-__all__ = ["DEFAULT_EXAMPLE", "Demo", "DemoError", "add_demo_parser", "cmd_demo", "load_example"]
+__all__ = ["BUNDLED_EXAMPLES", "DEFAULT_EXAMPLE", "Demo", "DemoError", "cmd_demo", "example_arg", "load_example"]

@@ -120,7 +120,7 @@ class VllmCpuServer:
         if self.running():
             return self
         if self.port is None:
-            from goodput.metrics.testing import free_port
+            from goodput.devcluster.prometheus import free_port
 
             self.port = free_port()
         self.work_dir.mkdir(parents=True, exist_ok=True)

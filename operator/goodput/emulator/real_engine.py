@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
 from goodput.devcluster.vllm_cpu import VllmCpuEnv, VllmCpuUnavailable, ensure_tiny_model, ensure_vllm_cpu
 from goodput.devcluster.vllm_server import VllmCpuServer, VllmServerError, stream_completion
-from goodput.emulator.process import (
+from goodput.emulator.common import (
     ClusterWatcher,
     LoadGenerator,
     PodInfo,
@@ -61,8 +62,7 @@ from goodput.emulator.process import (
     control_server,
     write_targets_file,
 )
-from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL, POD_LABEL
-from goodput.metrics.prometheus import ROLE_LABEL as PROM_ROLE_LABEL
+from goodput.metrics.prometheus import NAMESPACE_LABEL, POD_LABEL
 
 log = logging.getLogger("goodput.emulator")
 
@@ -300,7 +300,7 @@ class RealEngineEmulator:
     def _write_targets(self, empty: bool = False) -> None:
         groups = [] if empty else [
             {"targets": [r.server.url.removeprefix("http://")],
-             "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, DEPLOYMENT_LABEL: self.name,
+             "labels": {NAMESPACE_LABEL: self.namespace, POD_LABEL: r.pod.name, PROM_DEPLOYMENT_LABEL: self.name,
                         PROM_ROLE_LABEL: r.role}}
             for r in sorted(self.replicas.values(), key=lambda r: r.pod.name) if r.serving]
         self._targets_text = write_targets_file(Path(self.args.targets_file), groups, self._targets_text)

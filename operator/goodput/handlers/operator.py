@@ -32,12 +32,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
+from goodput.api.vocabulary import ROLE_LABEL
 from goodput.handlers import exporter
 from goodput.kube.actions import CONTEXT_ENV, Kube, client_connection, load_config
 from goodput.planner.observation import Observation, PoolObservation
 from goodput.render.patch import status_patch
 from goodput.render.reconcile import Event, Outcome, reconcile
-from goodput.render.vllm import ROLE_LABEL, RenderConfig
+from goodput.render.vllm import RenderConfig
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 TIMER_SECONDS = float(os.environ.get("GOODPUT_TIMER_SECONDS", "30"))

@@ -22,10 +22,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from goodput.api.vocabulary import DELETION_COST_ANNOTATION, DEPLOYMENT_LABEL, ROLE_LABEL
 from goodput.planner.observation import PoolObservation
 from goodput.render.reconcile import Event
-from goodput.render.scale_down import DELETION_COST, PodState, ScaleDownPlan, plan_scale_down
-from goodput.render.vllm import FIELD_MANAGER, OWNER_LABEL, ROLE_LABEL, pool_name
+from goodput.render.scale_down import PodState, ScaleDownPlan, plan_scale_down
+from goodput.render.vllm import FIELD_MANAGER, pool_name
 
 log = logging.getLogger(__name__)
 APPLY = "application/apply-patch+yaml"
@@ -117,7 +118,7 @@ class Kube:
     def observe_pools(self, namespace: str, name: str) -> dict[str, PoolObservation]:
         """The owned Deployments' replicas and ready replicas, their pods the scheduler could not
         place, and how long their pods took from creation to Ready, by pool role."""
-        selector = f"{OWNER_LABEL}={name}"
+        selector = f"{DEPLOYMENT_LABEL}={name}"
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector,
                                                            _request_timeout=REQUEST_TIMEOUT_S)
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_S)
@@ -173,7 +174,7 @@ class Kube:
                    for g in groups)
 
     def pool_pods(self, namespace: str, name: str, role: str) -> list[PodState]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{OWNER_LABEL}={name},{ROLE_LABEL}={role}",
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_LABEL}={name},{ROLE_LABEL}={role}",
                                              _request_timeout=REQUEST_TIMEOUT_S)
         return [pod_state(p) for p in pods.items if p.metadata is not None]
 
@@ -184,7 +185,7 @@ class Kube:
         plan = plan_scale_down(self.pool_pods(namespace, name, role), target, in_flight)
         for pod, cost in sorted(plan.costs.items()):
             try:
-                body = {"metadata": {"annotations": {DELETION_COST: str(cost)}}}
+                body = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: str(cost)}}}
                 self.core.patch_namespaced_pod(pod, namespace, body, _request_timeout=REQUEST_TIMEOUT_S)
             except ApiException as exc:
                 if exc.status != 404:  # gone meanwhile: one fewer to choose from

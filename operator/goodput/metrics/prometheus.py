@@ -92,6 +92,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL, ROLE_LABEL
 from goodput.metrics.promql import (
     Combine,
     MalformedResult,
@@ -112,11 +113,7 @@ from goodput.planner.observation import ROLES, Observation, PoolMetrics
 log = logging.getLogger(__name__)
 
 # Pod labels as the operator sets them on vLLM pods, and as Prometheus stores them after relabeling.
-K8S_DEPLOYMENT_LABEL = "goodput.dev/inference-deployment"
-K8S_ROLE_LABEL = "goodput.dev/role"
 NAMESPACE_LABEL = "namespace"
-DEPLOYMENT_LABEL = "goodput_dev_inference_deployment"
-ROLE_LABEL = "goodput_dev_role"
 POD_LABEL = "pod"
 INSTANCE_LABEL = "instance"
 JOB_LABEL = "job"  # series differing only in this label are duplicate scrapes of one pod
@@ -173,7 +170,7 @@ class PoolQuery:
 # the queries (pure: strings from matchers)
 # ------------------------------------------------------------------------------------------
 def build_queries(matchers: Sequence[Matcher], window_s: float, quantile: float,
-                  long: bool = False, by: Sequence[str] = (ROLE_LABEL,)) -> list[PoolQuery]:
+                  long: bool = False, by: Sequence[str] = (PROM_ROLE_LABEL,)) -> list[PoolQuery]:
     """The PromQL for every PoolMetrics field over one window, grouped by role (``by``: the
     grouping labels, the role last; the shared collector groups by namespace, deployment and
     role with a selector matching every deployment, so one answer serves them all)."""
@@ -271,7 +268,7 @@ class LabelledQuery:
 
 
 def build_labelled_queries(matchers: Sequence[Matcher], window_s: float,
-                           by: Sequence[str] = (ROLE_LABEL,)) -> list[LabelledQuery]:
+                           by: Sequence[str] = (PROM_ROLE_LABEL,)) -> list[LabelledQuery]:
     """The TTFT and ITL buckets (rates per ``le``, both name generations pod by pod) and the KV
     capacity each pod's engine allocated (``by`` as in `build_queries`)."""
     sel = render_matchers(matchers)
@@ -305,7 +302,7 @@ class QueryPlan:
 
     @classmethod
     def build(cls, matchers: Sequence[Matcher], window_s: float, long_window_s: float, quantile: float,
-              by: Sequence[str] = (ROLE_LABEL,)) -> QueryPlan:
+              by: Sequence[str] = (PROM_ROLE_LABEL,)) -> QueryPlan:
         return cls(tuple(build_queries(matchers, window_s, quantile, long=False, by=by)),
                    tuple(build_queries(matchers, long_window_s, quantile, long=True, by=by)),
                    tuple(build_labelled_queries(matchers, window_s, by=by)))
@@ -325,7 +322,7 @@ def assemble(plan: QueryPlan, answer: Callable[[str], Sequence[Sample]], target:
         results: dict[str, dict[str, Reading]] = {}  # role -> field -> reading
         for pq in queries:
             per_role: dict[str, list[float]] = {}
-            for role, values in sorted(group_by_label(answer(pq.promql), ROLE_LABEL).items()):
+            for role, values in sorted(group_by_label(answer(pq.promql), PROM_ROLE_LABEL).items()):
                 role_name = _role(role, blank_role, notes)
                 if role_name is not None:
                     per_role.setdefault(role_name, []).extend(values)
@@ -335,8 +332,8 @@ def assemble(plan: QueryPlan, answer: Callable[[str], Sequence[Sample]], target:
     windows[False] = _with_labelled(windows[False], plan.labelled, answer, window_s, blank_role, notes)
     if not windows[False] and not windows[True]:
         notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(long_window_s)}: are its pods "
-                      f"scraped, with the pod labels {K8S_DEPLOYMENT_LABEL} and {K8S_ROLE_LABEL} mapped "
-                      f"to {DEPLOYMENT_LABEL} and {ROLE_LABEL}?")
+                      f"scraped, with the pod labels {DEPLOYMENT_LABEL} and {ROLE_LABEL} mapped "
+                      f"to {PROM_DEPLOYMENT_LABEL} and {PROM_ROLE_LABEL}?")
     elif not windows[False]:
         notes.add_raw(f"no vLLM series for {target} in the last {_fmt_s(window_s)} (only in the "
                       f"{_fmt_s(long_window_s)} window)")
@@ -351,7 +348,8 @@ def _with_labelled(pools: dict[str, PoolMetrics], labelled: Sequence[LabelledQue
     None (the planner then does without): they refine calibration, the plan does not need them."""
     out = dict(pools)
     for lq in labelled:
-        samples = [Sample({**x.labels, ROLE_LABEL: _role(x.labels.get(ROLE_LABEL, ""), blank_role, notes) or ""},
+        samples = [Sample({**x.labels,
+                           PROM_ROLE_LABEL: _role(x.labels.get(PROM_ROLE_LABEL, ""), blank_role, notes) or ""},
                           x.value, x.timestamp) for x in answer(lq.promql)]
         for role, value in labelled_values(lq, samples, window_s).items():
             if role in out and value is not None:
@@ -366,7 +364,7 @@ def labelled_values(lq: LabelledQuery, samples: Sequence[Sample], window_s: floa
     still profiling reports num_gpu_blocks="None": skipped)."""
     per_role: dict[str, list[Sample]] = {}
     for sample in samples:
-        per_role.setdefault(sample.labels.get(ROLE_LABEL, ""), []).append(sample)
+        per_role.setdefault(sample.labels.get(PROM_ROLE_LABEL, ""), []).append(sample)
     out: dict[str, Any] = {}
     for role, items in per_role.items():
         if lq.field == "kv_capacity_tokens":
@@ -395,8 +393,8 @@ def deployment_matchers(namespace: str, name: str,
                         extra: Mapping[str, str] | Iterable[Matcher] = ()) -> tuple[Matcher, ...]:
     """The matchers for the vLLM pods of one InferenceDeployment (all roles)."""
     extra_m = equality_matchers(extra) if isinstance(extra, Mapping) else tuple(extra)
-    return (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
-            Matcher(ROLE_LABEL, "=~", "|".join(ROLES)), *extra_m)
+    return (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(PROM_DEPLOYMENT_LABEL, "=", name),
+            Matcher(PROM_ROLE_LABEL, "=~", "|".join(ROLES)), *extra_m)
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,8 +466,8 @@ class PrometheusCollector:
         scale-down first are those with the fewest). None when Prometheus cannot say; a pod that
         reports no series is absent. Never raises."""
         try:
-            matchers = (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(DEPLOYMENT_LABEL, "=", name),
-                        Matcher(ROLE_LABEL, "=", role), *self.extra_matchers)
+            matchers = (Matcher(NAMESPACE_LABEL, "=", namespace), Matcher(PROM_DEPLOYMENT_LABEL, "=", name),
+                        Matcher(PROM_ROLE_LABEL, "=", role), *self.extra_matchers)
             sel = render_matchers(matchers)
             promql = (f"max by ({POD_LABEL}) ({REQUESTS_RUNNING}{{{sel}}}) + "
                       f"max by ({POD_LABEL}) ({REQUESTS_WAITING}{{{sel}}})")
@@ -594,7 +592,7 @@ def _role(value: str, blank_role: str | None, notes: _Notes) -> str | None:
         return value
     if value == "" and blank_role is not None:
         return blank_role
-    notes.add_raw(f"series with {ROLE_LABEL}={value!r} for {notes.target} ignored: the role must be one of "
+    notes.add_raw(f"series with {PROM_ROLE_LABEL}={value!r} for {notes.target} ignored: the role must be one of "
                   f"{', '.join(ROLES)}")
     return None
 

@@ -49,10 +49,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from goodput.api.vocabulary import PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL
 from goodput.metrics.prometheus import (
-    DEPLOYMENT_LABEL,
     NAMESPACE_LABEL,
-    ROLE_LABEL,
     PrometheusCollector,
     QueryPlan,
     _check_args,
@@ -68,15 +67,15 @@ from goodput.planner.observation import ROLES, Observation
 log = logging.getLogger(__name__)
 
 # Grouping of the fleet-wide queries: one group per (namespace, deployment, role).
-FLEET_BY = (NAMESPACE_LABEL, DEPLOYMENT_LABEL, ROLE_LABEL)
+FLEET_BY = (NAMESPACE_LABEL, PROM_DEPLOYMENT_LABEL, PROM_ROLE_LABEL)
 DEFAULT_MAX_AGE_S = 15.0
 _NONE: tuple[Sample, ...] = ()
 
 
 def fleet_matchers(extra: Sequence[Matcher] = ()) -> tuple[Matcher, ...]:
     """Every vLLM pod of every InferenceDeployment (the role regex as in `deployment_matchers`)."""
-    return (Matcher(DEPLOYMENT_LABEL, "!=", ""), Matcher(NAMESPACE_LABEL, "!=", ""),
-            Matcher(ROLE_LABEL, "=~", "|".join(ROLES)), *extra)
+    return (Matcher(PROM_DEPLOYMENT_LABEL, "!=", ""), Matcher(NAMESPACE_LABEL, "!=", ""),
+            Matcher(PROM_ROLE_LABEL, "=~", "|".join(ROLES)), *extra)
 
 
 @dataclass
@@ -99,7 +98,7 @@ def split(samples: Sequence[Sample]) -> dict[tuple[str, str], list[Sample]]:
     (the selector excludes them; a per-resource query could never match them either)."""
     out: dict[tuple[str, str], list[Sample]] = {}
     for s in samples:
-        ns, name = s.labels.get(NAMESPACE_LABEL, ""), s.labels.get(DEPLOYMENT_LABEL, "")
+        ns, name = s.labels.get(NAMESPACE_LABEL, ""), s.labels.get(PROM_DEPLOYMENT_LABEL, "")
         if ns and name:
             out.setdefault((ns, name), []).append(s)
     return out

@@ -46,6 +46,7 @@ from statistics import NormalDist
 from typing import Any
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import Reason
 from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
 from goodput.model.errors import CapacityModelError
@@ -637,7 +638,7 @@ def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...]
         fb = feedback(d.role, d.current, d.target, model.replicas if model else d.current, max(starting, 0),
                       state.slo_headroom.get(d.role, (1.0, ""))[0], misses, unattainable,
                       getattr(inp.spec.scaling, d.role).max_replicas, _readings_predate(state, d.role, inp)) \
-            if d.current > 0 and d.reason != "Emergency" else None
+            if d.current > 0 and d.reason != Reason.EMERGENCY else None
         if fb is None or not fb.reason:
             out.append(d)
             continue
@@ -761,12 +762,12 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     # Targets added past the model (an emergency, SLO feedback) are remembered like a recommendation,
     # so the stabilization window keeps the replicas they added while they start.
     for d in decisions:
-        if d.reason in ("Emergency", "SLOMiss") and d.target > d.current:
+        if d.reason in (Reason.EMERGENCY, Reason.SLO_MISS) and d.target > d.current:
             recorded[d.role] = max(recorded.get(d.role, 0), d.target)
     # New pools (current 0) start at their plan: they are not a step the rate limit counts.
     # A person's spec edit is not a step of the autoscaler's per-minute budget.
     changed = {d.role: d.target for d in decisions
-               if d.target != d.current and d.current > 0 and d.reason != "SpecChanged"}
+               if d.target != d.current and d.current > 0 and d.reason != Reason.SPEC_CHANGED}
     if changed:
         state.scale_events.append({"time": _iso(now), "replicas": changed,
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})

@@ -21,6 +21,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from goodput.api.vocabulary import Reason
 from goodput.planner.observation import Observation, PoolObservation
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 def outage_hold(decisions: Sequence[PoolDecision], message: str) -> list[PoolDecision]:
     """Every running pool holds its replicas."""
-    return [dataclasses.replace(d, target=d.current, reason="Hold", message=f"{d.role} holds {d.current}: {message}")
+    return [dataclasses.replace(d, target=d.current, reason=Reason.HOLD,
+                                message=f"{d.role} holds {d.current}: {message}")
             if d.current > 0 else d for d in decisions]
 
 
@@ -51,8 +53,8 @@ def settling_hold(decisions: Sequence[PoolDecision], window_s: float) -> list[Po
     """No metric-driven scale-down while metrics settle (a person's spec edit still applies)."""
     out = []
     for d in decisions:
-        if d.target < d.current and d.reason in ("ScaleDown", "RateLimited"):
-            d = dataclasses.replace(d, target=d.current, reason="Hold",
+        if d.target < d.current and d.reason in (Reason.SCALE_DOWN, Reason.RATE_LIMITED):
+            d = dataclasses.replace(d, target=d.current, reason=Reason.HOLD,
                                     message=f"{d.role} stays at {d.current}: the model asks {d.recommended}, but "
                                             f"metrics came back less than {window_s:g} s ago and the window still "
                                             "spans the gap")
@@ -69,7 +71,7 @@ def capacity_caps(decisions: Sequence[PoolDecision], pods: Mapping[str, PoolObse
 
 def capacity_cap(decisions: Sequence[PoolDecision], pods: Mapping[str, PoolObservation]) -> list[PoolDecision]:
     caps = capacity_caps(decisions, pods)
-    return [dataclasses.replace(d, target=caps[d.role], reason="CapacityLimited",
+    return [dataclasses.replace(d, target=caps[d.role], reason=Reason.CAPACITY_LIMITED,
                                 message=f"{d.role} stays at {caps[d.role]}: the plan asks {d.target}, but pods of "
                                         "this pool cannot be scheduled")
             if d.role in caps else d for d in decisions]

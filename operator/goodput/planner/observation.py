@@ -11,7 +11,9 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 
-ROLES = ("aggregated", "prefill", "decode")
+from goodput.api.vocabulary import VLLM_ROLES
+
+ROLES = VLLM_ROLES
 
 
 @dataclass(frozen=True)

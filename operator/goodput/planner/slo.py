@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from goodput.api.vocabulary import Reason
 from goodput.planner.observation import PoolMetrics
 
 # Fewest observations for a percentile q to mean anything: two beyond it (200 for p99).
@@ -220,21 +221,21 @@ def feedback(role: str, current: int, target: int, model_replicas: int, starting
         return Feedback(target, "", "", headroom)
     if not actionable:
         why = "; ".join(unattainable[m.quantity] for m in misses)
-        return Feedback(current, "SLOMiss", f"{role} stays at {current}: {what}; no replica count meets it: {why}",
-                        headroom)
+        return Feedback(current, Reason.SLO_MISS,
+                        f"{role} stays at {current}: {what}; no replica count meets it: {why}", headroom)
     if starting > 0:
-        return Feedback(current, "SLOMiss", f"{role} stays at {current}: {what}; {starting} replica(s) still "
+        return Feedback(current, Reason.SLO_MISS, f"{role} stays at {current}: {what}; {starting} replica(s) still "
                                             "starting", headroom)
     if stale:
         # A miss read over a window that opens before the last replica served is the old pool's miss:
         # acting on it again adds a replica per tick for as long as the window remembers the overload.
-        return Feedback(current, "SLOMiss", f"{role} stays at {current}: {what}; {stale}", headroom)
+        return Feedback(current, Reason.SLO_MISS, f"{role} stays at {current}: {what}; {stale}", headroom)
     limit = min(max_replicas, math.floor(SLO_HEADROOM_MAX * max(model_replicas, 1)))
     want = min(current + max(1, math.ceil(SLO_STEP_SHARE * current)), limit)
     if want <= current:
-        return Feedback(current, "SLOMiss",
+        return Feedback(current, Reason.SLO_MISS,
                         f"{role} stays at {current}: {what}; SLO feedback stops at {limit} replicas "
                         f"({SLO_HEADROOM_MAX:g}x the model's {model_replicas}, or maxReplicas): the engines are "
                         "slower than calibration can explain, see the calibration terms", headroom)
-    return Feedback(want, "SLOMiss", f"{role} {current}→{want}: {what}; adding capacity on the observation",
+    return Feedback(want, Reason.SLO_MISS, f"{role} {current}→{want}: {what}; adding capacity on the observation",
                     min(max(headroom, want / max(model_replicas, 1)), SLO_HEADROOM_MAX))

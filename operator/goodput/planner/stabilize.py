@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import Reason
 from goodput.planner.observation import Observation, PoolMetrics
 from goodput.planner.recommend import Recommendation
 
@@ -145,13 +146,14 @@ def stabilize(spec: InferenceDeploymentSpec, rec: Recommendation, demand: Demand
         cur = current.get(role)
         reason_text = why(role, rec, demand, headroom.get(role, 1.0), prior, (standby or {}).get(role, 0))
         if cur is None:  # a new pool (first plan, or a mode change): start where the model says
-            decisions.append(PoolDecision(role, 0, p.replicas, p.replicas, "ScaleUp",
+            decisions.append(PoolDecision(role, 0, p.replicas, p.replicas, Reason.SCALE_UP,
                                           f"{role} 0→{p.replicas}: {reason_text}"))
             continue
         if immediate:
             target = min(max(p.replicas, bounds.min_replicas), bounds.max_replicas)
             verb = "→".join((str(cur), str(target)))
-            decisions.append(PoolDecision(role, cur, p.replicas, target, "SpecChanged" if target != cur else "Hold",
+            decisions.append(PoolDecision(role, cur, p.replicas, target,
+                                          Reason.SPEC_CHANGED if target != cur else Reason.HOLD,
                                           f"{role} {verb} after a spec change: {reason_text}"))
             continue
         pool_metrics = obs.pools.get(role) if have_metrics and obs is not None else None
@@ -171,7 +173,7 @@ def _pool(spec: InferenceDeploymentSpec, role: str, cur: int, asked: int, urgent
         down = window(history.recommendations, now, spec.scaling.scale_down_stabilization_seconds, role)
         target = min(max(down) if down else cur, cur)
         if not history.covers_down_window and target < cur:
-            target, reason = cur, "Stabilizing"
+            target, reason = cur, Reason.STABILIZING
             message = (f"{role} stays at {cur}: the model asks {asked}, but recommendations since "
                        f"{iso(history.start)} do not cover the {spec.scaling.scale_down_stabilization_seconds} s "
                        "scale-down window yet")
@@ -180,13 +182,13 @@ def _pool(spec: InferenceDeploymentSpec, role: str, cur: int, asked: int, urgent
     reporting = pool_metrics.pods_reporting if pool_metrics is not None else None
     starting = cur - reporting if reporting is not None else 0
     if urgent and target <= cur and starting > 0:
-        target, reason = cur, "Hold"
+        target, reason = cur, Reason.HOLD
         message = f"{role} stays at {cur}: {urgent}, and {starting} replica(s) are still starting"
     elif urgent and target <= cur:
         target = cur + 1
-        reason, message = "Emergency", f"{role} {cur}→{cur + 1} now: {urgent}"
+        reason, message = Reason.EMERGENCY, f"{role} {cur}→{cur + 1} now: {urgent}"
     if not reason and target != cur and abs(target - cur) / cur <= spec.scaling.tolerance:
-        target, reason = cur, "WithinTolerance"
+        target, reason = cur, Reason.WITHIN_TOLERANCE
         message = (f"{role} stays at {cur}: the model asks {asked}, within the "
                    f"{spec.scaling.tolerance:.0%} tolerance")
     base = base_for_rate_limit(history.scale_events, now, role, cur)
@@ -201,7 +203,7 @@ def _pool(spec: InferenceDeploymentSpec, role: str, cur: int, asked: int, urgent
     else:
         limited = target
     if limited != target:
-        target, reason = limited, "RateLimited"
+        target, reason = limited, Reason.RATE_LIMITED
         message = (f"{role} {cur}→{limited}: {reason_text}; the model asks {asked}, "
                    f"the rate limit allows {limited} this minute")
     clamped = min(max(target, bounds.min_replicas), bounds.max_replicas)
@@ -210,11 +212,11 @@ def _pool(spec: InferenceDeploymentSpec, role: str, cur: int, asked: int, urgent
         message = (message + "; " if message else "") + f"clamped to [{bounds.min_replicas}, {bounds.max_replicas}]"
     if not reason:
         if target > cur:
-            reason, message = "ScaleUp", f"{role} {cur}→{target}: {reason_text}"
+            reason, message = Reason.SCALE_UP, f"{role} {cur}→{target}: {reason_text}"
         elif target < cur:
-            reason, message = "ScaleDown", f"{role} {cur}→{target}: {reason_text}"
+            reason, message = Reason.SCALE_DOWN, f"{role} {cur}→{target}: {reason_text}"
         else:
-            reason = "Hold"
+            reason = Reason.HOLD
             message = (f"{role} stays at {cur}: the model asks {asked}; waiting for the stabilization window"
                        if asked != cur else f"{role} stays at {cur}: {reason_text}")
     return PoolDecision(role, cur, asked, target, reason, message)

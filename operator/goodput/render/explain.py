@@ -20,15 +20,19 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from goodput.api.v1alpha1 import ScalingSpec
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, ConditionStatus, ConditionType, Reason
 from goodput.planner.observation import PoolObservation
 
 # The status of each condition type when all is well.
-HEALTHY_STATUS = {"Ready": "True", "MetricsAvailable": "True", "ScalingActive": "True",
-                  "ScalingLimited": "False", "SLOAtRisk": "False", "Degraded": "False"}
+HEALTHY_STATUS = {ConditionType.READY: ConditionStatus.TRUE, ConditionType.METRICS_AVAILABLE: ConditionStatus.TRUE,
+                  ConditionType.SCALING_ACTIVE: ConditionStatus.TRUE,
+                  ConditionType.SCALING_LIMITED: ConditionStatus.FALSE,
+                  ConditionType.SLO_AT_RISK: ConditionStatus.FALSE, ConditionType.DEGRADED: ConditionStatus.FALSE}
 # The headline names the first of these that is unhealthy: the root cause before its symptoms.
-SEVERITY = ("Degraded", "MetricsAvailable", "SLOAtRisk", "ScalingLimited", "Ready", "ScalingActive")
+SEVERITY = (ConditionType.DEGRADED, ConditionType.METRICS_AVAILABLE, ConditionType.SLO_AT_RISK,
+            ConditionType.SCALING_LIMITED, ConditionType.READY, ConditionType.SCALING_ACTIVE)
 # Conditions that read unhealthy but say what the user asked for: reported, not alarmed on.
-BY_CHOICE_REASONS = frozenset({"DryRun", "Paused", "NoMetricsSource"})
+BY_CHOICE_REASONS = frozenset({Reason.DRY_RUN, Reason.PAUSED, Reason.NO_METRICS_SOURCE})
 DIVERGENCE_FRACTION = 0.2  # observed more than 20% away from predicted is flagged
 KV_PRESSURE_FRACTION = 0.9  # the autoscaler's emergency threshold
 MAX_DECISIONS_SHOWN = 10
@@ -39,18 +43,18 @@ _WAITING = re.compile(r"\b(aggregated|prefill|decode) (\d+)/(\d+)")
 
 # What to do, by condition reason (only where the operator's message implies an action).
 ACTIONS: dict[str, str] = {
-    "InvalidSpec": "fix the spec field named above (kubectl edit infd {name} -n {namespace}); "
-                   "what runs is left as it is until the spec is servable",
-    "ReplicasNotReady": "look at the pods: kubectl get pods -n {namespace} -l goodput.dev/inference-deployment={name} "
-                        "(Pending: no free GPU node; not Ready: weights still loading, image pull, crash loop)",
-    "MetricsUnavailable": "check Prometheus: goodput observe --prometheus URL --name {name} -n {namespace} "
-                          "names every gap; replicas are held, never scaled down, while metrics are missing",
-    "NoMetricsSource": "sizing from spec.workload hints only; give the operator --prometheus "
-                       "(or set spec.prometheus.url) to size from live load",
-    "BudgetOrBounds": "capacity is held below demand by spec.scaling.maxGpus / maxCostPerHour / maxReplicas: "
-                      "raise them, or accept the SLO risk",
-    "DryRun": "set spec.dryRun: false to apply the plan",
-    "Paused": "set spec.paused: false to resume scaling",
+    Reason.INVALID_SPEC: "fix the spec field named above (kubectl edit infd {name} -n {namespace}); "
+                         "what runs is left as it is until the spec is servable",
+    Reason.REPLICAS_NOT_READY: "look at the pods: kubectl get pods -n {namespace} -l " + DEPLOYMENT_LABEL + "={name} "
+                               "(Pending: no free GPU node; not Ready: weights still loading, image pull, crash loop)",
+    Reason.METRICS_UNAVAILABLE: "check Prometheus: goodput observe --prometheus URL --name {name} -n {namespace} "
+                                "names every gap; replicas are held, never scaled down, while metrics are missing",
+    Reason.NO_METRICS_SOURCE: "sizing from spec.workload hints only; give the operator --prometheus "
+                              "(or set spec.prometheus.url) to size from live load",
+    Reason.BUDGET_OR_BOUNDS: "capacity is held below demand by spec.scaling.maxGpus / maxCostPerHour / maxReplicas: "
+                             "raise them, or accept the SLO risk",
+    Reason.DRY_RUN: "set spec.dryRun: false to apply the plan",
+    Reason.PAUSED: "set spec.paused: false to resume scaling",
 }
 
 
@@ -145,12 +149,12 @@ def _condition(status: Mapping[str, Any], ctype: str) -> dict[str, Any] | None:
 
 def _ready_from_condition(status: Mapping[str, Any], desired: Mapping[str, int]) -> dict[str, int | None]:
     """Ready replicas per pool as the Ready condition tells them (when Deployments were not read)."""
-    ready = _condition(status, "Ready") or {}
-    if ready.get("status") == "True":
+    ready = _condition(status, ConditionType.READY) or {}
+    if ready.get("status") == ConditionStatus.TRUE:
         return dict(desired)
-    if ready.get("reason") == "DryRun":
+    if ready.get("reason") == Reason.DRY_RUN:
         return dict.fromkeys(desired)  # nothing is managed: nothing to be ready
-    if ready.get("reason") == "ReplicasNotReady":
+    if ready.get("reason") == Reason.REPLICAS_NOT_READY:
         seen = {m.group(1): int(m.group(2)) for m in _WAITING.finditer(str(ready.get("message", "")))}
         return {pool: seen.get(pool) for pool in desired}
     return dict.fromkeys(desired)
@@ -293,9 +297,9 @@ def _autoscaler(obj: Mapping[str, Any], status: Mapping[str, Any], now: dt.datet
     auto = status.get("autoscaler")
     if not isinstance(auto, Mapping):
         return None
-    metrics = _condition(status, "MetricsAvailable") or {}
-    holding = metrics.get("reason") == "MetricsUnavailable" and bool(auto.get("metricsSeen"))
-    emergencies = [d for d in _list(status.get("decisions")) if _get(d, "reason") == "Emergency"]
+    metrics = _condition(status, ConditionType.METRICS_AVAILABLE) or {}
+    holding = metrics.get("reason") == Reason.METRICS_UNAVAILABLE and bool(auto.get("metricsSeen"))
+    emergencies = [d for d in _list(status.get("decisions")) if _get(d, "reason") == Reason.EMERGENCY]
     held_back = [r for r in _POOL_SPLIT.split(str(_get(status, "plan", "reason") or ""))
                  if "the model asks" in r]  # Stabilizing, WithinTolerance, RateLimited, waiting
     return {
@@ -361,11 +365,11 @@ def _problems(obj: Mapping[str, Any], status: Mapping[str, Any], now: dt.datetim
 def _action(reason: str, message: str) -> str:
     if reason in ACTIONS:
         return ACTIONS[reason]
-    if reason == "RateOrBounds":
+    if reason == Reason.RATE_OR_BOUNDS:
         if "capped at maxReplicas" in message:
             return "a pool is capped at its maxReplicas: raise spec.scaling.<pool>.maxReplicas if demand is real"
         return "the autoscaler is pacing a change (stabilization window or rate limit): wait, it resolves itself"
-    if reason == "SLOAtRisk":
+    if reason == Reason.SLO_AT_RISK:
         if "below a demand" in message:
             return "planned capacity is below demand: see ScalingLimited for what holds it back"
         return ("observed latency is over the SLO: the autoscaler scales up on its own unless limited; "
@@ -389,7 +393,7 @@ def _headline(obj: Mapping[str, Any], status: Mapping[str, Any], plan: Mapping[s
     size = ", ".join(f"{_int(p['desiredReplicas'])}×{p['pool']} TP{_int(p['tensorParallel'])}"
                      for p in (plan or {}).get("pools", []))
     hints = " (sized from spec.workload hints: no metrics source)" if any(
-        p["reason"] == "NoMetricsSource" for p in problems) else ""
+        p["reason"] == Reason.NO_METRICS_SOURCE for p in problems) else ""
     return True, f"HEALTHY — {size} ready, within SLO{hints}"
 
 

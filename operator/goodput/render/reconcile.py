@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.vocabulary import CONDITION_ORDER, ConditionStatus, ConditionType, EventType, Reason
 from goodput.model.errors import CapacityModelError
 from goodput.planner import autoscale as planner
 from goodput.planner.autoscale import AutoscaleResult, AutoscalerState, PlannerInput, RunningShape
@@ -51,7 +52,7 @@ MAX_DECISIONS = 20
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # "Normal" or "Warning"
+    type: str  # EventType.NORMAL or EventType.WARNING
     reason: str
     message: str
 
@@ -84,7 +85,7 @@ def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, rea
     if generation is not None:
         cond["observedGeneration"] = generation
     out.append(cond)
-    order = ["Ready", "MetricsAvailable", "ScalingActive", "ScalingLimited", "SLOAtRisk", "Degraded"]
+    order = CONDITION_ORDER
     return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
@@ -137,19 +138,19 @@ def _structural_changes(previous: dict[str, Any] | None,
     out: list[tuple[str, str, int | None, int, str]] = []
     if previous is None:
         for p in rec.pools:
-            out.append(("Initial", p.role, None, p.replicas,
+            out.append((Reason.INITIAL, p.role, None, p.replicas,
                         f"{p.role} 0→{p.replicas} × TP{p.tp}: {p.goodput_rps:.2f} req/s per replica "
                         f"({p.limit}) for {rec.demand_rps:.4g} req/s"))
         return out
     if previous.get("mode") != rec.mode:
-        out.append(("ModeChange", rec.mode, None, sum(p.replicas for p in rec.pools),
+        out.append((Reason.MODE_CHANGE, rec.mode, None, sum(p.replicas for p in rec.pools),
                     f"mode {previous.get('mode')}→{rec.mode}: {rec.summary}"))
         return out
     before = _pool_replicas(previous)
     for p in rec.pools:
         old_tp = previous.get("prefillTensorParallel") if p.role == "prefill" else previous.get("tensorParallel")
         if old_tp is not None and int(old_tp) != p.tp:
-            out.append(("Reconfigure", p.role, before.get(p.role), p.replicas,
+            out.append((Reason.RECONFIGURE, p.role, before.get(p.role), p.replicas,
                         f"{p.role} TP{old_tp}→TP{p.tp}: {rec.summary}"))
     return out
 
@@ -205,7 +206,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         conditions = set_condition(conditions, ctype, state, reason, message, now, generation)
 
     def decide(reason: str, message: str, pool: str | None = None, frm: int | None = None,
-               to: int | None = None, event_type: str = "Normal") -> None:
+               to: int | None = None, event_type: str = EventType.NORMAL) -> None:
         d: dict[str, Any] = {"time": timestamp(now), "reason": reason, "message": message}
         if pool is not None:
             d["pool"] = pool
@@ -230,12 +231,13 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
                                                 spec_changed, RunningShape.from_plan(previous_plan)))
     except (ValidationError, CapacityModelError) as exc:
         message = _error_text(exc)
-        old = _condition(previous, "Degraded")
-        if not (old and old.get("status") == "True" and old.get("message") == message):
-            decide("InvalidSpec", message, event_type="Warning")
-        cond("Degraded", "True", "InvalidSpec", message)
-        cond("Ready", "False", "InvalidSpec", "the spec cannot be served; what runs is left as it is")
-        cond("ScalingActive", "False", "InvalidSpec", message)
+        old = _condition(previous, ConditionType.DEGRADED)
+        if not (old and old.get("status") == ConditionStatus.TRUE and old.get("message") == message):
+            decide(Reason.INVALID_SPEC, message, event_type=EventType.WARNING)
+        cond(ConditionType.DEGRADED, ConditionStatus.TRUE, Reason.INVALID_SPEC, message)
+        cond(ConditionType.READY, ConditionStatus.FALSE, Reason.INVALID_SPEC,
+             "the spec cannot be served; what runs is left as it is")
+        cond(ConditionType.SCALING_ACTIVE, ConditionStatus.FALSE, Reason.INVALID_SPEC, message)
         status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
         for kept in ("plan", "autoscaler", "lastScaleTime"):
             if previous.get(kept):
@@ -243,22 +245,23 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         return Outcome(status, events=events)
 
     rec = result.recommendation
-    cond("Degraded", "False", "SpecValid", "the spec resolves to a servable configuration")
+    cond(ConditionType.DEGRADED, ConditionStatus.FALSE, Reason.SPEC_VALID,
+         "the spec resolves to a servable configuration")
     if observation is None:
-        cond("MetricsAvailable", "False", "NoMetricsSource", result.metrics_message)
+        cond(ConditionType.METRICS_AVAILABLE, ConditionStatus.FALSE, Reason.NO_METRICS_SOURCE, result.metrics_message)
     elif result.metrics_available:
-        cond("MetricsAvailable", "True", "MetricsAvailable", result.metrics_message)
+        cond(ConditionType.METRICS_AVAILABLE, ConditionStatus.TRUE, Reason.METRICS_AVAILABLE, result.metrics_message)
     else:
-        cond("MetricsAvailable", "False", "MetricsUnavailable",
+        cond(ConditionType.METRICS_AVAILABLE, ConditionStatus.FALSE, Reason.METRICS_UNAVAILABLE,
              metrics_unavailable_message(observation, result.state.metrics_seen, spec.workload.request_rate))
     status["observed"] = _observed_summary(result, observation)
     status["autoscaler"] = result.state.to_status()
 
     # 2. paused: report, change nothing.
     if spec.paused:
-        if (_condition(previous, "ScalingActive") or {}).get("reason") != "Paused":
-            decide("Paused", "spec.paused is true: nothing is changed until it is cleared")
-        cond("ScalingActive", "False", "Paused", "spec.paused is true")
+        if (_condition(previous, ConditionType.SCALING_ACTIVE) or {}).get("reason") != Reason.PAUSED:
+            decide(Reason.PAUSED, "spec.paused is true: nothing is changed until it is cleared")
+        cond(ConditionType.SCALING_ACTIVE, ConditionStatus.FALSE, Reason.PAUSED, "spec.paused is true")
         status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:])
         for kept in ("plan", "autoscaler", "lastScaleTime"):
             if previous.get(kept):
@@ -267,7 +270,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
 
     structural = _structural_changes(previous_plan, rec)
     pool_decisions = list(result.pools)
-    caps = {d.role: d.target for d in pool_decisions if d.reason == "CapacityLimited"}
+    caps = {d.role: d.target for d in pool_decisions if d.reason == Reason.CAPACITY_LIMITED}
     for code, pool, frm, to, message in structural:
         decide(code, message, pool, frm, to)
     if not structural:
@@ -275,7 +278,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
             if d.target != d.current:
                 decide(d.reason, d.message, d.role, d.current, d.target)
         for rollout in result.rollouts:
-            decide("Reconfigure", rollout.message, rollout.role)
+            decide(Reason.RECONFIGURE, rollout.message, rollout.role)
     changed = bool(structural) or bool(result.rollouts) or any(d.target != d.current for d in pool_decisions)
     if changed:
         status["lastScaleTime"] = timestamp(now)
@@ -286,24 +289,27 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
     plan_status.update(maxModelLen=resolved.max_model_len, checkpoint=resolved.hugging_face_name)
 
     if spec.dry_run:
-        cond("ScalingActive", "False", "DryRun", "spec.dryRun is true: the plan is reported, not applied")
+        cond(ConditionType.SCALING_ACTIVE, ConditionStatus.FALSE, Reason.DRY_RUN,
+             "spec.dryRun is true: the plan is reported, not applied")
     else:
-        cond("ScalingActive", "True", "Planned", rec.summary)
-    held_back = [d for d in pool_decisions if d.reason in ("RateLimited", "Stabilizing")]
+        cond(ConditionType.SCALING_ACTIVE, ConditionStatus.TRUE, Reason.PLANNED, rec.summary)
+    held_back = [d for d in pool_decisions if d.reason in (Reason.RATE_LIMITED, Reason.STABILIZING)]
     unschedulable = {p.role: observed[p.role] for p in rec.pools
                      if p.role in observed and observed[p.role].pending_replicas > 0}
     if unschedulable and not spec.dry_run:
         message = capacity_message(unschedulable, caps, {d.role: d.recommended for d in pool_decisions},
                                    resource_name(spec, resolved))
-        if (_condition(previous, "ScalingLimited") or {}).get("reason") != "InsufficientCapacity":
-            events.append(Event("Warning", "InsufficientCapacity", message))
-        cond("ScalingLimited", "True", "InsufficientCapacity", message)
+        if (_condition(previous, ConditionType.SCALING_LIMITED) or {}).get("reason") != Reason.INSUFFICIENT_CAPACITY:
+            events.append(Event(EventType.WARNING, Reason.INSUFFICIENT_CAPACITY, message))
+        cond(ConditionType.SCALING_LIMITED, ConditionStatus.TRUE, Reason.INSUFFICIENT_CAPACITY, message)
     elif rec.limited or any(p.clamped for p in rec.pools) or held_back:
         why = rec.limited or "; ".join([f"{p.role} {p.clamped}" for p in rec.pools if p.clamped]
                                        + [d.message for d in held_back])
-        cond("ScalingLimited", "True", "BudgetOrBounds" if rec.limited else "RateOrBounds", why)
+        cond(ConditionType.SCALING_LIMITED, ConditionStatus.TRUE,
+             Reason.BUDGET_OR_BOUNDS if rec.limited else Reason.RATE_OR_BOUNDS, why)
     else:
-        cond("ScalingLimited", "False", "WithinLimits", "the plan is within maxGpus, maxCostPerHour and replica bounds")
+        cond(ConditionType.SCALING_LIMITED, ConditionStatus.FALSE, Reason.WITHIN_LIMITS,
+             "the plan is within maxGpus, maxCostPerHour and replica bounds")
     slo_condition(cond, result, rec)
 
     apply: list[dict[str, Any]] = []
@@ -316,13 +322,15 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         (o := observed.get(p.role)) is not None and o.replicas == p.replicas and o.ready_replicas >= p.replicas
         for p in rec.pools)
     if spec.dry_run:
-        cond("Ready", "False", "DryRun", "dry run: no Deployment is managed")
+        cond(ConditionType.READY, ConditionStatus.FALSE, Reason.DRY_RUN, "dry run: no Deployment is managed")
     elif ready:
-        cond("Ready", "True", "AllReplicasReady", "every pool has its planned replicas ready")
+        cond(ConditionType.READY, ConditionStatus.TRUE, Reason.ALL_REPLICAS_READY,
+             "every pool has its planned replicas ready")
     else:
         waiting = ", ".join(f"{p.role} {observed[p.role].ready_replicas if p.role in observed else 0}/{p.replicas}"
                             for p in rec.pools)
-        cond("Ready", "False", "ReplicasNotReady", f"waiting for ready replicas: {waiting}")
+        cond(ConditionType.READY, ConditionStatus.FALSE, Reason.REPLICAS_NOT_READY,
+             f"waiting for ready replicas: {waiting}")
     status.update(conditions=conditions, decisions=decisions[-MAX_DECISIONS:], plan=plan_status)
     return Outcome(status, apply, delete, events)
 
@@ -335,12 +343,12 @@ def slo_condition(cond: Any, result: AutoscaleResult, rec: Recommendation) -> No
         over.append(f"planned capacity {rec.served_rps:.2f} req/s below a demand of {rec.demand_rps:.4g} req/s")
     if result.unattainable:
         cannot = "; ".join(f"{what}: {why}" for what, why in result.unattainable.items())
-        cond("SLOAtRisk", "True", "SLOUnattainable",
+        cond(ConditionType.SLO_AT_RISK, ConditionStatus.TRUE, Reason.SLO_UNATTAINABLE,
              "no replica count meets the SLO on these engines — " + cannot + ("; " + "; ".join(over) if over else ""))
     elif over:
-        cond("SLOAtRisk", "True", "SLOAtRisk", "; ".join(over))
+        cond(ConditionType.SLO_AT_RISK, ConditionStatus.TRUE, Reason.SLO_AT_RISK, "; ".join(over))
     else:
-        cond("SLOAtRisk", "False", "WithinSLO",
+        cond(ConditionType.SLO_AT_RISK, ConditionStatus.FALSE, Reason.WITHIN_SLO,
              f"planned capacity {rec.served_rps:.2f} req/s for a demand of {rec.demand_rps:.4g} req/s")
 
 
@@ -354,11 +362,11 @@ def restore_events(name: str, rec: Recommendation, observed: Mapping[str, PoolOb
             continue
         seen = observed.get(p.role)
         if seen is None:
-            out.append(Event("Normal", "DeploymentRestored",
+            out.append(Event(EventType.NORMAL, Reason.DEPLOYMENT_RESTORED,
                              f"{p.role} Deployment {pool_name(name, p.role)} was missing (deleted?); re-created "
                              f"with the planned {p.replicas} replicas"))
         elif seen.replicas != p.replicas:
-            out.append(Event("Normal", "ReplicasRestored",
+            out.append(Event(EventType.NORMAL, Reason.REPLICAS_RESTORED,
                              f"{p.role} had {seen.replicas} replicas, set back to the planned {p.replicas}"))
     return out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 LEAVING_COST = -1000
 
 

@@ -34,14 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from goodput.api.v1alpha1 import GROUP, KIND, VERSION, InferenceDeploymentSpec
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, ROLE_LABEL, TP_ANNOTATION, VLLM_ROLES, Role, prometheus_label_name
 from goodput.model.precision import weight_precision
 from goodput.model.serving import DEFAULT_IMAGES, DEFAULT_RESOURCES, vendor_of
 from goodput.planner.recommend import PoolTarget, Recommendation, ResolvedSpec, max_model_len
 
 FIELD_MANAGER = "goodput-operator"
-ROLE_LABEL = "goodput.dev/role"
-OWNER_LABEL = "goodput.dev/inference-deployment"
-ROUTER_ROLE = "router"
+ROUTER_ROLE = Role.ROUTER
 SHM_SIZE = "16Gi"
 ROUTER_IMAGE = "vllm/vllm-router:v0.1.17"
 ROUTER_METRICS_PORT = 29000
@@ -90,14 +89,14 @@ def labels(name: str, role: str) -> dict[str, str]:
         "app.kubernetes.io/component": role,
         "app.kubernetes.io/part-of": "goodput",
         "app.kubernetes.io/managed-by": FIELD_MANAGER,
-        OWNER_LABEL: name,
+        DEPLOYMENT_LABEL: name,
         ROLE_LABEL: role,
     }
 
 
 def selector(name: str, role: str) -> dict[str, str]:
     # Deployment selectors are immutable: only labels that never change for a pool.
-    return {OWNER_LABEL: name, ROLE_LABEL: role}
+    return {DEPLOYMENT_LABEL: name, ROLE_LABEL: role}
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -270,7 +269,7 @@ def deployment(name: str, namespace: str, uid: str, spec: InferenceDeploymentSpe
     if t.service_account_name:
         pod_spec["serviceAccountName"] = t.service_account_name
     meta = _metadata(name, namespace, uid, pool.role, pool_name(name, pool.role))
-    meta["annotations"] = {"goodput.dev/tensor-parallel": str(pool.tp)}
+    meta["annotations"] = {TP_ANNOTATION: str(pool.tp)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -306,8 +305,8 @@ def router_args(name: str, namespace: str, spec: InferenceDeploymentSpec, port: 
         "--vllm-pd-disaggregation",
         "--service-discovery", "--service-discovery-namespace", namespace,
         "--service-discovery-port", str(spec.template.port),
-        "--prefill-selector", f"{OWNER_LABEL}={name}", f"{ROLE_LABEL}=prefill",
-        "--decode-selector", f"{OWNER_LABEL}={name}", f"{ROLE_LABEL}=decode",
+        "--prefill-selector", f"{DEPLOYMENT_LABEL}={name}", f"{ROLE_LABEL}=prefill",
+        "--decode-selector", f"{DEPLOYMENT_LABEL}={name}", f"{ROLE_LABEL}=decode",
         "--prefill-policy", r.prefill_policy, "--decode-policy", r.decode_policy,
         "--prometheus-host", "0.0.0.0", "--prometheus-port", str(ROUTER_METRICS_PORT),
         *r.extra_args,
@@ -361,9 +360,10 @@ def pod_monitors(name: str, namespace: str, uid: str, with_router: bool) -> list
     (port ``metrics``). The pod labels the collector groups by (goodput.dev/inference-deployment,
     goodput.dev/role) become target labels under the names Kubernetes SD gives them; the Prometheus
     Operator adds namespace and pod itself."""
-    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{_sd_name(k)}"], "targetLabel": _sd_name(k)}
-               for k in (OWNER_LABEL, ROLE_LABEL)]
-    vllm_roles = {"key": ROLE_LABEL, "operator": "In", "values": ["aggregated", "prefill", "decode"]}
+    relabel = [{"sourceLabels": [f"__meta_kubernetes_pod_label_{prometheus_label_name(k)}"],
+                "targetLabel": prometheus_label_name(k)}
+               for k in (DEPLOYMENT_LABEL, ROLE_LABEL)]
+    vllm_roles = {"key": ROLE_LABEL, "operator": "In", "values": list(VLLM_ROLES)}
     wanted = [("vllm", name, "http", [vllm_roles])]
     if with_router:
         wanted.append((ROUTER_ROLE, pool_name(name, ROUTER_ROLE), "metrics",
@@ -373,15 +373,10 @@ def pod_monitors(name: str, namespace: str, uid: str, with_router: bool) -> list
         "kind": "PodMonitor",
         "metadata": _metadata(name, namespace, uid, role, object_name),
         "spec": {
-            "selector": {"matchLabels": {OWNER_LABEL: name}, "matchExpressions": expressions},
+            "selector": {"matchLabels": {DEPLOYMENT_LABEL: name}, "matchExpressions": expressions},
             "podMetricsEndpoints": [{"port": port, "path": METRICS_PATH, "interval": "15s", "relabelings": relabel}],
         },
     } for role, object_name, port, expressions in wanted]
-
-
-def _sd_name(label: str) -> str:
-    """A pod label's name as Kubernetes SD writes it: goodput.dev/role -> goodput_dev_role."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
 def desired_objects(name: str, namespace: str, uid: str, spec: InferenceDeploymentSpec, resolved: ResolvedSpec,

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from goodput.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from goodput.cli import add_output_args, emit, number_arg, structured
+from goodput.cli.args import add_output_args, emit, number_arg, structured
 from goodput.planner.observation import PoolObservation
 from goodput.render.explain import explain_data, explain_text
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from goodput.cli import (
+from goodput.cli.args import (
     add_output_args,
     add_slo_and_mode_args,
     check_plot_target,
@@ -38,7 +38,7 @@ from goodput.cli import (
     read_text_file,
     structured,
 )
-from goodput.engine.world import SPEED_ALIASES, World, build_world
+from goodput.engine.world import SPEED_ALIASES
 from goodput.model.errors import CapacityModelError
 from goodput.model.hardware import get_accelerator
 from goodput.sim.simulate import (
@@ -54,7 +54,8 @@ from goodput.sim.simulate import (
     prepare,
     run_named,
 )
-from goodput.sim.trace import BUNDLED_TRACES, FORMATS, Trace, parse_trace, replicate_rate, scale_rate, trace_path
+from goodput.sim.trace import BUNDLED_TRACES, FORMATS, replicate_rate, scale_rate
+from goodput.sim.traces import load_trace, load_world
 
 PROGRESS_AFTER_S = 2.0
 # A compressed trace at this scale already serves a day's Azure trace in under a second.
@@ -133,13 +134,6 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------
 # reading
 # ------------------------------------------------------------------------------------------
-def load_trace(name_or_path: str, fmt: str = "auto") -> Trace:
-    path = trace_path(name_or_path)
-    text = read_text_file(path, "trace")
-    name = name_or_path if name_or_path in BUNDLED_TRACES else str(path)
-    return parse_trace(text.splitlines(), fmt, name)
-
-
 def inline_architecture(path: Path) -> dict[str, Any]:
     """A config.json as the CRD's spec.model.architecture (with the huggingFaceName vLLM would load)."""
     from goodput.model.architecture import arch_from_hf_config_file
@@ -159,17 +153,6 @@ def inline_architecture(path: Path) -> dict[str, Any]:
         out["maxPositionEmbeddings"] = context
     return out
 
-
-def load_world(efficiency: str | None, scale: str | None) -> World:
-    """The world of ``--world-efficiency`` and ``--world-scale`` (reads the file, if one is named)."""
-    document = None
-    if efficiency and not efficiency.startswith("preset:"):
-        text = read_text_file(Path(efficiency), "--world-efficiency")
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CapacityModelError(f"--world-efficiency {efficiency} is not JSON: {exc}") from None
-    return build_world(efficiency, scale, document)
 
 
 # ------------------------------------------------------------------------------------------
@@ -412,4 +395,4 @@ def plot_simulation(sim: Simulation, path: Path, report: dict[str, Any] | None =
     plt.close(fig)
 
 
-__all__ = ["add_simulate_parser", "cmd_simulate", "details", "load_trace", "plot_simulation", "report_text"]
+__all__ = ["add_simulate_parser", "cmd_simulate", "details", "plot_simulation", "report_text"]

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from goodput.api.vocabulary import prometheus_label_name
 from goodput.devcluster.processes import kill_with_parent
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
@@ -59,16 +59,11 @@ class LocalPrometheusError(RuntimeError):
     """Prometheus did not start or stop; the message carries its log tail."""
 
 
-def sanitize_label_name(name: str) -> str:
-    """What Kubernetes SD does to a pod label's name: ``goodput.dev/role`` → ``goodput_dev_role``."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
-
-
 def kubernetes_pod_target(namespace: str, pod: str, pod_labels: Mapping[str, str]) -> dict[str, str]:
     """The ``__meta_kubernetes_*`` labels Kubernetes SD attaches to a pod's target."""
     out = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_name": pod}
     for key, value in pod_labels.items():
-        out[f"__meta_kubernetes_pod_label_{sanitize_label_name(key)}"] = value
+        out[f"__meta_kubernetes_pod_label_{prometheus_label_name(key)}"] = value
     return out
 
 

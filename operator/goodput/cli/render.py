@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import KIND, InferenceDeployment
+from goodput.api.vocabulary import ConditionType
 from goodput.model.serving import DEFAULT_IMAGES, checkpoints, known_precisions
 from goodput.render.reconcile import reconcile
 from goodput.render.vllm import ROUTER_IMAGE, RenderConfig
@@ -95,7 +96,7 @@ def _without_owner(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _degraded(status: dict[str, Any]) -> str | None:
-    cond = next((c for c in status.get("conditions", []) if c.get("type") == "Degraded"), None)
+    cond = next((c for c in status.get("conditions", []) if c.get("type") == ConditionType.DEGRADED), None)
     return str(cond.get("message")) if cond and cond.get("status") == "True" else None
 
 

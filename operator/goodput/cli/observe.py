@@ -20,7 +20,8 @@ import math
 import sys
 from typing import Any
 
-from goodput.cli import add_output_args, emit, number_arg, structured
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_ROLE_LABEL
+from goodput.cli.args import add_output_args, emit, number_arg, structured
 from goodput.metrics.prometheus import DEFAULT_TIMEOUT_S, PrometheusCollector
 from goodput.metrics.promql import Matcher, parse_selector
 from goodput.planner.observation import ROLES, Observation, PoolMetrics
@@ -58,10 +59,10 @@ def add_observe_parser(sub: Any) -> argparse.ArgumentParser:
                     "the planner would get, with every gap named.")
     p.add_argument("--prometheus", required=True, metavar="URL", help="e.g. http://prometheus.monitoring:9090")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--name", help="the InferenceDeployment's name (its pods' goodput.dev/inference-deployment)")
+    which.add_argument("--name", help=f"the InferenceDeployment's name (its pods' {DEPLOYMENT_LABEL})")
     which.add_argument("--selector", type=_selector, metavar="LABELS",
                        help="Prometheus label matchers instead of --name/-n, e.g. 'namespace=prod,app=vllm' "
-                            "(=, !=, =~, !~; quote values with commas); series without goodput_dev_role count "
+                            "(=, !=, =~, !~; quote values with commas); series without " + PROM_ROLE_LABEL + " count "
                             "as the aggregated pool")
     p.add_argument("--namespace", "-n", default=None,
                    help="with --name (default: the kubeconfig context's namespace, else default, as kubectl)")
@@ -191,7 +192,7 @@ def _get(pool: PoolMetrics | None, name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `observe` alone (until it is wired into `goodput`): ``python -m goodput.metrics.cli_observe``."""
+    """Run `observe` alone (until it is wired into `goodput`): ``python -m goodput.cli.observe``."""
     parser = argparse.ArgumentParser(prog="goodput")
     add_observe_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["observe", *(sys.argv[1:] if argv is None else argv)])

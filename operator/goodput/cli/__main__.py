@@ -1,0 +1,5 @@
+"""``python -m goodput.cli``: the `goodput` command."""
+
+from goodput.cli.main import main
+
+raise SystemExit(main())
