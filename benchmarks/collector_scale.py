@@ -37,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
+from goodput.devcluster.prometheus import LocalPrometheus
 from goodput.metrics.prometheus import PrometheusCollector
 from goodput.metrics.shared import SharedCollector
-from goodput.devcluster.prometheus import LocalPrometheus
 
 NAMESPACE = "bench"
 WINDOW_S, LONG_WINDOW_S = 30.0, 60.0

@@ -154,3 +154,19 @@ def test_hpa_and_keda_read_scrapes_not_live_engines() -> None:
     assert policy.desired("aggregated", 1, fleet) == max(
         external_average_replicas(fleet.pool_gauge_sum("aggregated", _waiting, policy.age_s), 1, 5.0),
         external_average_replicas(running, 1, setup.hpa_target("aggregated")))
+
+
+def test_the_goodput_policy_starts_with_the_specs_standby_replicas() -> None:
+    """The simulation's replica bounds replace the spec's; its standbyReplicas must stay (it did
+    not: the first standby benchmark ran the plain planner three times)."""
+    from goodput.sim.policies import GoodputPolicy
+    from goodput.sim.simulate import build_spec, prepare
+    from goodput.sim.trace import parse_trace
+
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"] + [f"{k / 4:.2f},1500,150" for k in range(400)]
+    plain, held = (prepare(build_spec("llama-3.1-8b", "a100-sxm-80gb", "bf16", 1000, 40, mode="aggregated",
+                                      standby_replicas=n), parse_trace(lines)) for n in (0, 2))
+    assert held.spec.scaling.aggregated.standby_replicas == 2
+    assert held.spec.scaling.aggregated.max_replicas == plain.spec.scaling.aggregated.max_replicas
+    first = {role: n for role, n in GoodputPolicy(plain).initial().items()}
+    assert GoodputPolicy(held).initial() == {role: n + 2 for role, n in first.items()}

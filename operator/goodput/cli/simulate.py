@@ -93,6 +93,9 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--uncalibrated-margin", type=number_arg(float, 0.0, True, 2.0), default=None, metavar="F",
                    help="goodput: until calibrated, size for engines this fraction slower than the model "
                         "(default 0.3, the CRD's spec.scaling.uncalibratedMargin; 0: trust the model)")
+    p.add_argument("--standby-replicas", type=number_arg(int, 0, True, 1000), default=0, metavar="N",
+                   help="goodput: warm replicas held above the demand in every pool (spec.scaling.<pool>."
+                        "standbyReplicas; default 0)")
     p.add_argument("--client-timeout-s", type=number_arg(float, 0.0, True), default=600.0, metavar="S",
                    help="clients give up on a request not finished S seconds after its arrival: it leaves the "
                         "router queue or is aborted in its engine, and is a miss (default 600, the OpenAI "
@@ -248,7 +251,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       kv_dtype=args.kv_dtype, mode=args.mode, cold_start_s=args.cold_start_s,
                       percentile=args.slo_percentile, price_per_gpu_hour=_price(args),
                       architecture=inline_architecture(args.model_config) if args.model_config else None,
-                      uncalibrated_margin=args.uncalibrated_margin)
+                      uncalibrated_margin=args.uncalibrated_margin, standby_replicas=args.standby_replicas)
     config = SimConfig(interval_s=args.interval_s, seed=args.seed, hpa_metric=args.hpa_metric,
                        hpa_target=args.hpa_target, hpa_target_scale=args.hpa_target_scale,
                        dynamo_interval_s=args.dynamo_interval_s,

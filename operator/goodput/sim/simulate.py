@@ -179,7 +179,7 @@ def build_spec(model: str | None, gpu: str, precision: str, ttft_ms: float, itl_
                kv_dtype: str = "auto", mode: str = "auto", cold_start_s: float = 180.0, percentile: float = 99.0,
                price_per_gpu_hour: float | None = None,
                architecture: dict[str, Any] | None = None,
-               uncalibrated_margin: float | None = None) -> InferenceDeploymentSpec:
+               uncalibrated_margin: float | None = None, standby_replicas: int = 0) -> InferenceDeploymentSpec:
     """An InferenceDeploymentSpec from command-line style arguments (validated by the API models);
     ``architecture``: spec.model.architecture (with its huggingFaceName) for a model not in the catalog."""
     if architecture is not None:
@@ -199,6 +199,9 @@ def build_spec(model: str | None, gpu: str, precision: str, ttft_ms: float, itl_
         data["accelerator"]["pricePerGpuHour"] = price_per_gpu_hour
     if uncalibrated_margin is not None:  # default: the CRD's
         data["scaling"]["uncalibratedMargin"] = uncalibrated_margin
+    if standby_replicas:  # every pool's spec.scaling.<pool>.standbyReplicas
+        for pool in ("aggregated", "prefill", "decode"):
+            data["scaling"][pool] = {"standbyReplicas": standby_replicas}
     try:
         return InferenceDeploymentSpec.model_validate(data)
     except ValueError as exc:  # pydantic's ValidationError
@@ -257,7 +260,9 @@ def prepare(spec: InferenceDeploymentSpec, trace: Trace, config: SimConfig | Non
     data = spec.model_dump(by_alias=True, exclude_none=True)
     data["workload"] = {**data.get("workload", {}), **hints}
     data["model"]["maxModelLen"] = spec.model.max_model_len or max(1024, math.ceil(longest / 1024) * 1024)
-    data["scaling"].update({"aggregated": pool_bounds, "prefill": pool_bounds, "decode": pool_bounds})
+    # The replica bounds are the simulation's; a pool's other settings (standbyReplicas) are the spec's.
+    data["scaling"].update({pool: {**data["scaling"].get(pool, {}), **pool_bounds}
+                            for pool in ("aggregated", "prefill", "decode")})
     if cold_start_s is not None:
         data["scaling"]["coldStartSeconds"] = round(cold_start_s)
     try:
