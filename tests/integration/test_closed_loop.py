@@ -42,7 +42,6 @@ import datetime as dt
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -67,6 +66,7 @@ from goodput.demo.stack import (
     install_crd,
     log_tail,
     loop_env,
+    no_proxy_for_loopback,
     operator_argv,
     set_min_ready,
     wait_deployment,
@@ -184,9 +184,7 @@ def loop(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         pytest.fail(f"the closed-loop test needs Prometheus at {DEFAULT_BINARY} (apt-get install prometheus); "
                     "it never skips", pytrace=False)
     work = tmp_path_factory.mktemp("closed-loop")
-    saved = {k: os.environ.get(k) for k in ("NO_PROXY", "no_proxy")}
-    for key in saved:  # the collector (requests) must not send 127.0.0.1 through a proxy
-        os.environ[key] = ",".join([h for h in (saved[key] or "").split(",") if h] + ["127.0.0.1", "localhost"])
+    restore_proxy = no_proxy_for_loopback()
     ns = f"loop-{uuid.uuid4().hex[:6]}"
     create_namespace(cluster, ns)
     install_crd(cluster)
@@ -223,11 +221,7 @@ def loop(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for _, path in procs.started:
             sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)}; tail)\n{log_tail(path)}")
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_proxy()
 
 
 # ------------------------------------------------------------------------------------------

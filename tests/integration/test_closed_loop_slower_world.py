@@ -24,7 +24,6 @@ What is checked, each with what was seen:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from goodput.demo.stack import (
     install_crd,
     log_tail,
     loop_env,
+    no_proxy_for_loopback,
     operator_argv,
     set_min_ready,
     wait_deployment,
@@ -132,9 +132,7 @@ def world(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         pytest.fail(f"this test needs Prometheus at {DEFAULT_BINARY} (apt-get install prometheus); it never skips",
                     pytrace=False)
     work = tmp_path_factory.mktemp("slow-world")
-    saved = {k: os.environ.get(k) for k in ("NO_PROXY", "no_proxy")}
-    for key in saved:  # the test's own Prometheus queries must not go through a proxy
-        os.environ[key] = ",".join([h for h in (saved[key] or "").split(",") if h] + ["127.0.0.1", "localhost"])
+    restore_proxy = no_proxy_for_loopback()
     ns = f"slow-{uuid.uuid4().hex[:6]}"
     create_namespace(cluster, ns)
     install_crd(cluster)
@@ -159,11 +157,7 @@ def world(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         for _, path in procs.started:
             sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)}; tail)\n{log_tail(path)}")
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_proxy()
 
 
 def _say(w: World, msg: str) -> None:

@@ -786,22 +786,11 @@ class FakeKube:
             self.obj["metadata"]["resourceVersion"] = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
             raise ApiException(status=409, reason="Conflict")
         assert resource_version == self.obj["metadata"]["resourceVersion"]
+        from goodput.render.patch import apply_merge_patch
+
         self.obj = apply_merge_patch(self.obj, json.loads(json.dumps(patch)))  # as the apiserver does
         self.obj["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
         self.status_writes.append(resource_version)
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, written from the RFC's pseudocode (the apiserver's side of a merge patch)."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = apply_merge_patch(out.get(key), value)
-    return out
 
 
 def test_handler_retries_a_status_conflict_from_a_fresh_read() -> None:

@@ -239,17 +239,6 @@ def test_a_decode_whose_kv_cannot_be_read_is_refused(emulator: Emulator) -> None
 # ------------------------------------------------------------------------------------------
 # what the operator renders, in a real control plane: the router finds the pods through Kubernetes
 # ------------------------------------------------------------------------------------------
-def _router_argv(router_deployment: dict[str, Any], port: int, metrics_port: int) -> list[str]:
-    """The rendered router container's command line, listening on loopback ports of this machine."""
-    container = router_deployment["spec"]["template"]["spec"]["containers"][0]
-    args = list(container["args"])
-    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port)), ("--prometheus-host", "127.0.0.1"),
-                        ("--prometheus-port", str(metrics_port))):
-        args[args.index(flag) + 1] = value
-    assert container["command"] == ["vllm-router"]
-    return [str(ROUTER), *args]
-
-
 def _until_served(url: str, deadline_s: float) -> int:
     """Send a small request until the router answers 200 (it has found a prefill and a decode pod); the
     number of requests that were served (1)."""
@@ -277,6 +266,7 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
         emulator_argv,
         install_crd,
         log_tail,
+        router_argv,
     )
     from goodput.devcluster.prometheus import free_port
 
@@ -317,7 +307,7 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
             time.sleep(0.5)
         # the router starts once the replicas serve (in a cluster, vLLM's readiness probe holds the pods
         # back until then; kwok's pods are Ready at once), and is used once it has found both pools
-        procs.spawn(_router_argv(router_dep, port, free_port()), "router.log")
+        procs.spawn(router_argv(router_dep, ROUTER, port, free_port()), "router.log")
         probes = _until_served(url, deadline_s=QUIET_S - 1)
         while emu.state()["time"] < QUIET_S + STEADY_S:
             time.sleep(1)

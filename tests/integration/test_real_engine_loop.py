@@ -57,6 +57,7 @@ from goodput.demo.stack import (
     install_crd,
     log_tail,
     loop_env,
+    no_proxy_for_loopback,
     operator_argv,
     set_min_ready,
     wait_deployment,
@@ -114,9 +115,7 @@ def real_loop(cluster: LocalCluster, vllm_cpu: VllmCpuEnv, tmp_path_factory: pyt
     core = measure_core(vllm_cpu, model_dir, now=True)
     base_rps = scenario.base_rps_for(core, model_dir)
     print(f"[real-loop] this core: {core.describe()}; base load {base_rps:.2f} req/s", file=sys.stderr, flush=True)
-    saved = {k: os.environ.get(k) for k in ("NO_PROXY", "no_proxy")}
-    for key in saved:  # the collector (requests) must not send 127.0.0.1 through a proxy
-        os.environ[key] = ",".join([h for h in (saved[key] or "").split(",") if h] + ["127.0.0.1", "localhost"])
+    restore_proxy = no_proxy_for_loopback()
     ns = f"real-{uuid.uuid4().hex[:6]}"
     create_namespace(cluster, ns)
     install_crd(cluster)
@@ -140,11 +139,7 @@ def real_loop(cluster: LocalCluster, vllm_cpu: VllmCpuEnv, tmp_path_factory: pyt
         for _, path in procs.started:
             sys.stderr.write(f"--- {path.name} (exit {codes.get(path.name)}; tail)\n{log_tail(path, 25)}")
         cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_proxy()
 
 
 # ------------------------------------------------------------------------------------------

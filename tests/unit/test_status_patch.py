@@ -1,6 +1,6 @@
 """The status write as a merge-patch diff (goodput.render.patch), checked against RFC 7386's own
-application rule: applying the diff to the old status gives the new one, and equal statuses give
-no write."""
+application rule (`apply_merge_patch`, written from the RFC's pseudocode): applying the diff to the
+old status gives the new one, and equal statuses give no write."""
 
 from __future__ import annotations
 
@@ -10,21 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goodput.render.patch import merge_patch, status_patch
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 section 2, the receiver's rule."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = apply_merge_patch(out.get(key), value)
-    return out
-
+from goodput.render.patch import apply_merge_patch, merge_patch, status_patch
 
 scalars = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(-2, 2, allow_nan=False), st.text(max_size=3))
 json_values = st.recursive(scalars, lambda inner: st.one_of(

@@ -19,12 +19,13 @@ run time through its control endpoint (`EmulatorHandle`). Every child gets ``PR_
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,37 @@ def loop_env(cluster_env: Mapping[str, str], *, window_s: float, long_window_s: 
     loopback) with the operator's two windows."""
     return dict(cluster_env, GOODPUT_WINDOW_SECONDS=str(int(window_s)),
                 GOODPUT_LONG_WINDOW_SECONDS=str(int(long_window_s)), PYTHONUNBUFFERED="1")
+
+
+def no_proxy_for_loopback() -> Callable[[], None]:
+    """Add 127.0.0.1 and localhost to NO_PROXY/no_proxy of this process (the collector's requests
+    and a test's own Prometheus queries must not go through a proxy); the function that puts them
+    back as they were."""
+    saved = {k: os.environ.get(k) for k in ("NO_PROXY", "no_proxy")}
+    for key in saved:
+        os.environ[key] = ",".join([h for h in (saved[key] or "").split(",") if h] + ["127.0.0.1", "localhost"])
+
+    def restore() -> None:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    return restore
+
+
+def router_argv(router_deployment: Mapping[str, Any], binary: Path, port: int, metrics_port: int) -> list[str]:
+    """The rendered vllm-router container's command line as a process of this machine: ``binary``
+    listening on loopback ``port`` (its metrics on ``metrics_port``)."""
+    container = router_deployment["spec"]["template"]["spec"]["containers"][0]
+    if container["command"] != ["vllm-router"]:
+        raise StackError(f"the router container runs {container['command']}, not vllm-router")
+    args = list(container["args"])
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port)), ("--prometheus-host", "127.0.0.1"),
+                        ("--prometheus-port", str(metrics_port))):
+        args[args.index(flag) + 1] = value
+    return [str(binary), *args]
 
 
 def operator_argv(namespace: str, prometheus_url: str, *, timer_s: float) -> list[str]:
@@ -234,7 +266,9 @@ __all__ = [
     "install_crd",
     "log_tail",
     "loop_env",
+    "no_proxy_for_loopback",
     "operator_argv",
+    "router_argv",
     "set_min_ready",
     "stop_process",
     "wait_deployment",

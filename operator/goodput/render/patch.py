@@ -42,6 +42,20 @@ def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dic
     return {"status": diff} if diff else None
 
 
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """The receiver's side of RFC 7386 (section 2), as the apiserver applies a merge patch: for
+    checking `merge_patch` against the RFC, and for in-memory stand-ins of the apiserver in tests."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
+
+
 def _without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_nulls(v) for k, v in value.items() if v is not None}
