@@ -144,13 +144,15 @@ class OperatorProcess:
 
 def start_operator(kubeconfig: Path, namespace: str, timer_seconds: float, log_path: Path, *,
                    metrics_port: int | None = None, peering: str | None = None, priority: int | None = None,
-                   memo: bool = True) -> OperatorProcess:
+                   memo: bool = True, peering_lifetime_s: int | None = None) -> OperatorProcess:
     """Run `goodput operator` for one namespace (optionally peered) as its own process."""
     args = ["operator", "--namespace", namespace, "--timer-seconds", str(timer_seconds)]
     if metrics_port is not None:
         args += ["--metrics-port", str(metrics_port)]
     if peering is not None:
         args += ["--peering", peering, "--priority", str(priority or 0)]
+        if peering_lifetime_s is not None:
+            args += ["--peering-lifetime", str(peering_lifetime_s)]
     if memo:
         cmd = [sys.executable, "-m", "goodput.cli", *args]
     else:  # the same operator with the recommendation cache switched off, for comparison

@@ -56,8 +56,8 @@ SCALE_TIMER_S = 10.0
 # shared 2-core CI machine that is ~3-6 timer periods. The bound leaves room for a slow machine.
 SCALE_MAX_PERIODS = 18
 HA_TIMER_S = 5.0
-PEERING_LIFETIME_S = 60  # kopf's default settings.peering.lifetime
-TAKEOVER_MARGIN_S = 45  # the survivor's re-check, resuming, and reconciling the changed objects
+PEERING_LIFETIME_S = 10  # `goodput operator --peering-lifetime` (its default; kopf's own is 60)
+TAKEOVER_MARGIN_S = 20  # the survivor's next keep-alive (1-5 s), resuming, reconciling the changed objects
 TIMER_DONE = "Timer 'on_timer' succeeded"  # kopf logs this for every timer run
 
 
@@ -168,12 +168,14 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(cluster: Any, fr
     assert made.returncode == 0, made.stderr
     ports = free_ports(2)
     active = start_operator(cluster.kubeconfig, ns, HA_TIMER_S, tmp_path / "operator-a-prio200.log",
-                            metrics_port=ports[0], peering=peering, priority=200)
+                            metrics_port=ports[0], peering=peering, priority=200,
+                            peering_lifetime_s=PEERING_LIFETIME_S)
     standby: OperatorProcess | None = None
     try:
         _wait("the first operator's keep-alive in the KopfPeering", lambda: len(_peers(cluster, ns, peering)) >= 1, 60)
         standby = start_operator(cluster.kubeconfig, ns, HA_TIMER_S, tmp_path / "operator-b-prio100.log",
-                                 metrics_port=ports[1], peering=peering, priority=100)
+                                 metrics_port=ports[1], peering=peering, priority=100,
+                                 peering_lifetime_s=PEERING_LIFETIME_S)
         # kopf starts paused until it has seen the peers; one that sees a higher priority stays so.
         _wait("the second operator's keep-alive", lambda: len(_peers(cluster, ns, peering)) == 2, 60)
         assert {p.get("priority") for p in _peers(cluster, ns, peering).values()} == {100, 200}

@@ -14,6 +14,8 @@ from goodput.cli.args import (
 )
 from goodput.model.errors import CapacityModelError
 
+PEERING_LIFETIME_S = 10  # HA: a standby takes over about 10-15 s after the active replica dies
+
 
 def _priority_arg(text: str) -> int | str:
     """`--priority`: an integer, or `random` (each replica draws its own; see cmd_operator)."""
@@ -70,6 +72,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
         # pause until its keep-alives stop. A dev-mode operator above 1000 pauses them all.
         priority = random.randint(1, 1000) if args.priority == "random" else args.priority
         peering = {"standalone": False, "peering_name": args.peering, "priority": priority}
+        # A peer is dead once its keep-alive is this old: the takeover after a crash takes about this
+        # long plus the survivor's next keep-alive (kopf refreshes 5-10 s before the lifetime ends).
+        settings.peering.lifetime = args.peering_lifetime
     kopf.run(standalone=peering["standalone"], peering_name=peering.get("peering_name"),
              priority=peering.get("priority"), settings=settings, clusterwide=not args.namespace,
              namespaces=args.namespace or (), liveness_endpoint=args.liveness)
@@ -113,6 +118,10 @@ def add_operator_parser(sub: Any) -> None:
                       "which must exist (the Helm chart makes it when replicaCount > 1 or peering.enabled)")
     p.add_argument("--priority", type=_priority_arg, default=0, metavar="N|random",
                    help="peering priority (default 0); `random`: each replica draws 1-1000, so one is active")
+    p.add_argument("--peering-lifetime", type=number_arg(int, 6, True, 3600), default=PEERING_LIFETIME_S,
+                   metavar="S", help=f"seconds after its last keep-alive that a peer counts as gone and a standby "
+                   f"takes over (default {PEERING_LIFETIME_S}; kopf's own is 60); each replica patches the "
+                   "peering object about every S-7 seconds")
     p.add_argument("--no-cluster-scan", action="store_true",
                    help="with --namespace: do not list namespaces or watch CRDs (no cluster-scoped RBAC needed)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO",
