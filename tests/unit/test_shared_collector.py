@@ -289,18 +289,20 @@ def test_the_handler_uses_the_shared_collector_unless_told_otherwise(monkeypatch
     world = World()
     world.add("prod", "a", full())
     prom = FakeProm(world, also=(("prod", "b"),))
-    monkeypatch.setenv("GOODPUT_PROMETHEUS_URL", "http://prom:9090")
+    import dataclasses
+
+    settings = dataclasses.replace(handlers.SETTINGS, prometheus_url="http://prom:9090", shared_collector=True)
+    monkeypatch.setattr(handlers, "SETTINGS", settings)
     monkeypatch.setattr(handlers, "_shared", {"http://prom:9090": SharedCollector("http://prom:9090", client=prom)})
     per = PrometheusCollector("http://prom:9090", client=prom)
     monkeypatch.setattr(handlers, "_collector", lambda spec, url: per)
-    monkeypatch.setattr(handlers, "SHARED_COLLECTOR", True)
     obs = handlers.observe({}, "prod", "a", NOW)
     assert obs is not None and obs.pools["decode"].request_rate_rps == 5.0
     handlers.observe({"slo": {"percentile": 99}}, "prod", "b", NOW)
     assert handlers._shared["http://prom:9090"].fetches == 1 and per.queries_sent == 0
     handlers.observe({"prometheus": {"labelMatchers": {"cluster": "eu"}}}, "prod", "a", NOW)  # own selector
     assert per.queries_sent == 42
-    monkeypatch.setattr(handlers, "SHARED_COLLECTOR", False)
+    monkeypatch.setattr(handlers, "SETTINGS", dataclasses.replace(settings, shared_collector=False))
     assert handlers.observe({}, "prod", "a", NOW) == obs and per.queries_sent == 84
-    monkeypatch.delenv("GOODPUT_PROMETHEUS_URL")
+    monkeypatch.setattr(handlers, "SETTINGS", dataclasses.replace(settings, prometheus_url=None))
     assert handlers.observe({}, "prod", "a", NOW) is None

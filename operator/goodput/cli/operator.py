@@ -48,7 +48,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     import kopf
 
+    from goodput.handlers.settings import OperatorSettings, SettingsError
     from goodput.kube.actions import KubeConfigError, load_config
+
+    try:
+        OperatorSettings.from_env(os.environ)  # what the handlers read on import: a bad value fails here, in one line
+    except SettingsError as exc:
+        raise CapacityModelError(str(exc)) from None
 
     try:
         # Fail fast, in one line: kopf would retry a missing kubeconfig every 60 s, with tracebacks.

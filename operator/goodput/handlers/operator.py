@@ -1,14 +1,8 @@
 """kopf handlers: thin. Read the cluster and Prometheus, call the pure `reconcile`, carry out its Outcome.
 
-Run with `goodput operator` (or `kopf run -m goodput.handlers.operator`). Settings (environment):
-GOODPUT_TIMER_SECONDS (reconcile period, default 30), GOODPUT_PROMETHEUS_URL (default metrics
-source; spec.prometheus.url overrides it per resource; unset and no override: plan from the spec's
-workload hints), GOODPUT_WINDOW_SECONDS / GOODPUT_LONG_WINDOW_SECONDS (60 / 600),
-GOODPUT_PROMETHEUS_TIMEOUT_SECONDS (5), GOODPUT_METRICS_PORT (the operator's own /metrics; 0 = off),
-GOODPUT_SHARED_COLLECTOR (1: one fleet-wide Prometheus answer per tick and URL serves every resource
-without spec.prometheus.labelMatchers; 0: every resource asks its own queries),
-GOODPUT_SHARED_COLLECTOR_MAX_AGE_SECONDS (how old that answer may be and still be reused; default half
-the timer period).
+Run with `goodput operator` (or `kopf run -m goodput.handlers.operator`). Its settings are one
+typed object, `SETTINGS`, read once from the environment when this module is imported (every
+variable, its meaning and default: `goodput.handlers.settings`).
 
 Faults: each reconcile reads the object fresh (kopf's body may predate our own last status
 write, and deciding from it would repeat a decision), and commits its status only if nobody
@@ -34,28 +28,22 @@ from urllib3.exceptions import HTTPError
 from goodput.api.v1alpha1 import GROUP, PLURAL, VERSION
 from goodput.api.vocabulary import ROLE_LABEL
 from goodput.handlers import exporter
-from goodput.kube.actions import CONTEXT_ENV, Kube, client_connection, load_config
+from goodput.handlers.settings import OperatorSettings
+from goodput.kube.actions import Kube, client_connection, load_config
 from goodput.planner.observation import Observation, PoolObservation
 from goodput.render.patch import status_patch
 from goodput.render.reconcile import Event, Outcome, reconcile
-from goodput.render.vllm import RenderConfig
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-TIMER_SECONDS = float(os.environ.get("GOODPUT_TIMER_SECONDS", "30"))
-WINDOW_SECONDS = float(os.environ.get("GOODPUT_WINDOW_SECONDS", "60"))
-LONG_WINDOW_SECONDS = float(os.environ.get("GOODPUT_LONG_WINDOW_SECONDS", "600"))
-PROMETHEUS_TIMEOUT_SECONDS = float(os.environ.get("GOODPUT_PROMETHEUS_TIMEOUT_SECONDS", "5"))
-RETRY_DELAY_SECONDS = min(10.0, TIMER_SECONDS)  # after a failed API call
+SETTINGS = OperatorSettings.from_env(os.environ)  # once, at start-up (see goodput.handlers.settings)
 CONFLICT_ATTEMPTS = 5  # reads-decide-write rounds when others keep writing the object meanwhile
 EVENT_ATTEMPTS = 3  # an Event is named by its content: posting it again cannot duplicate it
-SHARED_COLLECTOR = os.environ.get("GOODPUT_SHARED_COLLECTOR", "1").strip().lower() not in ("0", "false", "no", "off")
-SHARED_MAX_AGE_SECONDS = float(os.environ.get("GOODPUT_SHARED_COLLECTOR_MAX_AGE_SECONDS", str(TIMER_SECONDS / 2)))
 _collectors: dict[tuple[str, tuple[tuple[str, str], ...], int], Any] = {}
 _shared: dict[str, Any] = {}  # url -> SharedCollector (thread-safe: one for all worker threads)
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
-_render_config = RenderConfig.from_env(os.environ)
+_render_config = SETTINGS.render
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -67,7 +55,7 @@ def _lock(uid: str) -> threading.Lock:
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own login, unless `--context` chose a kubeconfig context other than the current one."""
-    context = os.environ.get(CONTEXT_ENV) or None
+    context = SETTINGS.context
     if context is None:
         return kopf.login_via_client(**kwargs)
     namespace = load_config(None, context)
@@ -77,12 +65,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _kube, _render_config
-    load_config(None, os.environ.get(CONTEXT_ENV) or None)
+    load_config(None, SETTINGS.context)
     _kube = Kube()
     # Images and the PodMonitor switch from the chart's values; PodMonitors only where the
     # Prometheus Operator serves them (GOODPUT_POD_MONITOR=auto, the chart's default).
-    config = RenderConfig.from_env(os.environ)
-    if os.environ.get("GOODPUT_POD_MONITOR", "").lower() == "auto":
+    config = SETTINGS.render
+    if SETTINGS.pod_monitor == "auto":
         config = dataclasses.replace(config, pod_monitor=_kube.has_pod_monitor_crd())
     _render_config = config
     # Handler progress in annotations, not in status: status belongs to the API.
@@ -92,9 +80,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
-    port = int(os.environ.get("GOODPUT_METRICS_PORT", "0"))
-    if port:
-        exporter.serve(port)
+    if SETTINGS.metrics_port:
+        exporter.serve(SETTINGS.metrics_port)
 
 
 def _collector(spec: dict[str, Any], url: str) -> Any:
@@ -105,7 +92,7 @@ def _collector(spec: dict[str, Any], url: str) -> Any:
     # collector is not thread-safe.
     key = (url, matchers, threading.get_ident())
     if key not in _collectors:
-        _collectors[key] = PrometheusCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
+        _collectors[key] = PrometheusCollector(url, timeout_s=SETTINGS.prometheus_timeout_s,
                                                extra_matchers=dict(matchers))
     return _collectors[key]
 
@@ -115,8 +102,8 @@ def _shared_collector(url: str) -> Any:
 
     with _locks_guard:
         if url not in _shared:
-            _shared[url] = SharedCollector(url, timeout_s=PROMETHEUS_TIMEOUT_SECONDS,
-                                           max_age_s=SHARED_MAX_AGE_SECONDS)
+            _shared[url] = SharedCollector(url, timeout_s=SETTINGS.prometheus_timeout_s,
+                                           max_age_s=SETTINGS.shared_max_age_s)
         return _shared[url]
 
 
@@ -125,21 +112,21 @@ def observe(spec: dict[str, Any], namespace: str, name: str, now: dt.datetime) -
     tick's fleet-wide answer of its Prometheus (one per URL, a per-resource URL included), unless
     its spec sets its own label matchers or GOODPUT_SHARED_COLLECTOR=0: then its own queries."""
     prom = spec.get("prometheus") or {}
-    url = prom.get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
+    url = prom.get("url") or SETTINGS.prometheus_url
     if not url:
         return None
     percentile = float((spec.get("slo") or {}).get("percentile", 99.0))
-    shared = SHARED_COLLECTOR and not prom.get("labelMatchers")
+    shared = SETTINGS.shared_collector and not prom.get("labelMatchers")
     collector = _shared_collector(url) if shared else _collector(spec, url)
-    result: Observation = collector.observe(namespace, name, now, window_s=WINDOW_SECONDS,
-                                            long_window_s=LONG_WINDOW_SECONDS, quantile=percentile / 100)
+    result: Observation = collector.observe(namespace, name, now, window_s=SETTINGS.window_s,
+                                            long_window_s=SETTINGS.long_window_s, quantile=percentile / 100)
     return result
 
 
 def pod_in_flight(spec: dict[str, Any], namespace: str, name: str, role: str,
                   now: dt.datetime) -> dict[str, float] | None:
     """Requests running + waiting per pod of one pool, from the same Prometheus as `observe`."""
-    url = (spec.get("prometheus") or {}).get("url") or os.environ.get("GOODPUT_PROMETHEUS_URL")
+    url = (spec.get("prometheus") or {}).get("url") or SETTINGS.prometheus_url
     if not url:
         return None
     loads: dict[str, float] | None = _collector(spec, url).pod_in_flight(namespace, name, role, now)
@@ -175,8 +162,8 @@ def reconcile_object(body: kopf.Body, logger: Logger) -> None:
         except (ApiException, HTTPError, OSError) as exc:
             # Nothing is recorded as done: the next attempt recomputes the same outcome.
             exporter.RECONCILE_ERRORS.labels(namespace=namespace, name=name).inc()
-            raise kopf.TemporaryError(f"Kubernetes API call failed, retrying in {RETRY_DELAY_SECONDS:g} s: {exc}",
-                                      delay=RETRY_DELAY_SECONDS) from exc
+            raise kopf.TemporaryError(f"Kubernetes API call failed, retrying in {SETTINGS.retry_delay_s:g} s: {exc}",
+                                      delay=SETTINGS.retry_delay_s) from exc
         if done is None:
             return  # deleted meanwhile
         obj, outcome = done
@@ -249,6 +236,6 @@ def on_delete(*, name: str, namespace: str | None, **_: Any) -> None:
     exporter.forget(namespace or "default", name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.timer_s, initial_delay=SETTINGS.timer_s)
 def on_timer(*, body: kopf.Body, logger: Logger, **_: Any) -> None:
     reconcile_object(body, logger)
