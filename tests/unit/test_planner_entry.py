@@ -61,8 +61,9 @@ def operator_object(inputs: PlannerInput, setup: Any) -> dict[str, Any]:
     """The InferenceDeployment as the operator would have it at the policy's decision: the same spec,
     the plan the fleet runs (replicas, TP, engine arguments) and the planner's state in status."""
     p = setup.plan.pools[0]
-    plan = {"mode": "aggregated", "tensorParallel": p.tp, "aggregatedReplicas": inputs.current["aggregated"],
-            "decodeReplicas": inputs.current["aggregated"],
+    n = inputs.current["aggregated"]
+    plan = {"mode": "aggregated", "tensorParallel": p.tp, "aggregatedReplicas": n, "decodeReplicas": n,
+            "gpus": n * p.tp, "costPerHour": round(n * p.tp * setup.resolved.gpu.usd_per_gpu_hour, 2),
             "engineArgs": {role: {"maxNumBatchedTokens": a, "maxNumSeqs": s}
                            for role, (a, s) in inputs.shape.engine_args.items()}}
     return {"metadata": {"name": "simulate", "namespace": "sim", "uid": "u", "generation": 1},

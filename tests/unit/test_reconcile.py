@@ -380,3 +380,21 @@ def test_no_scale_down_while_metrics_settle_after_an_outage() -> None:
     out = reconcile(obj, observed, later, _live(later, 1.0))
     assert out.status["plan"]["decodeReplicas"] < held
     assert [e.reason for e in out.events] in (["ScaleDown"], ["RateLimited"])
+
+
+def test_the_status_plan_is_read_and_written_through_one_model() -> None:
+    """PlanStatus (goodput.api.v1alpha1) writes the plan and reads it back; a plan that does not
+    parse is no plan (the cluster's Deployments then say what runs), and a newer operator's extra
+    fields are ignored."""
+    from goodput.api.v1alpha1 import PlanStatus
+
+    obj, _ = settled(copy.deepcopy(OBJ), NOW)
+    plan = PlanStatus.read(obj["status"]["plan"])
+    assert plan is not None and plan.to_status() == obj["status"]["plan"]
+    assert plan.pool_replicas() == {"aggregated": obj["status"]["plan"]["aggregatedReplicas"]}
+    assert PlanStatus.read({**obj["status"]["plan"], "fromTheFuture": 1}) == plan
+    assert PlanStatus.read({**obj["status"]["plan"], "gpus": "many"}) is None
+    assert PlanStatus.read("a plan") is None and PlanStatus.read(None) is None
+    disagg = PlanStatus(mode="disaggregated", tensor_parallel=2, prefill_tensor_parallel=1, prefill_replicas=3,
+                        decode_replicas=2, gpus=7, cost_per_hour=1.0)
+    assert disagg.pool_replicas() == {"prefill": 3, "decode": 2} and disagg.pool_tp() == {"prefill": 1, "decode": 2}

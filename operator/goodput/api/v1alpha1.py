@@ -8,9 +8,10 @@ wire (aliases) and snake_case in Python.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from goodput.api.vocabulary import GROUP as GROUP  # re-exported: the CRD's API group
@@ -343,6 +344,42 @@ class PlanStatus(_Model):
     engine_args: dict[str, dict[str, int]] | None = Field(
         None, description="vLLM --max-num-batched-tokens and --max-num-seqs per pool, kept until the spec changes.")
     reason: str = ""
+
+    # The one place a status plan is read and written (reconcile, the planner's running shape,
+    # explain and the operator's /metrics all go through these).
+    @classmethod
+    def read(cls, data: Any) -> PlanStatus | None:
+        """The plan a status holds; None when there is none or it does not parse (written by hand,
+        or mangled). Fields this version does not know are ignored: a newer operator's status reads."""
+        if not isinstance(data, Mapping):
+            return None
+        known = {f.alias or name for name, f in cls.model_fields.items()}
+        try:
+            return cls.model_validate({k: v for k, v in data.items() if k in known})
+        except ValidationError:
+            return None
+
+    def to_status(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    def pool_replicas(self) -> dict[str, int]:
+        """Replicas per pool."""
+        if self.mode == "aggregated":
+            return {"aggregated": int(self.aggregated_replicas if self.aggregated_replicas is not None
+                                      else self.decode_replicas or 0)}
+        return {"prefill": int(self.prefill_replicas or 0), "decode": int(self.decode_replicas or 0)}
+
+    def pool_tp(self) -> dict[str, int]:
+        """The tensor-parallel degree per pool."""
+        if self.mode == "aggregated":
+            return {"aggregated": self.tensor_parallel}
+        prefill = self.prefill_tensor_parallel if self.prefill_tensor_parallel is not None else self.tensor_parallel
+        return {"prefill": prefill, "decode": self.tensor_parallel}
+
+    def pool_engine_args(self) -> dict[str, tuple[int, int]]:
+        """(--max-num-batched-tokens, --max-num-seqs) per pool where both are recorded."""
+        return {role: (int(v["maxNumBatchedTokens"]), int(v["maxNumSeqs"]))
+                for role, v in (self.engine_args or {}).items() if "maxNumBatchedTokens" in v and "maxNumSeqs" in v}
 
 
 class Decision(_Model):

@@ -6,7 +6,6 @@ No processes or network here: the demo's driver (`goodput.demo.run`) feeds sampl
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from goodput.api.times import parse_status_time
 from goodput.api.vocabulary import Reason
 
 SCALING_REASONS = (Reason.SCALE_UP, Reason.SCALE_DOWN, Reason.RATE_LIMITED, Reason.EMERGENCY)
@@ -62,7 +62,7 @@ class DecisionLine:
 
 def epoch(stamp: str) -> float:
     """``2025-01-01T00:00:00Z`` (status times, 1 s resolution) -> seconds since the epoch."""
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    return parse_status_time(stamp).timestamp()
 
 
 def decision_line(d: Mapping[str, Any], t0_wall: float) -> DecisionLine:

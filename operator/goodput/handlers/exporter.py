@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from goodput.api.v1alpha1 import PlanStatus
+
 _LABELS = ("namespace", "name")
 DESIRED = Gauge("goodput_desired_replicas", "Replicas the operator decided, per pool", (*_LABELS, "pool"))
 TENSOR_PARALLEL = Gauge("goodput_tensor_parallel", "Tensor-parallel degree per pool", (*_LABELS, "pool"))
@@ -33,23 +35,20 @@ def serve(port: int) -> None:
 
 
 def record(namespace: str, name: str, status: dict[str, Any], event_reasons: list[str]) -> None:
-    plan = status.get("plan") or {}
+    plan = PlanStatus.read(status.get("plan"))
     labels = {"namespace": namespace, "name": name}
-    pools = {"aggregated": (plan.get("aggregatedReplicas"), plan.get("tensorParallel")),
-             "prefill": (plan.get("prefillReplicas"), plan.get("prefillTensorParallel")),
-             "decode": (plan.get("decodeReplicas") if plan.get("mode") == "disaggregated" else None,
-                        plan.get("tensorParallel"))}
-    for pool, (replicas, tp) in pools.items():
-        if replicas is not None:
+    if plan is not None:
+        tps = plan.pool_tp()
+        for pool, replicas in plan.pool_replicas().items():
             DESIRED.labels(**labels, pool=pool).set(replicas)
-            if tp is not None:
-                TENSOR_PARALLEL.labels(**labels, pool=pool).set(tp)
-    for gauge, key in ((GPUS, "gpus"), (COST, "costPerHour"), (COST_PER_MTOK, "costPerMillionTokens")):
-        if plan.get(key) is not None:
-            gauge.labels(**labels).set(plan[key])
-    for kind, key in (("ttft", "predictedTtftMs"), ("itl", "predictedItlMs")):
-        if plan.get(key) is not None:
-            PREDICTED.labels(**labels, kind=kind).set(plan[key])
+            TENSOR_PARALLEL.labels(**labels, pool=pool).set(tps[pool])
+        for gauge, value in ((GPUS, plan.gpus), (COST, plan.cost_per_hour),
+                             (COST_PER_MTOK, plan.cost_per_million_tokens)):
+            if value is not None:
+                gauge.labels(**labels).set(value)
+        for kind, latency in (("ttft", plan.predicted_ttft_ms), ("itl", plan.predicted_itl_ms)):
+            if latency is not None:
+                PREDICTED.labels(**labels, kind=kind).set(latency)
     observed = status.get("observed") or {}
     serving = observed.get("aggregated") or observed.get("decode") or {}
     for kind, key in (("ttft", "ttftMs"), ("itl", "itlMs")):

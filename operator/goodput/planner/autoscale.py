@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.times import parse_status_time, status_time
+from goodput.api.v1alpha1 import InferenceDeploymentSpec, PlanStatus
 from goodput.api.vocabulary import Reason
 from goodput.engine.vllm_metrics import build_1_2_5_buckets
 from goodput.model.efficiency import Efficiency, calibrated_efficiency
@@ -71,8 +72,6 @@ from goodput.planner.stabilize import (
     History,
     PoolDecision,
     compact_recommendations,
-    iso,
-    parse_iso,
     stabilize,
 )
 
@@ -82,8 +81,6 @@ __all__ = ["AutoscaleResult", "AutoscalerState", "DemandEstimate", "PlannerInput
 # Relaxations tried, in order, when no configuration meets the SLOs on the calibrated engines.
 SLO_RELAXATIONS = (1.25, 1.5, 2.0, 3.0, 4.0)
 DECODE_SEQS_PROBE = 1024  # the largest batch a decode replica is asked about (sizing.DECODE_MAX_NUM_SEQS)
-_parse = parse_iso
-_iso = iso
 
 
 @dataclass
@@ -283,19 +280,10 @@ class RunningShape:
     engine_args: dict[str, tuple[int, int]]  # role -> (max_num_batched_tokens, max_num_seqs)
 
     @classmethod
-    def from_plan(cls, plan: dict[str, Any] | None) -> RunningShape | None:
-        if not plan or "mode" not in plan:
+    def from_plan(cls, plan: PlanStatus | None) -> RunningShape | None:
+        if plan is None:
             return None
-        tp: dict[str, int] = {}
-        if plan["mode"] == "aggregated":
-            tp["aggregated"] = int(plan.get("tensorParallel", 1))
-        else:
-            tp["decode"] = int(plan.get("tensorParallel", 1))
-            tp["prefill"] = int(plan.get("prefillTensorParallel", plan.get("tensorParallel", 1)))
-        args = {role: (int(v["maxNumBatchedTokens"]), int(v["maxNumSeqs"]))
-                for role, v in (plan.get("engineArgs") or {}).items()
-                if isinstance(v, dict) and "maxNumBatchedTokens" in v and "maxNumSeqs" in v}
-        return cls(str(plan["mode"]), tp, args)
+        return cls(plan.mode, plan.pool_tp(), plan.pool_engine_args())
 
     def pools(self) -> dict[str, PoolConfig]:
         """The pools whose engine arguments are known: what calibration predicts for."""
@@ -360,9 +348,9 @@ def track_availability(state: AutoscalerState, obs: Observation | None, now: dt.
     have = obs is not None and obs.available
     if have:
         state.metrics_seen = True
-        state.metrics_since = state.metrics_since or _iso(now)
+        state.metrics_since = state.metrics_since or status_time(now)
         if not state.metrics_available or state.available_since is None:
-            state.available_since = _iso(now)
+            state.available_since = status_time(now)
     else:
         state.available_since = None
     state.metrics_available = have
@@ -497,7 +485,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
     # A rollout restarts every pod: the case for it must hold for a whole scale-down window first.
     settle_s = max(float(inp.spec.scaling.scale_down_stabilization_seconds), engine_args.ROLLOUT_EVIDENCE_S)
     cooling = (state.last_rollout is not None
-               and (inp.now - _parse(state.last_rollout)).total_seconds() < engine_args.ROLLOUT_COOLDOWN_S)
+               and (inp.now - parse_status_time(state.last_rollout)).total_seconds() < engine_args.ROLLOUT_COOLDOWN_S)
     live = obs is not None and obs.available
     pools, rollouts = [], []
     for p in rec.pools:
@@ -529,7 +517,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
                                        replicas=min(max(need, bounds.min_replicas), bounds.max_replicas))
         pools.append(kept)
     if rollouts:
-        state.last_rollout = _iso(inp.now)
+        state.last_rollout = status_time(inp.now)
         state.rollout_candidates.clear()
     return with_pools(rec, tuple(pools)), tuple(rollouts)
 
@@ -539,9 +527,9 @@ def _persistent(state: AutoscalerState, role: str, wanted: tuple[int, int], now:
     """The same arguments have been worth a rollout for `seconds` (remembered from call to call)."""
     since = state.rollout_candidates.get(role)
     if since is None or since[0] != wanted:
-        state.rollout_candidates[role] = (wanted, _iso(now))
+        state.rollout_candidates[role] = (wanted, status_time(now))
         return False
-    return (now - _parse(since[1])).total_seconds() >= seconds
+    return (now - parse_status_time(since[1])).total_seconds() >= seconds
 
 
 def with_pools(rec: Recommendation, pools: tuple[Any, ...]) -> Recommendation:
@@ -593,9 +581,9 @@ def decayed_headroom(state: AutoscalerState, readings: tuple[SloReading, ...], n
     for role, (factor, since) in list(state.slo_headroom.items()):
         mine = [r for r in readings if r.role == role]
         if mine and all(r.comfortable for r in mine):
-            elapsed = max((now - _parse(since)).total_seconds(), 0.0)
+            elapsed = max((now - parse_status_time(since)).total_seconds(), 0.0)
             factor = 1.0 + (factor - 1.0) * 0.5 ** (elapsed / max(half_life_s, 60.0))
-            since = _iso(now)
+            since = status_time(now)
         if factor > 1.01:
             state.slo_headroom[role] = (factor, since)
             out[role] = factor
@@ -643,7 +631,7 @@ def slo_feedback(decisions: list[PoolDecision], readings: tuple[SloReading, ...]
             out.append(d)
             continue
         if fb.headroom > state.slo_headroom.get(d.role, (1.0, ""))[0]:
-            state.slo_headroom[d.role] = (fb.headroom, _iso(inp.now))
+            state.slo_headroom[d.role] = (fb.headroom, status_time(inp.now))
         out.append(dataclasses.replace(d, target=fb.target, reason=fb.reason, message=fb.message))
     return out
 
@@ -655,7 +643,7 @@ def _readings_predate(state: AutoscalerState, role: str, inp: PlannerInput) -> s
     if obs is None or seen is None:
         return ""
     n, since, rose = seen
-    age_s = (inp.now - _parse(since)).total_seconds()
+    age_s = (inp.now - parse_status_time(since)).total_seconds()
     if not rose or age_s >= obs.window_s:
         return ""
     return (f"the {obs.window_s:.0f} s window of these readings opens before the pool rose to {n} serving "
@@ -668,9 +656,9 @@ def _history(state: AutoscalerState, spec: InferenceDeploymentSpec, now: dt.date
     # Keep the window plus the newest entry before it: that entry proves the history reaches back
     # a full window even when reconciles do not land on exact multiples of it.
     cutoff = now - dt.timedelta(seconds=longest)
-    older = [h for h in state.recommendations if _parse(h["time"]) < cutoff]
-    state.recommendations = older[-1:] + [h for h in state.recommendations if _parse(h["time"]) >= cutoff]
-    start = _parse(state.recommendations[0]["time"])
+    older = [h for h in state.recommendations if parse_status_time(h["time"]) < cutoff]
+    state.recommendations = older[-1:] + [h for h in state.recommendations if parse_status_time(h["time"]) >= cutoff]
+    start = parse_status_time(state.recommendations[0]["time"])
     covers = (now - start).total_seconds() >= spec.scaling.scale_down_stabilization_seconds
     return History(state.recommendations, state.scale_events, covers, start)
 
@@ -694,9 +682,9 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     state = inp.state.copy()
     track_availability(state, obs, now)
     have_metrics = obs is not None and obs.available
-    settle = guards.settling(_parse(state.available_since) if state.available_since else None, obs, now)
+    settle = guards.settling(parse_status_time(state.available_since) if state.available_since else None, obs, now)
     long_window_full = (obs is not None and state.metrics_since is not None
-                        and (now - _parse(state.metrics_since)).total_seconds() >= obs.long_window_s)
+                        and (now - parse_status_time(state.metrics_since)).total_seconds() >= obs.long_window_s)
     state.cold_starts = state.cold_starts.observe({role: p.pod_starts for role, p in inp.pods.items()})
     cold_start = state.cold_starts.horizon(float(spec.scaling.cold_start_seconds))
     demand = estimate_demand(spec, obs, long_window_full, cold_start)
@@ -735,7 +723,7 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     rec, standby = with_standby(rec, spec, inp.resolved.gpu.usd_per_gpu_hour)
 
     recorded = {p.role: p.replicas for p in rec.pools}
-    state.recommendations.append({"time": _iso(now), "replicas": recorded})
+    state.recommendations.append({"time": status_time(now), "replicas": recorded})
     history = _history(state, spec, now)
     current = dict(inp.current)
     decisions = stabilize(spec, rec, demand, obs, current, history, now, inp.spec_changed, headroom, prior, standby)
@@ -769,10 +757,10 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     changed = {d.role: d.target for d in decisions
                if d.target != d.current and d.current > 0 and d.reason != Reason.SPEC_CHANGED}
     if changed:
-        state.scale_events.append({"time": _iso(now), "replicas": changed,
+        state.scale_events.append({"time": status_time(now), "replicas": changed,
                                    "before": {d.role: d.current for d in decisions if d.role in changed}})
     state.scale_events = [e for e in state.scale_events
-                          if _parse(e["time"]) >= now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)]
+                          if parse_status_time(e["time"]) >= now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)]
     state.recommendations = compact_recommendations(state.recommendations)
     targets = {d.role: d.target for d in decisions}
     final = with_pools(rec, tuple(dataclasses.replace(p, replicas=targets.get(p.role, p.replicas))

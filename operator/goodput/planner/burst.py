@@ -43,6 +43,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from goodput.api.times import read_status_time, status_time
+
 # --- arrival variability ---------------------------------------------------------------------
 DISPERSION_BIN_S = 30.0  # two 15 s scrapes: rate()/increase() need two samples in a bin
 MIN_DISPERSION_BINS = 8  # consecutive bins (7 differences) before the index is read at all
@@ -134,9 +136,9 @@ class RiseHistory:
         out: dict[str, Any] = {"horizonSeconds": round(self.horizon_s, 1), "envelopeRps": round(self.envelope_rps, 4),
                                "rises": [[round(x, 6) for x in w] for w in self.weights]}
         if self.updated is not None:
-            out["updated"] = _iso(self.updated)
+            out["updated"] = status_time(self.updated)
         if self.records:
-            out["pending"] = [{"time": _iso(r.time), "baseRps": round(r.base_rps, 4), "level": r.level,
+            out["pending"] = [{"time": status_time(r.time), "baseRps": round(r.base_rps, 4), "level": r.level,
                                "maxRps": round(r.max_rps, 4)} for r in self.records]
         return out
 
@@ -146,7 +148,7 @@ class RiseHistory:
         if not isinstance(data, Mapping):
             return cls()
         out = cls(horizon_s=_num(data.get("horizonSeconds")) or 0.0, envelope_rps=_num(data.get("envelopeRps")) or 0.0,
-                  updated=_time(data.get("updated")))
+                  updated=read_status_time(data.get("updated")))
         rises = data.get("rises")
         if isinstance(rises, list) and len(rises) == len(LEVELS) + 1 and all(
                 isinstance(w, list) and len(w) == N_BINS for w in rises):
@@ -154,7 +156,7 @@ class RiseHistory:
         for r in data.get("pending") or []:
             if not isinstance(r, Mapping):
                 continue
-            when, base, peak = _time(r.get("time")), _num(r.get("baseRps")), _num(r.get("maxRps"))
+            when, base, peak = read_status_time(r.get("time")), _num(r.get("baseRps")), _num(r.get("maxRps"))
             level = r.get("level")
             if when is not None and base is not None and peak is not None and isinstance(level, int) \
                     and 0 <= level <= len(LEVELS):
@@ -231,20 +233,6 @@ def headroom(h: RiseHistory, base_rps: float, quantile: float) -> Headroom:
     rise = ratio_of(top) if top > 0 else 1.0
     target = max(min(base_rps * rise, max(h.envelope_rps, base_rps)), base_rps)
     return Headroom(rise, target, total, level, base_rps)
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 def _num(value: Any) -> float | None:

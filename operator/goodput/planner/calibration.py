@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from goodput.api.times import parse_status_time, status_time
 from goodput.model.efficiency import Efficiency
 from goodput.model.goodput import evaluate_aggregated, evaluate_decode, evaluate_prefill, mean_step_at_batch
 from goodput.model.hardware import GIB
@@ -218,14 +219,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(t: str) -> dt.datetime:
-    return dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def replica(resolved: ResolvedSpec, pool: PoolConfig, eff: Efficiency) -> ReplicaModel:
@@ -448,9 +441,9 @@ def evidence(cal: Calibration, obs: Observation, now: dt.datetime, settled: bool
         if before is not None and before[0] == n:
             pods[role] = before
         else:
-            pods[role] = (n, _iso(now), before is not None and n > before[0])
+            pods[role] = (n, status_time(now), before is not None and n > before[0])
         since = pods[role][1]
-        steady[role] = before is not None and (now - _parse(since)).total_seconds() >= obs.window_s
+        steady[role] = before is not None and (now - parse_status_time(since)).total_seconds() >= obs.window_s
     return Evidence(settled, pods, steady)
 
 
@@ -510,9 +503,9 @@ def _fold(term: Term, rd: Reading, now: dt.datetime, window_s: float, smooth: bo
     if rd.target is None:
         return dataclasses.replace(term, note=rd.note)
     if not smooth:
-        return Term(rd.target, term.windows + 1.0, rd.observed, rd.effect, _iso(now), "")
-    elapsed = window_s if term.updated is None else (now - _parse(term.updated)).total_seconds()
+        return Term(rd.target, term.windows + 1.0, rd.observed, rd.effect, status_time(now), "")
+    elapsed = window_s if term.updated is None else (now - parse_status_time(term.updated)).total_seconds()
     elapsed = min(max(elapsed, 0.0), window_s)  # a reading after a long gap counts as one window, not more
     alpha = 1.0 - math.exp(-elapsed / (SMOOTHING_WINDOWS * window_s))
     scale = math.exp((1.0 - alpha) * math.log(term.scale) + alpha * math.log(rd.target))
-    return Term(scale, term.windows + elapsed / window_s, rd.observed, rd.effect, _iso(now), "")
+    return Term(scale, term.windows + elapsed / window_s, rd.observed, rd.effect, status_time(now), "")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from goodput.planner.stabilize import iso, parse_iso
+from goodput.api.times import parse_status_time, status_time
 
 KEPT_SAMPLES = 10
 HORIZON_QUANTILE = 0.9
@@ -65,7 +65,7 @@ class ColdStarts:
                          f"longer than coldStartSeconds {spec_s:.0f}")
 
     def to_status(self) -> dict[str, Any]:
-        return {role: {"seconds": list(times), "lastReady": iso(self.last_ready[role])}
+        return {role: {"seconds": list(times), "lastReady": status_time(self.last_ready[role])}
                 for role, times in sorted(self.samples.items()) if role in self.last_ready}
 
     @classmethod
@@ -79,7 +79,7 @@ class ColdStarts:
                 continue
             kept = tuple(float(t) for t in times if isinstance(t, int | float) and math.isfinite(t) and t >= 0)
             try:
-                at = parse_iso(when)
+                at = parse_status_time(when)
             except ValueError:
                 continue
             if kept:

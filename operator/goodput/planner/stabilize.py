@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from goodput.api.times import parse_status_time, status_time
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
 from goodput.api.vocabulary import Reason
 from goodput.planner.observation import Observation, PoolMetrics
@@ -52,20 +53,13 @@ class DemandEstimate:
     arrival_scv: float = 1.0  # ca² per replica the TTFT queueing term planned with (1: Poisson)
 
 
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(t: str) -> dt.datetime:
-    return dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-
-
 def window(history: list[dict[str, Any]], now: dt.datetime, seconds: float, role: str) -> list[int]:
     """The recommendations in force at some moment of the last ``seconds``. The history records a
     recommendation when it differs from the one before (`compact_recommendations`): each stands
     until the next, so the newest entry not after the window's start was in force then."""
     cutoff = now - dt.timedelta(seconds=seconds)
-    entries = [(parse_iso(h["time"]), int(h["replicas"][role])) for h in history if role in h.get("replicas", {})]
+    entries = [(parse_status_time(h["time"]), int(h["replicas"][role]))
+               for h in history if role in h.get("replicas", {})]
     at_start = [n for t, n in entries if t <= cutoff][-1:]  # in force when the window opens
     return at_start + [n for t, n in entries if t > cutoff]
 
@@ -81,7 +75,7 @@ def compact_recommendations(history: list[dict[str, Any]]) -> list[dict[str, Any
 def base_for_rate_limit(scale_events: list[dict[str, Any]], now: dt.datetime, role: str, current: int) -> int:
     """Replicas at the start of the rate-limit period: the limit applies per minute, not per decision."""
     cutoff = now - dt.timedelta(seconds=RATE_LIMIT_PERIOD_S)
-    earlier = [h for h in scale_events if role in h.get("replicas", {}) and parse_iso(h["time"]) >= cutoff]
+    earlier = [h for h in scale_events if role in h.get("replicas", {}) and parse_status_time(h["time"]) >= cutoff]
     return int(earlier[0]["before"][role]) if earlier and role in earlier[0].get("before", {}) else current
 
 
@@ -175,8 +169,8 @@ def _pool(spec: InferenceDeploymentSpec, role: str, cur: int, asked: int, urgent
         if not history.covers_down_window and target < cur:
             target, reason = cur, Reason.STABILIZING
             message = (f"{role} stays at {cur}: the model asks {asked}, but recommendations since "
-                       f"{iso(history.start)} do not cover the {spec.scaling.scale_down_stabilization_seconds} s "
-                       "scale-down window yet")
+                       f"{status_time(history.start)} do not cover the "
+                       f"{spec.scaling.scale_down_stabilization_seconds} s scale-down window yet")
     # Replicas asked for earlier and still loading (no metrics yet) are capacity on its way: an
     # emergency adds one more only when none is, or every decision of a cold start would add one.
     reporting = pool_metrics.pods_reporting if pool_metrics is not None else None

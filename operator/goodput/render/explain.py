@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from goodput.api.times import status_time
 from goodput.api.v1alpha1 import ScalingSpec
 from goodput.api.vocabulary import DEPLOYMENT_LABEL, ConditionStatus, ConditionType, Reason
 from goodput.planner.observation import PoolObservation
@@ -161,7 +162,8 @@ def _ready_from_condition(status: Mapping[str, Any], desired: Mapping[str, int])
 
 
 def _desired_pools(plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per pool: TP and desired replicas, from a status plan."""
+    """Per pool: TP and desired replicas, from a status plan. Field by field, unlike the operator's
+    own reading (`PlanStatus.read`, all or nothing): explain shows what a mangled status still says."""
     tp = _whole(plan.get("tensorParallel"))
     if plan.get("mode") == "aggregated":
         replicas = plan.get("aggregatedReplicas", plan.get("decodeReplicas"))
@@ -434,7 +436,7 @@ def explain_data(obj: dict[str, Any], events: list[dict[str, Any]], now: dt.date
         "plan": plan, "autoscaler": _autoscaler(obj, status, now),
         "comparison": _comparison(status, _slo(spec), now) if status.get("plan") or status.get("observed") else None,
         "decisions": _decisions(status, now), "conditions": problems, "events": _events(events, now, max_events),
-        "now": now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "now": status_time(now),
     }
 
 

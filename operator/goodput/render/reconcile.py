@@ -31,7 +31,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.api.times import status_time
+from goodput.api.v1alpha1 import InferenceDeploymentSpec, PlanStatus
 from goodput.api.vocabulary import CONDITION_ORDER, ConditionStatus, ConditionType, EventType, Reason
 from goodput.model.errors import CapacityModelError
 from goodput.planner import autoscale as planner
@@ -65,10 +66,6 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
 
 
-def timestamp(now: dt.datetime) -> str:
-    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
                   now: dt.datetime, generation: int | None) -> list[dict[str, Any]]:
     """Kubernetes condition semantics: lastTransitionTime changes only when status changes."""
@@ -80,7 +77,7 @@ def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, rea
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": timestamp(now) if changed or previous is None else previous["lastTransitionTime"],
+        "lastTransitionTime": status_time(now) if changed or previous is None else previous["lastTransitionTime"],
     }
     if generation is not None:
         cond["observedGeneration"] = generation
@@ -93,46 +90,36 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions", []) if c.get("type") == ctype), None)
 
 
-def _plan_status(rec: Recommendation) -> dict[str, Any]:
+def _plan_status(rec: Recommendation, reason: str, max_model_len: int, checkpoint: str) -> dict[str, Any]:
     decoding = rec.pool("decode") or rec.pool("aggregated")
     assert decoding is not None
     prefill = rec.pool("prefill")
     agg = rec.pool("aggregated")
-    plan: dict[str, Any] = {
-        "mode": rec.mode,
-        "tensorParallel": decoding.tp,
-        "decodeReplicas": decoding.replicas,
-        "gpus": rec.gpus,
-        "costPerHour": round(rec.usd_per_hour, 2),
-        "predictedTtftMs": round(rec.predicted_ttft_ms, 1),
-        "predictedItlMs": round(rec.predicted_itl_ms, 2),
-        "maxNumBatchedTokens": decoding.max_num_batched_tokens,
-        "maxNumSeqs": decoding.max_num_seqs,
-        "reason": rec.summary,
-    }
-    if rec.usd_per_million_tokens is not None:
-        plan["costPerMillionTokens"] = round(rec.usd_per_million_tokens, 4)
-    if agg is not None:
-        plan["aggregatedReplicas"] = agg.replicas
-    if prefill is not None:
-        plan["prefillReplicas"] = prefill.replicas
-        plan["prefillTensorParallel"] = prefill.tp
-    # The vLLM arguments each pool runs with: kept by metric-driven decisions (a change restarts pods).
-    plan["engineArgs"] = {p.role: {"maxNumBatchedTokens": p.max_num_batched_tokens, "maxNumSeqs": p.max_num_seqs}
-                          for p in rec.pools}
-    return plan
+    return PlanStatus(
+        mode=rec.mode,
+        tensor_parallel=decoding.tp,
+        prefill_tensor_parallel=prefill.tp if prefill is not None else None,
+        aggregated_replicas=agg.replicas if agg is not None else None,
+        prefill_replicas=prefill.replicas if prefill is not None else None,
+        decode_replicas=decoding.replicas,
+        gpus=rec.gpus,
+        cost_per_hour=round(rec.usd_per_hour, 2),
+        cost_per_million_tokens=(round(rec.usd_per_million_tokens, 4)
+                                 if rec.usd_per_million_tokens is not None else None),
+        predicted_ttft_ms=round(rec.predicted_ttft_ms, 1),
+        predicted_itl_ms=round(rec.predicted_itl_ms, 2),
+        max_num_batched_tokens=decoding.max_num_batched_tokens,
+        max_num_seqs=decoding.max_num_seqs,
+        max_model_len=max_model_len,
+        checkpoint=checkpoint,
+        # The vLLM arguments each pool runs with: kept by metric-driven decisions (a change restarts pods).
+        engine_args={p.role: {"maxNumBatchedTokens": p.max_num_batched_tokens, "maxNumSeqs": p.max_num_seqs}
+                     for p in rec.pools},
+        reason=reason,
+    ).to_status()
 
 
-def _pool_replicas(plan: dict[str, Any] | None) -> dict[str, int]:
-    """Replicas per pool recorded in a status plan."""
-    if not plan:
-        return {}
-    if plan.get("mode") == "aggregated":
-        return {"aggregated": int(plan.get("aggregatedReplicas", plan.get("decodeReplicas", 0)))}
-    return {"prefill": int(plan.get("prefillReplicas", 0)), "decode": int(plan.get("decodeReplicas", 0))}
-
-
-def _structural_changes(previous: dict[str, Any] | None,
+def _structural_changes(previous: PlanStatus | None,
                         rec: Recommendation) -> list[tuple[str, str, int | None, int, str]]:
     """(reason code, pool, from, to, message) for a first plan, a mode change or a TP change."""
     out: list[tuple[str, str, int | None, int, str]] = []
@@ -142,14 +129,15 @@ def _structural_changes(previous: dict[str, Any] | None,
                         f"{p.role} 0→{p.replicas} × TP{p.tp}: {p.goodput_rps:.2f} req/s per replica "
                         f"({p.limit}) for {rec.demand_rps:.4g} req/s"))
         return out
-    if previous.get("mode") != rec.mode:
+    if previous.mode != rec.mode:
         out.append((Reason.MODE_CHANGE, rec.mode, None, sum(p.replicas for p in rec.pools),
-                    f"mode {previous.get('mode')}→{rec.mode}: {rec.summary}"))
+                    f"mode {previous.mode}→{rec.mode}: {rec.summary}"))
         return out
-    before = _pool_replicas(previous)
+    before = previous.pool_replicas()
+    tps = previous.pool_tp()
     for p in rec.pools:
-        old_tp = previous.get("prefillTensorParallel") if p.role == "prefill" else previous.get("tensorParallel")
-        if old_tp is not None and int(old_tp) != p.tp:
+        old_tp = tps.get(p.role)
+        if old_tp is not None and old_tp != p.tp:
             out.append((Reason.RECONFIGURE, p.role, before.get(p.role), p.replicas,
                         f"{p.role} TP{old_tp}→TP{p.tp}: {rec.summary}"))
     return out
@@ -168,7 +156,7 @@ def _observed_summary(result: AutoscaleResult, obs: Observation | None) -> dict[
                        **({"predictedMs": round(r.predicted_ms, 2)} if r.predicted_ms is not None else {})}
                       for r in result.slo]
     if obs is not None:
-        out["time"] = timestamp(obs.time)
+        out["time"] = status_time(obs.time)
         if obs.error:
             out["error"] = obs.error
         if obs.missing:
@@ -207,7 +195,7 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
 
     def decide(reason: str, message: str, pool: str | None = None, frm: int | None = None,
                to: int | None = None, event_type: str = EventType.NORMAL) -> None:
-        d: dict[str, Any] = {"time": timestamp(now), "reason": reason, "message": message}
+        d: dict[str, Any] = {"time": status_time(now), "reason": reason, "message": message}
         if pool is not None:
             d["pool"] = pool
         if frm is not None:
@@ -217,9 +205,10 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
         decisions.append(d)
         events.append(Event(event_type, reason, message))
 
-    previous_plan = previous.get("plan")
+    previous_plan = PlanStatus.read(previous.get("plan"))
     # What the operator last decided is the current size; the cluster is made to match it.
-    current = _pool_replicas(previous_plan) or {role: o.replicas for role, o in observed.items()}
+    current = (previous_plan.pool_replicas() if previous_plan is not None else {}) or {
+        role: o.replicas for role, o in observed.items()}
     spec_changed = previous.get("observedGeneration") not in (None, generation)
 
     # 1. The spec: admission checked its shape; here what only the capacity model can check.
@@ -281,12 +270,11 @@ def reconcile(obj: dict[str, Any], observed: dict[str, PoolObservation], now: dt
             decide(Reason.RECONFIGURE, rollout.message, rollout.role)
     changed = bool(structural) or bool(result.rollouts) or any(d.target != d.current for d in pool_decisions)
     if changed:
-        status["lastScaleTime"] = timestamp(now)
+        status["lastScaleTime"] = status_time(now)
     elif previous.get("lastScaleTime"):
         status["lastScaleTime"] = previous["lastScaleTime"]
-    plan_status = _plan_status(rec)
-    plan_status["reason"] = "; ".join(d.message for d in pool_decisions)
-    plan_status.update(maxModelLen=resolved.max_model_len, checkpoint=resolved.hugging_face_name)
+    plan_status = _plan_status(rec, "; ".join(d.message for d in pool_decisions), resolved.max_model_len,
+                               resolved.hugging_face_name)
 
     if spec.dry_run:
         cond(ConditionType.SCALING_ACTIVE, ConditionStatus.FALSE, Reason.DRY_RUN,
