@@ -11,6 +11,9 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 RUN python -m pip wheel --wheel-dir /wheels .
 
+# The dev harness (local control plane, demo, vLLM emulator) is no part of the operator: the import
+# contracts keep the runtime from importing it, and the image leaves it out (`goodput demo` then
+# says so; tests/unit/test_image_runtime.py runs the package without it).
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="goodput-operator" \
       org.opencontainers.image.description="Kubernetes operator that sizes vLLM inference fleets" \
@@ -18,6 +21,8 @@ LABEL org.opencontainers.image.title="goodput-operator" \
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 HOME=/tmp
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m pip install --no-index --find-links /wheels goodput-operator \
+    && python -c "import goodput, pathlib, shutil; root = pathlib.Path(goodput.__file__).parent; \
+[shutil.rmtree(root / p) for p in ('devcluster', 'demo', 'emulator')]" \
     && python -m pip uninstall --yes pip setuptools wheel \
     && groupadd --system --gid 65532 goodput \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin goodput

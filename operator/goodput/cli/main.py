@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from goodput.cli.args import GoodputParser
 from goodput.cli.capacity import add_capacity_parsers
-from goodput.cli.demo import add_demo_parser
 from goodput.cli.explain import add_explain_parser
 from goodput.cli.observe import add_observe_parser
 from goodput.cli.operator import add_crd_parser, add_operator_parser
@@ -41,9 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_parser(sub)
     add_simulate_parser(sub)
     add_render_parser(sub)
-    add_demo_parser(sub)
+    _add_demo_parser(sub)
     add_crd_parser(sub)
     return parser
+
+
+def _add_demo_parser(sub: Any) -> None:
+    """`goodput demo`, where the dev harness (goodput.demo, .devcluster, .emulator) is installed: the
+    operator's image leaves it out, and there the command says so instead of failing every command."""
+    try:
+        from goodput.cli.demo import add_demo_parser
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("goodput."):
+            raise
+        missing = exc.name
+
+        def unavailable(args: argparse.Namespace) -> int:
+            raise CapacityModelError(f"`goodput demo` needs the dev harness ({missing}), which this installation "
+                                     "leaves out (the operator's image does): run it from a source checkout "
+                                     "(./dev demo)")
+
+        p = sub.add_parser("demo", help="the closed loop on a local cluster (not in this installation)",
+                           add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=unavailable)
+        return
+    add_demo_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -217,235 +217,10 @@ def _kubeconfig(server: str, pki: _Pki, *, cluster_name: str = "goodput-dev") ->
 
 
 # --------------------------------------------------------------------------------------------
-# kwok stages
-#
-# The kwok binary has no stages built in (it exits with "no stages found" without any): these
-# tell it how its fake nodes become Ready and keep heart-beating, and how pods bound to them
-# become Running/Ready, complete (Job pods) and go away once deleted. Node and Pod status
-# templates are applied as strategic-merge patches of the status subresource, so fields they
-# leave out (capacity, addresses set at node creation) are kept.
+# kwok stages: how the fake nodes become Ready and heart-beat, and how pods on them run, complete
+# and go away (see the YAML file's header).
 
-KWOK_STAGES = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: node-initialize
-spec:
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-    # every node whose Ready condition is missing or not "True"
-    - key: '.status.conditions[]? | select(.type == "Ready") | .status'
-      operator: NotIn
-      values: ["True"]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      phase: Running
-      conditions:
-      {{ range NodeConditions }}
-      - type: {{ .type | Quote }}
-        status: {{ .status | Quote }}
-        reason: {{ .reason | Quote }}
-        message: {{ .message | Quote }}
-        lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      {{ if not .status.capacity }}
-      capacity: {cpu: "32", memory: 256Gi, pods: "110"}
-      {{ end }}
-      {{ if not .status.allocatable }}
-      allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-      {{ end }}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        kubeletVersion: {{ printf "fake-kwok-%s" Version | Quote }}
-        kubeProxyVersion: {{ printf "fake-kwok-%s" Version | Quote }}
-        kernelVersion: {{ printf "fake-kwok-%s" Version | Quote }}
-        containerRuntimeVersion: {{ printf "fake-kwok-%s" Version | Quote }}
-        osImage: kwok
-        machineID: ""
-        systemUUID: ""
-        bootID: ""
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: node-heartbeat
-spec:
-  resourceRef: {apiGroup: v1, kind: Node}
-  selector:
-    matchExpressions:
-    - key: '.status.phase'
-      operator: In
-      values: [Running]
-    - key: '.status.conditions[]? | select(.type == "Ready") | .status'
-      operator: In
-      values: ["True"]
-  # every 10-15 s: well inside the controller manager's node-monitor grace period
-  delay:
-    durationMilliseconds: 10000
-    jitterDurationMilliseconds: 15000
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      {{ range NodeConditions }}
-      - type: {{ .type | Quote }}
-        status: {{ .status | Quote }}
-        reason: {{ .reason | Quote }}
-        message: {{ .message | Quote }}
-        lastHeartbeatTime: {{ $now | Quote }}
-      {{ end }}
-  immediateNextStage: true
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-ready
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: [Pending]
-    - key: '.status.conditions[]? | select(.type == "Ready") | .status'
-      operator: NotIn
-      values: ["True"]
-  # A pod annotated goodput.dev/kwok-ready-delay (a duration, "25s") starts that much later: a
-  # vLLM pod's time from creation to Ready (image pull, weights, readiness probe) for tests that
-  # need one. Unannotated pods start at once.
-  delay:
-    durationFrom:
-      expressionFrom: '.metadata.annotations["goodput.dev/kwok-ready-delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      phase: Running
-      startTime: {{ $now | Quote }}
-      conditions:
-      {{ range list "PodReadyToStartContainers" "Initialized" "ContainersReady" "Ready" }}
-      - type: {{ . | Quote }}
-        status: "True"
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      {{ range .spec.readinessGates }}
-      - type: {{ .conditionType | Quote }}
-        status: "True"
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        started: true
-        restartCount: 0
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      initContainerStatuses:
-      {{ range .spec.initContainers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        restartCount: 0
-        {{ if eq .restartPolicy "Always" }}
-        started: true
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-        {{ else }}
-        started: false
-        state:
-          terminated:
-            exitCode: 0
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-            finishedAt: {{ $now | Quote }}
-        {{ end }}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      hostIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ $hostNet := or .spec.hostNetwork false }}
-      {{ $uid := or .metadata.uid "" }}
-      {{ $name := or .metadata.name "" }}
-      {{ $ns := or .metadata.namespace "" }}
-      {{ with PodIPsWith .spec.nodeName $hostNet $uid $name $ns }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-complete
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: [Running]
-    # only pods owned by a Job run to completion; everything else keeps running
-    - key: '.metadata.ownerReferences[]?.kind'
-      operator: In
-      values: [Job]
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      phase: Succeeded
-      conditions:
-      {{ range list "ContainersReady" "Ready" }}
-      - type: {{ . | Quote }}
-        status: "False"
-        reason: PodCompleted
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: false
-        started: false
-        restartCount: 0
-        state:
-          terminated:
-            exitCode: 0
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-            finishedAt: {{ $now | Quote }}
-      {{ end }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-delete
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    # a kubelet would stop the containers and then remove the pod; kwok removes it at once
-    - key: '.metadata.deletionTimestamp'
-      operator: Exists
-  next:
-    delete: true
-"""
+KWOK_STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")  # a data file: how kwok's fakes behave
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,7 +456,7 @@ class LocalCluster:
         self._ssl.load_cert_chain(str(self._pki.admin_cert), str(self._pki.admin_key))
         (self.work_dir / "kwok").mkdir()
         stages = self.work_dir / "kwok" / "stages.yaml"
-        stages.write_text(KWOK_STAGES, encoding="utf-8")
+        stages.write_text(KWOK_STAGES_FILE.read_text(encoding="utf-8"), encoding="utf-8")
         step("certificates and kubeconfig written")
 
         self._define_processes(stages)
@@ -1010,7 +785,7 @@ def pod_is_ready(pod: Mapping[str, Any]) -> bool:
 __all__ = [
     "DEFAULT_GPU_PRODUCT",
     "GPU_RESOURCE",
-    "KWOK_STAGES",
+    "KWOK_STAGES_FILE",
     "FakeNodeSpec",
     "LocalCluster",
     "LocalClusterError",
