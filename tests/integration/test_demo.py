@@ -127,3 +127,23 @@ def test_demo_interrupted_stops_everything(tmp_path: Path, sig: signal.Signals, 
     assert "done; everything stopped and removed" in out
     assert "==> summary" not in out
     assert_nothing_left(work)
+
+
+VIA_ROUTER = re.compile(r"via router +([\d,]+) requests sent to vllm-router, ([\d,]+) served, ([\d,]+) failed")
+
+
+def test_a_disaggregated_demo_sends_its_load_through_the_real_router(tmp_path: Path) -> None:
+    """Issue 14: in disaggregated mode the clients' requests go through vllm-router, started from the
+    Deployment the operator rendered, which finds the prefill and decode pods through Kubernetes."""
+    work = tmp_path / "work"
+    run = subprocess.run(demo_argv(work, "--example", "disaggregated-70b-fp8-h100", "--duration-s", "45",
+                                   "--plot", str(tmp_path / "pd.png")), capture_output=True, text=True, timeout=480)
+    out = run.stdout
+    print(out + run.stderr[-3000:], file=sys.stderr)
+    assert run.returncode == 0, f"exit {run.returncode}:\n{out[-3000:]}\n{run.stderr[-3000:]}"
+    assert "==> starting vllm-router as the operator rendered it" in out
+    via = VIA_ROUTER.search(out)
+    assert via, f"no router line in the summary:\n{out}"
+    sent, served, failed = (int(via.group(i).replace(",", "")) for i in (1, 2, 3))
+    assert served > 100 and failed <= 0.01 * sent, (sent, served, failed)
+    assert_nothing_left(work)

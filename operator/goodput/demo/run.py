@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
-from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, TP_ANNOTATION
+from goodput.api.vocabulary import DEPLOYMENT_LABEL, PROM_DEPLOYMENT_LABEL, ROLE_LABEL, TP_ANNOTATION, Role
 from goodput.demo.report import (
     DecisionLine,
     LoadProfile,
@@ -73,7 +73,10 @@ from goodput.demo.stack import (
     log_tail,
     loop_env,
     operator_argv,
+    router_argv,
     set_min_ready,
+    wait_deployment,
+    wait_until_router_serves,
 )
 from goodput.devcluster.build import (
     ETCD_VERSION,
@@ -90,6 +93,7 @@ from goodput.metrics.prometheus import NAMESPACE_LABEL
 # The examples ship inside the package (copies of manifests/examples/, kept equal by a test), so that
 # `goodput demo` works from an installed package, not only from the source tree.
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "examples"
+ROUTER_BINARY = Path(sys.executable).with_name("vllm-router")  # PyPI vllm-router, beside this Python
 BUNDLED_EXAMPLES = tuple(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml")))
 DEFAULT_EXAMPLE = EXAMPLES_DIR / "aggregated-small.yaml"
 
@@ -176,6 +180,7 @@ class Demo:
         self._patched: set[str] = set()
         self.status: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
+        self.router_url: str | None = None  # disaggregated: clients send to vllm-router here
 
     # ---- signals ---------------------------------------------------------------------------
 
@@ -279,13 +284,23 @@ class Demo:
         install_crd(cluster)
         create_namespace(cluster, self.ns)
 
-        # 4. the emulator (waits for its InferenceDeployment; no load until the first replica serves)
+        # 4. the emulator (waits for its InferenceDeployment; no load until the first replica serves).
+        # Disaggregated: clients send HTTP requests to vLLM's P/D router, as in a cluster, and every
+        # emulated replica serves vLLM's API on its pod's IP for the router to find and call.
         self.procs = Processes(work, loop_env(cluster.env, window_s=WINDOW_S, long_window_s=LONG_WINDOW_S))
-        say(f"==> starting the vLLM emulator: {load_text}, {profile.describe()}; cold start {a.cold_start_s:g} s")
+        extra: list[str] = []
+        if a.engine != "vllm-cpu" and spec.mode == "disaggregated":
+            if not ROUTER_BINARY.exists():
+                raise DemoError(f"a disaggregated example runs through vllm-router, which is not installed beside "
+                                f"{sys.executable} (pip install vllm-router==0.1.17; ./dev setup does)")
+            self.router_url = f"http://127.0.0.1:{free_port()}"
+            extra = ["--listen", "pod-ip", "--poll-s", "0.5", "--send-to", self.router_url]
+        say(f"==> starting the vLLM emulator: {load_text}, {profile.describe()}; cold start {a.cold_start_s:g} s"
+            + (f"; clients send to vllm-router at {self.router_url}" if self.router_url else ""))
         self.emulator = EmulatorHandle.start(
             self.procs, emulator_argv(cluster.kubeconfig, self.ns, self.name, targets_file=self.prom.targets_path(),
                                       control_port=free_port(), cold_start_s=a.cold_start_s, load=load,
-                                      drain_s=30),
+                                      drain_s=30, extra=extra),
             self.name, own_session=True)
 
         # 5. the operator
@@ -313,12 +328,17 @@ class Demo:
         # A real vLLM server starts in 30-90 s, more on a busy machine.
         patience = a.cold_start_s + (240 if a.engine == "vllm-cpu" else 90)
         deadline = time.monotonic() + patience
-        while not any(r.get("serving") for r in self.state.get("replicas", [])):
+        needed = {"prefill", "decode"} if self.router_url else None
+        while not (any(r.get("serving") for r in self.state.get("replicas", [])) if needed is None else
+                   needed <= {r.get("role") for r in self.state.get("replicas", []) if r.get("serving")}):
             if time.monotonic() > deadline:
                 raise DemoError(f"no replica served within {patience:g} s of the apply; operator log:\n"
                                 f"{log_tail(work / 'operator.log', 15)}")
             self._poll()
             time.sleep(POLL_S)
+
+        if self.router_url:
+            self._start_router(spec)
 
         # 8. the load
         self.load_t = self._now()
@@ -344,6 +364,18 @@ class Demo:
 
         # 9. summary and plot
         self._finish(spec, profile)
+
+    def _start_router(self, spec: InferenceDeploymentSpec) -> None:
+        """vllm-router from the Deployment the operator rendered for it (its command line, listening on
+        this machine), once both pools serve; the load starts when it has found them."""
+        assert self.cluster is not None and self.procs is not None and self.router_url is not None
+        dep = wait_deployment(self.cluster, self.ns, f"{self.name}-router", timeout=60, alive=[self.operator])
+        port = int(self.router_url.rsplit(":", 1)[1])
+        say(f"==> starting vllm-router as the operator rendered it ({self.name}-router): it finds the prefill and "
+            f"decode pods through Kubernetes; log in {self.work / 'router.log' if self.work else 'router.log'}")
+        self.procs.spawn(router_argv(dep, ROUTER_BINARY, port, free_port()), "router.log", own_session=True)
+        # vLLM serves the model under --served-model-name: the spec's, or the resource's name
+        wait_until_router_serves(self.router_url, spec.model.served_model_name or self.name, 60)
 
     def _emulated_load(self) -> tuple[float, list[str], str]:
         """The trace, the example manifest, and the emulator's load arguments."""
@@ -424,6 +456,8 @@ class Demo:
                 or {}).get("items", [])
         desired = pods = gpus = 0
         for dep in deps:
+            if (dep["metadata"].get("labels") or {}).get(ROLE_LABEL) == Role.ROUTER:
+                continue  # no GPU, no vLLM replica
             dep_name = dep["metadata"]["name"]
             if dep_name not in self._patched:
                 set_min_ready(self.cluster, self.ns, dep_name, self.args.cold_start_s + 2)
@@ -515,6 +549,11 @@ class Demo:
             f"{time.monotonic() - self.started_at:.0f} s since the control plane started")
         for line in summary.lines():
             say(f"  {line}")
+        api = self.state.get("apiLoad") or {}
+        if self.router_url and api:
+            say(f"  via router    {int(api.get('sent', 0)):,} requests sent to vllm-router, "
+                f"{int(api.get('served', 0)):,} served, {int(api.get('failed', 0)):,} failed "
+                f"(statuses {api.get('statuses', {})})")
         start, end = self.t0_wall, self.t0_wall + t_end
         rate = f"[{WINDOW_S:g}s]"
         try:

@@ -125,6 +125,28 @@ def router_argv(router_deployment: Mapping[str, Any], binary: Path, port: int, m
     return [str(binary), *args]
 
 
+def wait_until_router_serves(url: str, model: str, timeout_s: float) -> None:
+    """Send a small completion to a vllm-router until it answers 200: it has found a prefill and a
+    decode pod. StackError after ``timeout_s`` with the last answer."""
+    deadline = time.monotonic() + timeout_s
+    body = json.dumps({"model": model, "prompt": "a b c", "max_tokens": 2}).encode()
+    last = ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{url}/v1/completions", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+                last = f"HTTP {answer.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise StackError(f"vllm-router at {url} served nothing within {timeout_s:g} s (last answer: {last})")
+
+
 def operator_argv(namespace: str, prometheus_url: str, *, timer_s: float) -> list[str]:
     return [sys.executable, "-m", "goodput.cli", "operator", "--timer-seconds", f"{timer_s:g}",
             "--namespace", namespace, "--prometheus", prometheus_url]
@@ -272,4 +294,5 @@ __all__ = [
     "set_min_ready",
     "stop_process",
     "wait_deployment",
+    "wait_until_router_serves",
 ]
