@@ -1060,9 +1060,9 @@ def pod_is_ready(pod: Mapping[str, Any]) -> bool:
 
 __all__ = [
     "DEFAULT_GPU_PRODUCT",
+    "FRONT_PROXY_CLIENT_CN",
     "GPU_RESOURCE",
     "KWOK_STAGES",
-    "FRONT_PROXY_CLIENT_CN",
     "FakeNodeSpec",
     "LocalCluster",
     "LocalClusterError",
