@@ -220,8 +220,9 @@ def _build_keda(target: KedaBinaries, env: dict[str, str]) -> None:
     (scratch / "operator").rename(scratch / target.operator.name)
     (scratch / "adapter").rename(scratch / target.adapter.name)
     shutil.copytree(crds, scratch / target.crd_dir.name)
+    (scratch / target.crd_dir.name).chmod(0o755)  # the module cache is read-only
     for f in (scratch / target.crd_dir.name).iterdir():
-        f.chmod(0o644)  # the module cache is read-only
+        f.chmod(0o644)
     shutil.rmtree(target.operator.parent, ignore_errors=True)
     scratch.rename(target.operator.parent)
 
