@@ -49,7 +49,7 @@ from goodput.demo.stack import (
     loop_env,
 )
 from goodput.devcluster.cluster import LocalCluster
-from goodput.devcluster.keda import LocalKeda
+from goodput.devcluster.keda import LocalKeda, hpa_name, production_stack_scaled_object
 from goodput.metrics.prometheus import DEPLOYMENT_LABEL, NAMESPACE_LABEL
 from goodput.metrics.testing import DEFAULT_BINARY, LocalPrometheus, free_port
 from goodput.render_command import render_objects
@@ -59,7 +59,7 @@ pytestmark = pytest.mark.integration
 NAME = "llama-keda"
 DEPLOYMENT = f"{NAME}-aggregated"
 SCALED_OBJECT = "vllm-scaledobject"
-HPA = f"keda-hpa-{SCALED_OBJECT}"
+HPA = hpa_name(SCALED_OBJECT)
 BASE_RPS = 1.0
 STEP = 12.0  # x BASE_RPS: 12 req/s, about three replicas' worth
 LOW = 0.25
@@ -93,25 +93,9 @@ def waiting_query(ns: str) -> str:
 
 def scaled_object(ns: str, prometheus_url: str) -> dict[str, Any]:
     """The production-stack tutorial's ScaledObject, plus a 20 s scale-down window (see the docstring)."""
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": SCALED_OBJECT, "namespace": ns},
-        "spec": {
-            "scaleTargetRef": {"name": DEPLOYMENT},
-            "minReplicaCount": 1,
-            "maxReplicaCount": MAX_REPLICAS,
-            "pollingInterval": 15,
-            "advanced": {"horizontalPodAutoscalerConfig": {
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S}}}},
-            "triggers": [{"type": "prometheus", "metadata": {
-                "serverAddress": prometheus_url,
-                "metricName": "vllm:num_requests_waiting",
-                "query": waiting_query(ns),
-                "threshold": str(THRESHOLD),
-            }}],
-        },
-    }
+    return production_stack_scaled_object(ns, SCALED_OBJECT, DEPLOYMENT, prometheus_url, waiting_query(ns),
+                                          threshold=THRESHOLD, max_replicas=MAX_REPLICAS,
+                                          scale_down_window_s=SCALE_DOWN_WINDOW_S)
 
 
 @dataclass

@@ -91,6 +91,38 @@ def write_keda_certs(cert_dir: Path, ca_cert: Path, ca_key: Path, *, valid_days:
     key_path.chmod(0o600)
 
 
+def production_stack_scaled_object(namespace: str, name: str, deployment: str, prometheus_url: str, query: str, *,
+                                   threshold: float = 5, min_replicas: int = 1, max_replicas: int = 10,
+                                   polling_interval_s: int = 15,
+                                   scale_down_window_s: int | None = None) -> dict[str, Any]:
+    """The vLLM production-stack tutorial's ScaledObject: one Prometheus trigger on ``query``
+    (``sum(vllm:num_requests_waiting{...})``) with ``threshold`` 5, metric type AverageValue
+    (KEDA's default: the HPA wants ``ceil(sum / threshold)`` replicas). ``scale_down_window_s``
+    overrides the HPA's 300 s scale-down stabilization window (None: Kubernetes' default)."""
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"name": deployment},
+        "minReplicaCount": min_replicas,
+        "maxReplicaCount": max_replicas,
+        "pollingInterval": polling_interval_s,
+        "triggers": [{"type": "prometheus", "metadata": {
+            "serverAddress": prometheus_url,
+            "metricName": "vllm:num_requests_waiting",
+            "query": query,
+            "threshold": f"{threshold:g}",
+        }}],
+    }
+    if scale_down_window_s is not None:
+        spec["advanced"] = {"horizontalPodAutoscalerConfig": {
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": scale_down_window_s}}}}
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def hpa_name(scaled_object: str) -> str:
+    """The HPA KEDA makes for a ScaledObject (unless it names one itself)."""
+    return f"keda-hpa-{scaled_object}"
+
+
 class LocalKeda:
     """KEDA's operator and metrics adapter for one started `LocalCluster` (see the module docstring)."""
 
@@ -292,4 +324,5 @@ class LocalKeda:
         return "\n".join(f"--- {name} ({p.log_path}):\n{_tail(p.log_path, lines)}" for name, p in self._procs.items())
 
 
-__all__ = ["APISERVICE", "KEDA_NAMESPACE", "LocalKeda", "write_keda_certs"]
+__all__ = ["APISERVICE", "KEDA_NAMESPACE", "LocalKeda", "hpa_name", "production_stack_scaled_object",
+           "write_keda_certs"]
