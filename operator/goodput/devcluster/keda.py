@@ -183,6 +183,10 @@ class LocalKeda:
         step("CRDs established, namespace keda")
 
         write_keda_certs(self.cert_dir, cluster.ca_cert, cluster.ca_key)
+        # the CAs scalers trust besides the system's (--ca-dir: every file in it must be a cert)
+        ca_dir = self.work_dir / "ca"
+        ca_dir.mkdir(exist_ok=True)
+        (ca_dir / "ca.crt").write_bytes(cluster.ca_cert.read_bytes())
         names = ("grpc", "operator_metrics", "operator_health", "adapter", "adapter_metrics")
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         env = dict(cluster.env, WATCH_NAMESPACE="", POD_NAMESPACE=KEDA_NAMESPACE,
@@ -197,7 +201,7 @@ class LocalKeda:
                 f"--health-probe-bind-address=127.0.0.1:{p['operator_health']}",
                 f"--metrics-service-bind-address=127.0.0.1:{p['grpc']}",
                 f"--cert-dir={certs}",
-                f"--ca-dir={certs}",
+                f"--ca-dir={ca_dir}",
                 "--enable-cert-rotation=false",
                 "--enable-webhook-patching=false",
                 "--enable-apiservice-patching=false",
