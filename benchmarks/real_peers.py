@@ -16,8 +16,15 @@ in the middle; the same seed, cold start and duration):
 
 Attainment comes from vLLM's TTFT and ITL histograms in Prometheus (interpolated inside a bucket
 where the SLO falls inside one), GPU-hours from the pods that existed (cold start included), the
-scaling actions from the operator's decisions or the HPA's SuccessfulRescale Events. The results
-(the runs' summaries verbatim, and a table) go to ``--out``.
+scaling actions from the operator's decisions or the HPA's SuccessfulRescale Events.
+
+The simulator then replays the very arrivals the emulator made (the trace through the same speed and
+surge steps, `goodput.emulator.process.LoadGenerator`, written as a CSV) with its ``goodput``,
+``keda-queue`` and ``oracle`` policies, same model, SLOs and cold start. Its attainment counts the
+requests within both SLOs (ITL as each request's mean), not the histograms' per-token ITL, and its
+``keda-queue`` cap is the simulator's shared maxReplicas, not the example's 8: the figures sit side
+by side, they are not the same measure. The results (a table, the runs' summaries verbatim and the
+simulator's table) go to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +54,34 @@ def run_demo(autoscaler: str, args: argparse.Namespace, plot: Path) -> tuple[lis
     for line in lines:
         print(f"    [{autoscaler}] {line}", file=sys.stderr)
     return lines, time.monotonic() - t0, proc.returncode
+
+
+def demo_arrivals(args: argparse.Namespace) -> list[tuple[float, int, int]]:
+    """The arrivals `goodput demo` offers: the trace on the emulator's intensity clock, ``--speed``
+    times faster, through the demo's surge steps, for ``--duration-s`` (seconds from the load's start)."""
+    from goodput.demo.report import LoadProfile
+    from goodput.emulator.process import LoadGenerator, _TraceEvents, load_trace
+
+    gen = LoadGenerator(_TraceEvents(load_trace(args.trace)), None, args.speed)
+    steps = LoadProfile.default(args.duration_s, args.surge).changes()
+    ends = [t for t, _, _ in steps[1:]] + [args.duration_s]
+    rows: list[tuple[float, int, int]] = []
+    for (t, mult, _), end in zip(steps, ends, strict=True):
+        rows += gen.arrivals(t, min(end, args.duration_s), mult)
+    return rows
+
+
+def simulate(args: argparse.Namespace, csv_path: Path) -> list[str]:
+    rows = demo_arrivals(args)
+    csv_path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                        + "".join(f"{t:.4f},{p},{o}\n" for t, p, o in rows), encoding="utf-8")
+    cmd = [sys.executable, "-m", "goodput.cli", "simulate", "--trace", str(csv_path), "--model", "llama-3.1-8b",
+           "--gpu", "h100-sxm-80gb", "--precision", "bf16", "--ttft-p99-ms", "1000", "--itl-p99-ms", "40",
+           "--mode", "aggregated", "--policy", "goodput,keda-queue,oracle", "--cold-start-s", f"{args.cold_start_s:g}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    return [f"$ goodput simulate {' '.join(cmd[4:])}", *proc.stdout.splitlines(),
+            *(line for line in proc.stderr.splitlines() if not line.startswith("simulate: "))]
 
 
 def summary_of(lines: list[str]) -> dict[str, str]:
@@ -77,7 +113,12 @@ def main() -> int:
     p.add_argument("--cold-start-s", type=float, default=20.0)
     p.add_argument("--autoscalers", default="goodput,keda")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_peers.md")
+    p.add_argument("--sim-only", action="store_true", help="only the simulator's replay (print it)")
     args = p.parse_args()
+    sim_csv = Path(tempfile.mkdtemp(prefix="real-peers-")) / "arrivals.csv"
+    if args.sim_only:
+        print("\n".join(simulate(args, sim_csv)))
+        return 0
 
     rows = []
     logs = []
@@ -114,6 +155,7 @@ def main() -> int:
     for autoscaler, code, took, decisions, body in logs:
         md += [f"## {autoscaler} (exit {code}, {took:.0f} s)", "", "Scaling decisions:", "", "```",
                *(decisions or ["(none)"]), "```", "", "Summary:", "", "```", *body, "```", ""]
+    md += ["## The simulator on the same arrivals", "", "```", *simulate(args, sim_csv), "```", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(md), encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
