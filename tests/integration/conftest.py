@@ -88,7 +88,7 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def keda_cluster(pytestconfig: pytest.Config) -> Iterator[tuple[LocalCluster, LocalKeda]]:
     """A control plane of its own with the real KEDA (v2.21.0: operator and metrics adapter, built
-    from its Go module on first use, about 7 min on 2 cores, and cached) serving
+    from its Go module on first use, 7-23 min on 2 cores, and cached) serving
     external.metrics.k8s.io through the aggregation layer, and the HPA controller syncing every
     5 s. Its own cluster, not the session's ``cluster``: KEDA's CRDs, APIService and short HPA
     period stay out of the other tests. The control plane's binaries fail the tests as for
@@ -101,7 +101,7 @@ def keda_cluster(pytestconfig: pytest.Config) -> Iterator[tuple[LocalCluster, Lo
         except Exception as exc:
             pytest.fail(f"building the local control plane failed: {exc}", pytrace=False)
         if missing:
-            _say(f"building KEDA from its Go module into {cache_dir()} (first run only, ~7 min on 2 cores) ...")
+            _say(f"building KEDA from its Go module into {cache_dir()} (first run only, 7-23 min on 2 cores) ...")
         t0 = time.monotonic()
         try:
             binaries = ensure_keda()

@@ -287,7 +287,7 @@ class Demo:
         say(f"    ready in {time.monotonic() - t:.1f} s at {cluster.server} (kubeconfig {cluster.kubeconfig})")
         if a.autoscaler == "keda":
             if not all(p.exists() for p in expected_keda().all()):
-                say(f"==> building KEDA from its Go module (first run only, about 7 min on 2 cores; cached in "
+                say(f"==> building KEDA from its Go module (first run only, 7-23 min on 2 cores; cached in "
                     f"{cache_dir()})")
             keda_binaries = ensure_keda()
             say("==> starting KEDA: its operator and metrics adapter (external.metrics.k8s.io through the "
@@ -680,7 +680,7 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--autoscaler", choices=("goodput", "keda"), default="goodput",
                    help="who scales: the goodput operator (default), or the real KEDA and HPA with the vLLM "
                    "production-stack ScaledObject (sum(vllm:num_requests_waiting), threshold 5) on the Deployment "
-                   "the operator would render first (KEDA is built from source on first use, about 7 min)")
+                   "the operator would render first (KEDA is built from source on first use, 7-23 min on 2 cores)")
     p.add_argument("--example", type=example_arg, default=DEFAULT_EXAMPLE, metavar="NAME|FILE.yaml",
                    help="the InferenceDeployment to apply: a bundled example (" + ", ".join(BUNDLED_EXAMPLES)
                         + ") or a manifest file (default aggregated-small)")

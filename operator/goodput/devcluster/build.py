@@ -14,7 +14,7 @@ README); a warm one is a few stat() calls.
 * kwok installs as it is.
 * KEDA (:func:`ensure_keda`, built only by the tests that run the real KEDA) also has a replace line
   in its go.mod, so ``go install`` refuses it: a wrapper module requires it and carries the same
-  replace; ``go build`` of its operator and metrics adapter takes about 7 minutes on 2 cores.
+  replace; ``go build`` of its operator and metrics adapter takes 7 (idle) to 23 (busy) minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -229,14 +229,14 @@ def _build_keda(target: KedaBinaries, env: dict[str, str]) -> None:
 
 def ensure_keda() -> KedaBinaries:
     """KEDA's operator and metrics adapter (and CRDs), built from its Go module on first use (about
-    7 minutes on 2 cores; 250 MB and 180 MB) and cached under ``bin/keda-<version>``."""
+    7-23 minutes on 2 cores; 177 MB and 127 MB stripped) and cached under ``bin/keda-<version>``."""
     target = expected_keda()
     if all(p.exists() for p in target.all()):
         return target
     env = _go_env()
     started = time.monotonic()
     _log(f"building KEDA {KEDA_VERSION} (operator, metrics adapter) into {cache_dir()} "
-         "(first run only; about 7 minutes on 2 cores)")
+         "(first run only; 7-23 minutes on 2 cores)")
     _build_keda(target, env)
     _log(f"KEDA built in {time.monotonic() - started:.0f} s")
     return target
