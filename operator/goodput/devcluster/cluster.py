@@ -3,7 +3,10 @@
 ``LocalCluster`` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok as
 child processes (binaries from :func:`goodput.devcluster.build.ensure_binaries`), with freshly
 generated certificates, free ports and a throw-away work directory. kwok plays the kubelet for a
-few fake GPU nodes, so pods scheduled there become Running and Ready without containers.
+few fake GPU nodes, so pods scheduled there become Running and Ready without containers. The
+apiserver has the aggregation layer (front-proxy CA and client cert, ``--requestheader-*``), so
+extension API servers such as KEDA's metrics adapter (`goodput.devcluster.keda`) can be registered
+with an APIService; ``hpa_sync_period_s`` sets the HorizontalPodAutoscaler controller's period.
 
     with LocalCluster() as cluster:
         cluster.kubectl("get", "nodes")
