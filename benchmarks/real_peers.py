@@ -123,7 +123,9 @@ def main() -> int:
     rows = []
     logs = []
     for autoscaler in args.autoscalers.split(","):
-        plot = args.out.with_name(f"real_peers-{autoscaler}.png")
+        plot = args.out.with_name(f"real_peers-{autoscaler}.png").resolve()
+        if plot.is_relative_to(ROOT):
+            plot = plot.relative_to(ROOT)  # the demo runs in ROOT; the results name no machine's paths
         lines, took, code = run_demo(autoscaler, args, plot)
         start = next((i for i, line in enumerate(lines) if line.startswith("==> summary")), None)
         body = lines[start:] if start is not None else lines[-30:]
