@@ -137,8 +137,8 @@ class Fleet:
         assert self.emulator.proc.poll() is None, f"the emulator exited:\n{log_tail(self.emulator.log_path)}"
         hpa = self.hpa() or {}
         status = hpa.get("status") or {}
-        metric = next((m["external"]["current"] for m in status.get("currentMetrics") or []
-                       if m.get("type") == "External"), {})
+        metric: dict[str, Any] = next((m["external"]["current"] for m in status.get("currentMetrics") or []
+                                       if m.get("type") == "External"), {})
         try:
             emu = self.emulator.state()
         except OSError:
