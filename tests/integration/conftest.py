@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from goodput.devcluster.build import cache_dir, ensure_binaries, expected_binaries
+from goodput.devcluster.build import cache_dir, ensure_binaries, ensure_keda, expected_binaries, expected_keda
 from goodput.devcluster.cluster import LocalCluster
+from goodput.devcluster.keda import LocalKeda
 from goodput.devcluster.vllm_cpu import VllmCpuEnv, VllmCpuUnavailable, ensure_tiny_model, ensure_vllm_cpu
 from goodput.devcluster.vllm_server import VllmCpuServer, VllmServerError
 
@@ -81,6 +82,49 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[LocalCluster]:
     try:
         yield local
     finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def keda_cluster(pytestconfig: pytest.Config) -> Iterator[tuple[LocalCluster, LocalKeda]]:
+    """A control plane of its own with the real KEDA (v2.21.0: operator and metrics adapter, built
+    from its Go module on first use, 7-23 min on 2 cores, and cached) serving
+    external.metrics.k8s.io through the aggregation layer, and the HPA controller syncing every
+    5 s. Its own cluster, not the session's ``cluster``: KEDA's CRDs, APIService and short HPA
+    period stay out of the other tests. The control plane's binaries fail the tests as for
+    ``cluster``; if KEDA alone cannot be built here (no network to the Go module proxy), the tests
+    using it skip with the reason; if it is built but does not start, they fail."""
+    missing = [p for p in expected_keda().all() if not p.exists()]
+    with _uncaptured(pytestconfig):
+        try:
+            control_plane = ensure_binaries()
+        except Exception as exc:
+            pytest.fail(f"building the local control plane failed: {exc}", pytrace=False)
+        if missing:
+            _say(f"building KEDA from its Go module into {cache_dir()} (first run only, 7-23 min on 2 cores) ...")
+        t0 = time.monotonic()
+        try:
+            binaries = ensure_keda()
+        except Exception as exc:
+            pytest.skip(f"KEDA could not be built on this machine (Go module proxy unreachable?): {exc}")
+        if missing:
+            _say(f"KEDA built in {time.monotonic() - t0:.0f} s")
+        keep = os.environ.get("GOODPUT_DEVCLUSTER_KEEP", "") not in ("", "0", "false")
+        local = LocalCluster(control_plane, nodes=2, keep=keep, hpa_sync_period_s=5)
+        try:
+            local.start()
+        except Exception as exc:
+            pytest.fail(f"the KEDA test control plane did not start: {exc}", pytrace=False)
+        keda = LocalKeda(local, binaries)
+        try:
+            keda.start()
+        except Exception as exc:
+            local.stop()
+            pytest.fail(f"KEDA did not start: {exc}", pytrace=False)
+    try:
+        yield local, keda
+    finally:
+        keda.stop()
         local.stop()
 
 

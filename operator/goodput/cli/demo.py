@@ -34,6 +34,10 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
                    "(vllm-cpu: the tiny Llama on one core per pod, at most two; this machine's core is the "
                    "accelerator the operator plans for; --trace, --speed and --example do not apply; a real server "
                    "takes 30-140 s to start, so give --duration-s 480 or more to see the second one serve)")
+    p.add_argument("--autoscaler", choices=("goodput", "keda"), default="goodput",
+                   help="who scales: the goodput operator (default), or the real KEDA and HPA with the vLLM "
+                   "production-stack ScaledObject (sum(vllm:num_requests_waiting), threshold 5) on the Deployment "
+                   "the operator would render first (KEDA is built from source on first use, 7-23 min on 2 cores)")
     p.add_argument("--example", type=example_arg, default=DEFAULT_EXAMPLE, metavar="NAME|FILE.yaml",
                    help="the InferenceDeployment to apply: a bundled example (" + ", ".join(BUNDLED_EXAMPLES)
                         + ") or a manifest file (default aggregated-small)")

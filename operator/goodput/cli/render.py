@@ -24,15 +24,11 @@ from typing import Any
 
 import yaml
 
-from goodput.api.v1alpha1 import KIND, InferenceDeployment
+from goodput.api.v1alpha1 import KIND
 from goodput.api.vocabulary import ConditionType
 from goodput.model.serving import DEFAULT_IMAGES, checkpoints, known_precisions
-from goodput.render.reconcile import reconcile
+from goodput.render.offline import RenderError, first_reconcile
 from goodput.render.vllm import ROUTER_IMAGE, RenderConfig
-
-
-class RenderError(Exception):
-    """Bad input: one line, exit 2."""
 
 
 def add_render_parser(sub: Any) -> argparse.ArgumentParser:
@@ -72,27 +68,8 @@ def _load(path: str) -> dict[str, Any]:
 def render_objects(manifest: dict[str, Any], namespace: str | None = None, uid: str | None = None,
                    config: RenderConfig | None = None,
                    now: dt.datetime | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(objects, status) of the operator's first reconcile of ``manifest``."""
-    try:
-        parsed = InferenceDeployment.model_validate(manifest)
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        raise RenderError(f"not a valid {KIND}: {' '.join(first[:3])}") from None
-    meta = dict(parsed.metadata)
-    name = meta.get("name")
-    if not name:
-        raise RenderError(f"the {KIND} needs metadata.name")
-    obj = {"metadata": {"name": name, "namespace": namespace or meta.get("namespace") or "default",
-                        "uid": uid or "", "generation": 1},
-           "spec": manifest.get("spec") or {}}
-    outcome = reconcile(obj, {}, now or dt.datetime.now(dt.UTC), None, config or RenderConfig())
-    objects = [_without_owner(o) for o in outcome.apply] if not uid else outcome.apply
-    return objects, outcome.status
-
-
-def _without_owner(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: v for k, v in obj["metadata"].items() if k != "ownerReferences"}
-    return {**obj, "metadata": meta}
+    """(objects, status) of the operator's first reconcile of ``manifest``, now (`first_reconcile`)."""
+    return first_reconcile(manifest, now or dt.datetime.now(dt.UTC), namespace, uid, config)
 
 
 def _degraded(status: dict[str, Any]) -> str | None:

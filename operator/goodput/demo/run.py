@@ -3,6 +3,13 @@
     goodput demo [--trace azure-conv] [--duration-s 270] [--speed 2] [--surge 3]
                  [--example FILE.yaml] [--plot demo.png] [--keep] [--work-dir DIR]
     goodput demo --engine vllm-cpu [--duration-s 480] [--surge 3]
+    goodput demo --autoscaler keda [...]
+
+With ``--autoscaler keda`` no goodput operator runs: the Deployment it would render first is
+applied once, and the real KEDA (built on first use, `goodput.devcluster.keda`) scales it through
+the real HPA with the vLLM production-stack tutorial's ScaledObject (Prometheus scaler on
+``sum(vllm:num_requests_waiting)``, threshold 5, the HPA's default behavior and 15 s sync): the
+same fleet, trace and report, another autoscaler.
 
 With ``--engine vllm-cpu`` the pods are served by real vLLM CPU servers (the tiny Llama, one core
 each, at most two) and the scenario is `goodput.demo.real_loop`'s: this machine's core measured as
@@ -32,6 +39,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -84,9 +92,12 @@ from goodput.devcluster.build import (
     KWOK_VERSION,
     cache_dir,
     ensure_binaries,
+    ensure_keda,
     expected_binaries,
+    expected_keda,
 )
 from goodput.devcluster.cluster import LocalCluster, LocalClusterError
+from goodput.devcluster.keda import LocalKeda, hpa_name, production_stack_scaled_object
 from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, LocalPrometheusError, free_port
 from goodput.metrics.prometheus import NAMESPACE_LABEL
 
@@ -168,6 +179,8 @@ class Demo:
         self.prom: LocalPrometheus | None = None
         self.procs: Processes | None = None
         self.operator: Any = None
+        self.keda: LocalKeda | None = None
+        self._hpa_size: int | None = None
         self.emulator: EmulatorHandle | None = None
         self.manifest: dict[str, Any] = {}
         self.name = ""
@@ -275,6 +288,18 @@ class Demo:
             self.cluster.start()
         cluster = self.cluster
         say(f"    ready in {time.monotonic() - t:.1f} s at {cluster.server} (kubeconfig {cluster.kubeconfig})")
+        if a.autoscaler == "keda":
+            if not all(p.exists() for p in expected_keda().all()):
+                say(f"==> building KEDA from its Go module (first run only, 7-23 min on 2 cores; cached in "
+                    f"{cache_dir()})")
+            keda_binaries = ensure_keda()
+            say("==> starting KEDA: its operator and metrics adapter (external.metrics.k8s.io through the "
+                "aggregation layer)")
+            t = time.monotonic()
+            self.keda = LocalKeda(cluster, keda_binaries, work_dir=work / "keda")
+            with self._quiet():
+                self.keda.start()
+            say(f"    ready in {time.monotonic() - t:.1f} s, logs in {work / 'keda' / 'logs'}")
 
         # 3. Prometheus
         say("==> starting Prometheus (scrapes the emulated vLLM replicas every second)")
@@ -303,11 +328,12 @@ class Demo:
                                       drain_s=30, extra=extra),
             self.name, own_session=True)
 
-        # 5. the operator
-        say(f"==> starting the operator: goodput operator --timer-seconds {TIMER_S:g} (windows {WINDOW_S:g} s / "
-            f"{LONG_WINDOW_S:g} s), log in {work / 'operator.log'}")
-        self.operator = self.procs.spawn(operator_argv(self.ns, self.prom.url, timer_s=TIMER_S), "operator.log",
-                                         own_session=True)
+        # 5. the operator (not with --autoscaler keda: KEDA's HPA owns the Deployment's replicas)
+        if self.keda is None:
+            say(f"==> starting the operator: goodput operator --timer-seconds {TIMER_S:g} (windows {WINDOW_S:g} s / "
+                f"{LONG_WINDOW_S:g} s), log in {work / 'operator.log'}")
+            self.operator = self.procs.spawn(operator_argv(self.ns, self.prom.url, timer_s=TIMER_S), "operator.log",
+                                             own_session=True)
 
         # 6. the InferenceDeployment
         rel = a.example.resolve()
@@ -321,6 +347,8 @@ class Demo:
             f"{rate:.1f} req/s, {', '.join(f'{k} {v}' for k, v in spec_scaling(self.manifest).items())}")
         self.t0_wall = time.time()
         apply_manifest(cluster, self.manifest)
+        if self.keda is not None:
+            self._apply_keda()
         self.emulator.wait_ready(timeout=30)
 
         # 7. the first replica loads
@@ -376,6 +404,52 @@ class Demo:
         self.procs.spawn(router_argv(dep, ROUTER_BINARY, port, free_port()), "router.log", own_session=True)
         # vLLM serves the model under --served-model-name: the spec's, or the resource's name
         wait_until_router_serves(self.router_url, spec.model.served_model_name or self.name, 60)
+
+    def _apply_keda(self) -> None:
+        """The Deployment the operator would render first, applied once, and the production-stack
+        ScaledObject on it; the goodput operator does not run."""
+        from goodput.render.offline import first_reconcile
+
+        assert self.cluster is not None and self.prom is not None
+        objects, _ = first_reconcile({**self.manifest, "spec": {**self.manifest["spec"], "dryRun": False}},
+                                     dt.datetime.now(dt.UTC), self.ns)
+        deployments = [o for o in objects if o["kind"] == "Deployment"]
+        if len(deployments) != 1:
+            raise DemoError("--autoscaler keda needs an aggregated example (one Deployment); "
+                            f"this one renders {len(deployments)}")
+        dep = deployments[0]
+        dep["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "keda"
+        apply_manifest(self.cluster, dep)
+        sel = f'{NAMESPACE_LABEL}="{self.ns}",{PROM_DEPLOYMENT_LABEL}="{self.name}"'
+        max_replicas = int(self.manifest["spec"].get("scaling", {}).get("aggregated", {}).get("maxReplicas", 10))
+        so = production_stack_scaled_object(self.ns, self.name, dep["metadata"]["name"], self.prom.url,
+                                            f"sum(vllm:num_requests_waiting{{{sel}}})", max_replicas=max_replicas)
+        apply_manifest(self.cluster, so)
+        say(f"==> applied Deployment {dep['metadata']['name']} (1 replica) and ScaledObject {self.name}: "
+            f"sum(vllm:num_requests_waiting) / 5 per replica, 1-{max_replicas} replicas, the HPA's default behavior")
+
+    def _hpa_decisions(self) -> list[DecisionLine]:
+        """The HPA's rescales (its SuccessfulRescale Events), as decision lines."""
+        assert self.cluster is not None
+        selector = urllib.parse.quote(f"involvedObject.name={hpa_name(self.name)}")
+        events = (get_or_none(self.cluster, f"/api/v1/namespaces/{self.ns}/events?fieldSelector={selector}")
+                  or {}).get("items", [])
+        out = []
+        for ev in sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or "")):
+            key = (str(ev["metadata"].get("uid")), str(ev.get("count")), "", "")
+            match = re.match(r"New size: (\d+); reason: (.*)", str(ev.get("message", "")))
+            if ev.get("reason") != "SuccessfulRescale" or key in self._seen or not match:
+                continue
+            self._seen.add(key)
+            size = int(match.group(1))
+            before = self._hpa_size if self._hpa_size is not None else 1
+            self._hpa_size = size
+            stamp = str(ev.get("lastTimestamp") or ev.get("eventTime") or "")[:19] + "Z"
+            t = (dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+                 - self.t0_wall) if len(stamp) == 20 else self._now()
+            out.append(DecisionLine(t, "ScaleUp" if size > before else "ScaleDown", "aggregated", before, size,
+                                    f"HPA: {match.group(2)}"))
+        return out
 
     def _emulated_load(self) -> tuple[float, list[str], str]:
         """The trace, the example manifest, and the emulator's load arguments."""
@@ -448,6 +522,8 @@ class Demo:
             if key not in self._seen:
                 self._seen.add(key)
                 fresh.append(decision_line(d, self.t0_wall))
+        if self.keda is not None:
+            fresh += self._hpa_decisions()
         for line in sorted(fresh, key=lambda x: x.t):
             self.decisions.append(line)
             say(line.text())
@@ -580,6 +656,9 @@ class Demo:
                 path = self.work / log
                 if path.exists():
                     print(f"--- last lines of {path}:\n{log_tail(path, 15)}", file=sys.stderr, end="")
+        if self.keda is not None:
+            with self._quiet():
+                self.keda.stop()
         if self.procs is not None:
             # Real vLLM servers get their own grace period inside the emulator's (up to about 30 s).
             self.procs.stop_all(timeout=45 if self.args.engine == "vllm-cpu" else 15)

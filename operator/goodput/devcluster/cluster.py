@@ -3,7 +3,10 @@
 ``LocalCluster`` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok as
 child processes (binaries from :func:`goodput.devcluster.build.ensure_binaries`), with freshly
 generated certificates, free ports and a throw-away work directory. kwok plays the kubelet for a
-few fake GPU nodes, so pods scheduled there become Running and Ready without containers.
+few fake GPU nodes, so pods scheduled there become Running and Ready without containers. The
+apiserver has the aggregation layer (front-proxy CA and client cert, ``--requestheader-*``), so
+extension API servers such as KEDA's metrics adapter (`goodput.devcluster.keda`) can be registered
+with an APIService; ``hpa_sync_period_s`` sets the HorizontalPodAutoscaler controller's period.
 
     with LocalCluster() as cluster:
         cluster.kubectl("get", "nodes")
@@ -103,6 +106,11 @@ class _Pki:
     admin_key: Path
     sa_key: Path  # RSA private key (signing)
     sa_pub: Path  # RSA public key (verification)
+    # the aggregation layer: kube-apiserver proxies aggregated APIs (KEDA's external.metrics.k8s.io)
+    # with this client certificate, signed by a CA of its own that the extension servers trust
+    front_proxy_ca: Path
+    front_proxy_client_cert: Path
+    front_proxy_client_key: Path
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -110,9 +118,13 @@ def _write_private(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
+FRONT_PROXY_CLIENT_CN = "front-proxy-client"
+
+
 def generate_pki(cert_dir: Path, *, valid_days: int = 7) -> _Pki:
-    """A CA, the apiserver serving cert, an admin (system:masters) client cert and the
-    service-account RSA key pair, written as PEM files into ``cert_dir``."""
+    """A CA, the apiserver serving cert, an admin (system:masters) client cert, the
+    service-account RSA key pair, and the front-proxy CA with its client cert (the aggregation
+    layer), written as PEM files into ``cert_dir``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -140,32 +152,39 @@ def generate_pki(cert_dir: Path, *, valid_days: int = 7) -> _Pki:
                              data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
                              crl_sign=cert_sign, encipher_only=False, decipher_only=False)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("goodput-devcluster-ca")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (x509.CertificateBuilder()
-          .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage(cert_sign=True), critical=True)
-          .add_extension(ca_ski, critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    def make_ca(cn: str) -> tuple[Any, x509.Name, x509.SubjectKeyIdentifier, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = name(cn)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (x509.CertificateBuilder()
+                .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(usage(cert_sign=True), critical=True)
+                .add_extension(ski, critical=False)
+                .sign(key, hashes.SHA256()))
+        return key, subject, ski, cert
+
+    ca_key, ca_name, ca_ski, ca = make_ca("goodput-devcluster-ca")
+    fp_key, fp_name, fp_ski, fp_ca = make_ca("goodput-devcluster-front-proxy-ca")
 
     def leaf(subject: x509.Name, eku: x509.ObjectIdentifier,
-             sans: list[x509.GeneralName] | None = None) -> tuple[Any, x509.Certificate]:
+             sans: list[x509.GeneralName] | None = None, *,
+             issuer: tuple[Any, x509.Name, x509.SubjectKeyIdentifier] | None = None) -> tuple[Any, x509.Certificate]:
+        signer_key, signer_name, signer_ski = issuer or (ca_key, ca_name, ca_ski)
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (x509.CertificateBuilder()
-                   .subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+                   .subject_name(subject).issuer_name(signer_name).public_key(key.public_key())
                    .serial_number(x509.random_serial_number()).not_valid_before(not_before)
                    .not_valid_after(not_after)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(usage(cert_sign=False), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer_ski),
                                   critical=False))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, builder.sign(ca_key, hashes.SHA256())
+        return key, builder.sign(signer_key, hashes.SHA256())
 
     serving_sans: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address(_LOOPBACK)),
@@ -175,6 +194,8 @@ def generate_pki(cert_dir: Path, *, valid_days: int = 7) -> _Pki:
     ]
     serving_key, serving = leaf(name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, serving_sans)
     admin_key, admin = leaf(name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    proxy_key, proxy = leaf(name(FRONT_PROXY_CLIENT_CN), ExtendedKeyUsageOID.CLIENT_AUTH,
+                            issuer=(fp_key, fp_name, fp_ski))
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     pki = _Pki(
@@ -182,7 +203,13 @@ def generate_pki(cert_dir: Path, *, valid_days: int = 7) -> _Pki:
         serving_cert=cert_dir / "apiserver.crt", serving_key=cert_dir / "apiserver.key",
         admin_cert=cert_dir / "admin.crt", admin_key=cert_dir / "admin.key",
         sa_key=cert_dir / "sa.key", sa_pub=cert_dir / "sa.pub",
+        front_proxy_ca=cert_dir / "front-proxy-ca.crt",
+        front_proxy_client_cert=cert_dir / "front-proxy-client.crt",
+        front_proxy_client_key=cert_dir / "front-proxy-client.key",
     )
+    pki.front_proxy_ca.write_bytes(cert_pem(fp_ca))
+    pki.front_proxy_client_cert.write_bytes(cert_pem(proxy))
+    _write_private(pki.front_proxy_client_key, key_pem(proxy_key))
     pki.ca_cert.write_bytes(cert_pem(ca))
     _write_private(pki.ca_key, key_pem(ca_key))
     pki.serving_cert.write_bytes(cert_pem(serving))
@@ -336,6 +363,7 @@ class LocalCluster:
         start_timeout: float = 90.0,
         stop_timeout: float = 10.0,
         extra_apiserver_args: Iterable[str] = (),
+        hpa_sync_period_s: float = 15.0,
     ) -> None:
         self._binaries = binaries
         self.node_count = nodes
@@ -345,6 +373,7 @@ class LocalCluster:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_apiserver_args = list(extra_apiserver_args)
+        self.hpa_sync_period_s = hpa_sync_period_s
         # Pod IPs come from a loopback /16 (all of 127.0.0.0/8 reaches this host on Linux): what runs
         # "in" a pod (the vLLM emulator, the real vllm-router) listens on its pod's own IP, so
         # Kubernetes service discovery (vllm-router's, Prometheus') finds it as in a cluster, and no
@@ -388,6 +417,20 @@ class LocalCluster:
         env = _no_proxy_env()
         env["KUBECONFIG"] = str(self.kubeconfig)
         return env
+
+    @property
+    def ca_cert(self) -> Path:
+        """The cluster CA's certificate (it signs the apiserver's serving cert and the clients')."""
+        if self._pki is None:
+            raise LocalClusterError("cluster not started")
+        return self._pki.ca_cert
+
+    @property
+    def ca_key(self) -> Path:
+        """The cluster CA's private key: for signing the serving certs of local extension servers."""
+        if self._pki is None:
+            raise LocalClusterError("cluster not started")
+        return self._pki.ca_key
 
     @property
     def client_tls(self) -> tuple[Path, Path, Path]:
@@ -529,6 +572,15 @@ class LocalCluster:
                 # on SIGTERM, end open watches within 2 s: otherwise the HTTP server waits for the
                 # controllers' watch connections up to --request-timeout (60 s) before it exits
                 "--shutdown-watch-termination-grace-period=2s",
+                # the aggregation layer (APIService objects: KEDA's metrics adapter serves
+                # external.metrics.k8s.io behind it): the proxy's client cert and what it asserts
+                f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-username-headers=X-Remote-User",
+                f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client_key}",
                 *self.extra_apiserver_args,
             ],
             # no --authentication/--authorization-kubeconfig for these two: /healthz is always
@@ -546,6 +598,8 @@ class LocalCluster:
                 f"--bind-address={_LOOPBACK}",
                 f"--secure-port={ports['controller_manager']}",
                 f"--cert-dir={self.work_dir / 'controller-manager-certs'}",
+                # the HorizontalPodAutoscaler controller (in --controllers=*): 15 s by default
+                f"--horizontal-pod-autoscaler-sync-period={self.hpa_sync_period_s:g}s",
             ],
             "kube-scheduler": [
                 str(b.kube_scheduler),
@@ -784,6 +838,7 @@ def pod_is_ready(pod: Mapping[str, Any]) -> bool:
 
 __all__ = [
     "DEFAULT_GPU_PRODUCT",
+    "FRONT_PROXY_CLIENT_CN",
     "GPU_RESOURCE",
     "KWOK_STAGES_FILE",
     "FakeNodeSpec",
