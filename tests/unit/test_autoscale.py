@@ -437,3 +437,27 @@ def test_calibration_records_whether_the_serving_count_rose() -> None:
     assert seen((2, earlier, False), 3) == (3, "2026-11-23T12:00:00Z", True)
     assert seen((3, earlier, True), 2) == (2, "2026-11-23T12:00:00Z", False)
     assert seen((3, earlier, True), 3) == (3, earlier, True)
+
+
+def test_a_pool_with_no_replicas_keeps_no_engine_arguments() -> None:
+    """Kept engine arguments save restarting the pods that run them. The first plan has no pod to
+    restart: it starts with the arguments planned for it, not with a running shape's (here 512-token
+    chunks, whose mixed step on engines 1.3x slower than the model is over the 60 ms ITL target, so
+    kept they would collapse each replica's goodput and multiply the first fleet)."""
+    s = InferenceDeploymentSpec.model_validate({
+        **SPEC, "model": {"id": "llama-3.1-70b"}, "accelerator": {"gpu": "h100-sxm-80gb"},
+        "precision": {"weights": "fp8", "kvCache": "fp8"}, "slo": {"ttftMs": 2000, "itlMs": 60},
+        "workload": {**SPEC["workload"], "requestRate": 5.7},  # type: ignore[dict-item]
+        "scaling": {**SPEC["scaling"], "uncalibratedMargin": 0.3, "tensorParallel": 2}})  # type: ignore[dict-item]
+    fresh = decide(s, None, {}, AutoscalerState(), T0)
+    planned = fresh.recommendation.pools[0]
+    running = (512, 256)
+    assert (planned.max_num_batched_tokens, planned.max_num_seqs) != running, "premise: the plan picks other args"
+    shape = RunningShape("aggregated", {"aggregated": 2}, {"aggregated": running})
+    first = decide(s, None, {}, AutoscalerState(), T0, shape=shape)
+    assert first.pools[0].target == fresh.pools[0].target
+    got = first.recommendation.pools[0]
+    assert (got.max_num_batched_tokens, got.max_num_seqs) == (planned.max_num_batched_tokens, planned.max_num_seqs)
+    # A pool that runs keeps its arguments (a change would restart its pods) and is sized for them.
+    kept = decide(s, None, {"aggregated": 2}, AutoscalerState(), T0, shape=shape).recommendation.pools[0]
+    assert (kept.max_num_batched_tokens, kept.max_num_seqs) == running
