@@ -1,7 +1,15 @@
 """The targets of issue 5, measured: the operator's planner against the baselines on both Azure traces.
 
     python benchmarks/simulate_targets.py [--jobs 1] [--compress] [--skip-speed | --speed-only]
-        [--only TRACE:MODEL ...] [--out STEM]
+        [--only TRACE:MODEL ...] [--out STEM] [--cold-start-s S ...] [--world-scale NAME=FACTOR ...]
+        [--mode auto|aggregated|disaggregated] [--matrix [--append]]
+
+Issue 11's matrix: ``--matrix --append --out simulate_matrix`` with ``--cold-start-s`` and
+``--world-scale`` (each repeatable: every configuration runs at every cold start in every world)
+adds its runs to benchmarks/results/simulate_matrix.json and .md (each run written as it finishes,
+every command line in the header) with a summary table against the oracle and the faithful peers
+(hpa-best, dynamo); the rate scale is picked on the planner's belief whatever the world, so a world
+changes the engines, not the load. ``goodput-nocal`` and the speed measurement are left out there.
 
 Configurations: Llama-3.1-70B fp8 (KV fp8) on H100 SXM, TTFT p99 <= 2000 ms, ITL <= 60 ms; and
 Llama-3.1-8B bf16 on A100 80GB SXM, TTFT p99 <= 1000 ms, ITL <= 40 ms. For each trace the rate
