@@ -1,7 +1,15 @@
 """The targets of issue 5, measured: the operator's planner against the baselines on both Azure traces.
 
     python benchmarks/simulate_targets.py [--jobs 1] [--compress] [--skip-speed | --speed-only]
-        [--only TRACE:MODEL ...] [--out STEM]
+        [--only TRACE:MODEL ...] [--out STEM] [--cold-start-s S ...] [--world-scale NAME=FACTOR ...]
+        [--mode auto|aggregated|disaggregated] [--matrix [--append]]
+
+Issue 11's matrix: ``--matrix --append --out simulate_matrix`` with ``--cold-start-s`` and
+``--world-scale`` (each repeatable: every configuration runs at every cold start in every world)
+adds its runs to benchmarks/results/simulate_matrix.json and .md (each run written as it finishes,
+every command line in the header) with a summary table against the oracle and the faithful peers
+(hpa-best, dynamo); the rate scale is picked on the planner's belief whatever the world, so a world
+changes the engines, not the load. ``goodput-nocal`` and the speed measurement are left out there.
 
 Configurations: Llama-3.1-70B fp8 (KV fp8) on H100 SXM, TTFT p99 <= 2000 ms, ITL <= 60 ms; and
 Llama-3.1-8B bf16 on A100 80GB SXM, TTFT p99 <= 1000 ms, ITL <= 40 ms. For each trace the rate
@@ -48,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from goodput.cli.simulate import run_all
+from goodput.engine.world import World
 from goodput.sim.policies import GoodputPolicy
 from goodput.sim.simulate import (
     PolicyRun,
@@ -64,7 +73,7 @@ from goodput.sim.simulate import (
     run_policy,
 )
 from goodput.sim.trace import Trace, replicate_rate, scale_rate
-from goodput.sim.traces import load_trace
+from goodput.sim.traces import load_trace, load_world
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = [
@@ -99,15 +108,18 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def spec_for(cfg: dict[str, Any]) -> Any:
+def spec_for(cfg: dict[str, Any], cold_start_s: float = COLD_START_S, mode: str = "auto") -> Any:
     return build_spec(cfg["model"], cfg["gpu"], cfg["precision"], cfg["ttft_ms"], cfg["itl_ms"],
-                      kv_dtype=cfg["kv_dtype"], cold_start_s=COLD_START_S)
+                      kv_dtype=cfg["kv_dtype"], cold_start_s=cold_start_s, mode=mode)
 
 
-def pick_scale(cfg: dict[str, Any], base: Trace, replicate: bool) -> tuple[float, Setup, Trace]:
+def pick_scale(cfg: dict[str, Any], base: Trace, replicate: bool, cold_start_s: float = COLD_START_S,
+               mode: str = "auto", world: World | None = None) -> tuple[float, Setup, Trace]:
+    """The smallest rate scale whose peak needs MIN_PEAK_REPLICAS (the capacity model's count: the
+    planner's belief, whatever the world), and the set-up at it (the world's engines)."""
     for x in RATE_SCALES:
         trace = replicate_rate(base, x) if replicate else scale_rate(base, x)
-        setup = prepare(spec_for(cfg), trace)
+        setup = prepare(spec_for(cfg, cold_start_s, mode), trace, world=world)
         if sum(setup.peak_replicas.values()) >= MIN_PEAK_REPLICAS:
             return float(x), setup, trace
     raise SystemExit(f"no rate scale up to {RATE_SCALES[-1]} needs {MIN_PEAK_REPLICAS} replicas")
@@ -133,8 +145,9 @@ def _run(setup: Setup, name: str) -> tuple[PolicyRun, dict[str, Any]]:
     return run, diag
 
 
-def simulate_config(setup: Setup, jobs: int) -> tuple[Simulation, dict[str, dict[str, Any]]]:
-    order = policy_order(NAMES)
+def simulate_config(setup: Setup, jobs: int, names: list[str] | None = None,
+                    ) -> tuple[Simulation, dict[str, dict[str, Any]]]:
+    order = policy_order(names or NAMES)
     started = time.perf_counter()
     measure_shared(setup, order)  # the HPA's load tests, once, before the runs fork
     log(f"    HPA load tests: {time.perf_counter() - started:.1f} s, targets "
@@ -187,13 +200,13 @@ def judge(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def cold_start_rise(trace: Trace, window_s: float = 60.0) -> dict[str, float]:
+def cold_start_rise(trace: Trace, window_s: float = 60.0, cold_start_s: float = COLD_START_S) -> dict[str, float]:
     """The largest rise of the load within one cold start: the next minute's rate against the
     rate of the cold start before it (minutes with a base under 1 req/s are skipped)."""
     best = {"ratio": 0.0, "at_s": 0.0, "before_rps": 0.0, "after_rps": 0.0}
-    t = COLD_START_S
+    t = cold_start_s
     while t + window_s <= trace.span_s:
-        before = trace.rate_in(t - COLD_START_S, t)
+        before = trace.rate_in(t - cold_start_s, t)
         after = trace.rate_in(t, t + window_s)
         if before >= 1.0 and after / before > best["ratio"]:
             best = {"ratio": round(after / before, 2), "at_s": t, "before_rps": round(before, 2),
@@ -206,10 +219,11 @@ def explain(entry: dict[str, Any]) -> list[str]:
     """Why a target is missed, from the figures of this configuration."""
     p = entry["report"]["policies"]
     d = entry["diagnostics"]
-    g, o, nocal = p["goodput"], p["oracle"], p["goodput-nocal"]
+    g, o, nocal = p["goodput"], p["oracle"], p.get("goodput-nocal")
+    cold = entry["report"]["config"]["cold_start_s"]
     out = []
     scale = d["goodput"].get("step_time_scale_max")
-    if scale is not None and scale > 1.3:
+    if scale is not None and scale > 1.3 and nocal is not None:
         out.append(
             f"The planner's step-time calibration reached {scale:.2f}x (bounded at 2): the simulated engines' mean "
             "inter-token latency ran above the model's mean step for the serving pools at their observed load "
@@ -229,14 +243,14 @@ def explain(entry: dict[str, Any]) -> list[str]:
         out.append(
             f"Time is compressed {x:g}x: the trace's {t['duration_s'] / 60 * x:.0f} "
             f"minutes play in {t['duration_s'] / 60:.1f}, so its load changes {x:g}x faster while "
-            f"replicas still take {COLD_START_S:.0f} s to start; reactive policies (goodput, hpa, keda-queue, "
+            f"replicas still take {cold:.0f} s to start; reactive policies (goodput, hpa, keda-queue, "
             "dynamo) fall behind every rise.")
     rise = entry.get("cold_start_rise")
     if g["attainment"] < 0.99 and rise and rise["ratio"] > 1.5:
         out.append(
             f"The load outruns the cold start: at t = {rise['at_s']:.0f} s the next minute brings "
-            f"{rise['ratio']:.1f}x the rate of the {COLD_START_S:.0f} s before it ({rise['before_rps']:.1f} -> "
-            f"{rise['after_rps']:.1f} req/s). A replica asked for when the rise shows serves {COLD_START_S:.0f} s "
+            f"{rise['ratio']:.1f}x the rate of the {cold:.0f} s before it ({rise['before_rps']:.1f} -> "
+            f"{rise['after_rps']:.1f} req/s). A replica asked for when the rise shows serves {cold:.0f} s "
             "later; only capacity already running can absorb it (static-peak reaches "
             f"{p['static-peak']['attainment']:.2%}; the oracle, which has no cold start, {o['attainment']:.2%}).")
     reasons = d["goodput"].get("reasons", {})
@@ -316,22 +330,64 @@ def _baselines(same: dict[str, Any]) -> str:
     return f" (baselines at or above goodput's attainment: {', '.join(names)}; goodput cheaper: {same['beaten']})"
 
 
+def _world(entry: dict[str, Any]) -> str:
+    scale = entry["report"]["config"]["world"].get("scale") or {}
+    return ", ".join(f"{k}={v:g}" for k, v in scale.items()) if scale else "matched (the planner's belief)"
+
+
+PEERS = ("hpa-best", "dynamo")
+
+
+def matrix_rows(doc: dict[str, Any]) -> list[str]:
+    """One line per run: goodput against the oracle and the faithful peers (hpa-best, dynamo)."""
+    lines = ["| trace · model | mode | cold start | world | wall s | goodput attainment | goodput x oracle "
+             "| hpa-best | dynamo | static-peak | oracle attainment | a peer at >= goodput's attainment and cheaper |",
+             "|---|---|---:|---|---:|---:|---:|---|---|---|---:|---|"]
+    for e in doc["configs"]:
+        p = e["report"]["policies"]
+        c = e["report"]["config"]
+        g = p["goodput"]
+
+        def cell(name: str, p: dict[str, Any] = p) -> str:
+            f = p.get(name)
+            return "none reaches 99%" if f is None else f"{f['attainment']:.2%} at {f['gpu_hours_vs_oracle']:.2f}x"
+
+        beats = [n for n in (*PEERS, "static-peak", "keda-queue", "hpa") if n in p
+                 and p[n]["attainment"] >= g["attainment"] and p[n]["gpu_hours"] < g["gpu_hours"]]
+        lines.append(f"| {e['trace']} · {e['label']} x{e['rate_scale']:g} | {c['mode']} | {c['cold_start_s']:g} s | "
+                     f"{_world(e)} | {e['wall_s']:.0f} | {g['attainment']:.2%} | {g['gpu_hours_vs_oracle']:.2f} | "
+                     f"{cell('hpa-best')} | {cell('dynamo')} | {cell('static-peak')} | "
+                     f"{p['oracle']['attainment']:.2%} | {', '.join(beats) or 'none'} |")
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    lines = ["# `goodput simulate`: targets of issue 5", "",
+    title = "issue 11's benchmark matrix" if doc.get("matrix") else "targets of issue 5"
+    commands = doc.get("commands") or ([doc["command"]] if doc.get("command") else [])
+    lines = [f"# `goodput simulate`: {title}", "",
              f"Machine: {doc['machine']}. Generated by `benchmarks/simulate_targets.py`"
-             + (f" (`{doc['command']}`, at commit {doc['commit']})" if doc.get("command") else "")
+             + (f" (`{'`; `'.join(commands)}`, at commit {doc['commit']})" if commands else "")
              + "; the simulator is described in `docs/simulator.md`.", "",
              "Attainment: requests whose TTFT and mean inter-token latency are both within target, over every "
              "request of the trace (requests whose client gave up after 600 s are misses). GPU-hours count until "
              "the last arrival. `goodput-nocal` is a diagnostic (the same planner with its step-time calibration "
              "withheld), not one of the compared policies. `hpa xK`: the HPA at K times its default target (a "
              "one-replica load test); `hpa-best`: the cheapest HPA run at >= 99%, repeated from its row.", ""]
+    if doc.get("matrix"):
+        lines += ["## Summary", "",
+                  "`x oracle`: GPU-hours against the oracle's, which is the capacity model's count replayed with "
+                  "perfect foresight and no cold start (searched up and down on the world's engines), not a proven "
+                  "minimum. `wall s`: the whole configuration (every policy and the HPA sweep) in one process.", "",
+                  *matrix_rows(doc), ""]
     for e in doc["configs"]:
         r = e["report"]
         c = r["config"]
         pools = ", ".join(f"{role} TP{p['tp']} x{p['replicas_at_peak']} at peak ({p['goodput_rps_per_replica']:.2f} "
                           f"req/s each)" for role, p in c["pools"].items())
-        lines += [f"## {e['trace']} · {e['label']} · rate x{e['rate_scale']:g} ({e['rate_scale_mode']})", "",
+        lines += [f"## {e['trace']} · {e['label']} · rate x{e['rate_scale']:g} ({e['rate_scale_mode']})"
+                  + (f" · {c['mode']} · cold start {c['cold_start_s']:g} s · world {_world(e)}"
+                     if doc.get("matrix") else ""),
+                  "",
                   f"{r['trace']['requests']} requests over {r['trace']['duration_s']:.0f} s, peak "
                   f"{r['trace']['peak_rate_rps']:.1f} req/s; {c['mode']}: {pools}; SLO TTFT p99 <= "
                   f"{c['slo']['ttft_ms']:g} ms, ITL <= {c['slo']['itl_ms']:g} ms; cold start {c['cold_start_s']:g} s.",
@@ -388,16 +444,33 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[], metavar="TRACE:MODEL",
                     help="run only this configuration (e.g. azure-code:70B; repeatable)")
     ap.add_argument("--out", default="simulate_targets", metavar="STEM", help="results file names (no extension)")
+    ap.add_argument("--cold-start-s", type=float, action="append", default=[], metavar="S",
+                    help=f"cold start of every run (repeatable: every configuration at each; default {COLD_START_S:g})")
+    ap.add_argument("--world-scale", action="append", default=[], metavar="NAME=FACTOR[,...]",
+                    help="the simulated engines' world, as `goodput simulate --world-scale` (repeatable: every "
+                         "configuration in each; 'matched' = the planner's belief, the default)")
+    ap.add_argument("--mode", choices=("auto", "aggregated", "disaggregated"), default="auto",
+                    help="the fleet's mode (default: the operator's choice)")
+    ap.add_argument("--matrix", action="store_true",
+                    help="issue 11's matrix: title and summary table of runs by cold start and world; the "
+                         "diagnostic goodput-nocal is left out; with --append, runs are added to STEM's results")
+    ap.add_argument("--append", action="store_true", help="add these runs to the existing STEM.json")
     args = ap.parse_args()
     if args.speed_only:
         doc = json.loads((RESULTS / f"{args.out}.json").read_text(encoding="utf-8"))
         doc["speed"] = speeds()
         write(doc, args.out)
         return 0
+    command = "python benchmarks/simulate_targets.py " + " ".join(sys.argv[1:])
     doc: dict[str, Any] = {"machine": f"{platform.machine()} CPython {platform.python_version()}, "
                                       f"{__import__('os').cpu_count()} CPUs", "configs": [], "speed": [],
-                           "command": "python benchmarks/simulate_targets.py " + " ".join(sys.argv[1:]),
-                           "commit": _commit()}
+                           "command": command, "commit": _commit()}
+    if args.append and (RESULTS / f"{args.out}.json").exists():
+        doc = json.loads((RESULTS / f"{args.out}.json").read_text(encoding="utf-8"))
+        doc["commit"] = _commit()
+    doc["commands"] = [*doc.get("commands", []), command] if args.append else [command]
+    doc["matrix"] = bool(args.matrix or doc.get("matrix"))
+    names = [n for n in NAMES if n != "goodput-nocal"] if args.matrix else NAMES
     runs = [(trace, cfg, True) for trace in TRACES for cfg in CONFIGS]
     if args.compress:
         runs += [(trace, cfg, False) for trace in TRACES for cfg in CONFIGS]
@@ -405,22 +478,30 @@ def main() -> int:
         runs = [r for r in runs if any(_matches(r[0], r[1], want) for want in args.only)]
         if not runs:
             raise SystemExit(f"--only {' '.join(args.only)} matches no configuration")
-    for trace_name, cfg, replicate in runs:
+    colds = args.cold_start_s or [COLD_START_S]
+    worlds = args.world_scale or ["matched"]
+    variants = [(cold, w) for w in worlds for cold in colds]
+    for trace_name, cfg, replicate, cold, world_scale in [(*r, *v) for r in runs for v in variants]:
         base = load_trace(trace_name)
-        x, setup, _ = pick_scale(cfg, base, replicate)
-        mode = "replicate" if replicate else "compress"
-        log(f"{trace_name} · {cfg['label']} · x{x:g} ({mode}): {setup.plan.summary}")
+        world = None if world_scale == "matched" else load_world(None, world_scale)
         started = time.perf_counter()
-        sim, diags = simulate_config(setup, args.jobs)
+        x, setup, _ = pick_scale(cfg, base, replicate, cold, args.mode, world)
+        mode = "replicate" if replicate else "compress"
+        log(f"{trace_name} · {cfg['label']} · x{x:g} ({mode}) · cold start {cold:g} s · world {world_scale}: "
+            f"{setup.plan.summary}")
+        sim, diags = simulate_config(setup, args.jobs, names)
         report = sim.report()
         hpa_best = add_hpa_best(report)
         entry = {"trace": trace_name, "label": cfg["label"], "rate_scale": x, "rate_scale_mode": mode,
                  "wall_s": round(time.perf_counter() - started, 1), "report": report, "diagnostics": diags,
                  "hpa_best": hpa_best, "targets": judge(report["policies"])}
-        entry["cold_start_rise"] = cold_start_rise(setup.trace)
+        entry["cold_start_rise"] = cold_start_rise(setup.trace, cold_start_s=cold)
         entry["why"] = explain(entry)
+        log(f"    done in {entry['wall_s']:.0f} s")
         doc["configs"].append(entry)
-    if not args.skip_speed:
+        if args.matrix:
+            write(doc, args.out)  # each run as it finishes
+    if not args.skip_speed and not args.matrix:
         doc["speed"] = speeds()
     write(doc, args.out)
     return 0

@@ -470,3 +470,25 @@ def test_standby_stays_within_max_replicas_and_the_budget() -> None:
     budget = spec(aggregated={"minReplicas": 1, "maxReplicas": 40, "standbyReplicas": 3}, maxGpus=need)
     target, _, _, message = run(budget, obs(10.0, pods_reporting=need), need, AutoscalerState(metrics_seen=True), T0)
     assert target == need and "standby" not in message  # TP1: no GPU left under maxGpus for a standby
+def test_a_pool_with_no_replicas_keeps_no_engine_arguments() -> None:
+    """Kept engine arguments save restarting the pods that run them. The first plan has no pod to
+    restart: it starts with the arguments planned for it, not with a running shape's (here 512-token
+    chunks, whose mixed step on engines 1.3x slower than the model is over the 60 ms ITL target, so
+    kept they would collapse each replica's goodput and multiply the first fleet)."""
+    s = InferenceDeploymentSpec.model_validate({
+        **SPEC, "model": {"id": "llama-3.1-70b"}, "accelerator": {"gpu": "h100-sxm-80gb"},
+        "precision": {"weights": "fp8", "kvCache": "fp8"}, "slo": {"ttftMs": 2000, "itlMs": 60},
+        "workload": {**SPEC["workload"], "requestRate": 5.7},  # type: ignore[dict-item]
+        "scaling": {**SPEC["scaling"], "uncalibratedMargin": 0.3, "tensorParallel": 2}})  # type: ignore[dict-item]
+    fresh = decide(s, None, {}, AutoscalerState(), T0)
+    planned = fresh.recommendation.pools[0]
+    running = (512, 256)
+    assert (planned.max_num_batched_tokens, planned.max_num_seqs) != running, "premise: the plan picks other args"
+    shape = RunningShape("aggregated", {"aggregated": 2}, {"aggregated": running})
+    first = decide(s, None, {}, AutoscalerState(), T0, shape=shape)
+    assert first.pools[0].target == fresh.pools[0].target
+    got = first.recommendation.pools[0]
+    assert (got.max_num_batched_tokens, got.max_num_seqs) == (planned.max_num_batched_tokens, planned.max_num_seqs)
+    # A pool that runs keeps its arguments (a change would restart its pods) and is sized for them.
+    kept = decide(s, None, {"aggregated": 2}, AutoscalerState(), T0, shape=shape).recommendation.pools[0]
+    assert (kept.max_num_batched_tokens, kept.max_num_seqs) == running

@@ -476,7 +476,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
               ) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
     """Metric-driven decisions keep the running engine arguments (a change restarts every pod),
     unless a rollout pays for itself (`goodput.planner.engine_args`); a kept pool's capacity is
-    the running arguments' own."""
+    the running arguments' own. A pool with no replicas running keeps nothing: no pod restarts."""
     shape, obs = inp.shape, inp.observation
     target = sized_for or inp.resolved
     if shape is None or inp.spec_changed:
@@ -490,7 +490,10 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
     pools, rollouts = [], []
     for p in rec.pools:
         running = shape.engine_args.get(p.role)
-        if running is None or shape.tp.get(p.role) != p.tp or running == (p.max_num_batched_tokens, p.max_num_seqs):
+        # Kept arguments save a restart of the pods that run them: a pool with none running (the
+        # first plan, a new pool) has nothing to restart and starts with the arguments planned for it.
+        if running is None or shape.tp.get(p.role) != p.tp or running == (p.max_num_batched_tokens, p.max_num_seqs) \
+                or inp.current.get(p.role, 0) <= 0:
             pools.append(p)
             continue
         why = ""
