@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from goodput.demo.stack import (
+    ROUTER_BINARY,
     EmulatorHandle,
     Processes,
     apply_manifest,
@@ -43,7 +44,6 @@ from goodput.devcluster.prometheus import DEFAULT_BINARY, LocalPrometheus, free_
 
 pytestmark = pytest.mark.integration
 
-ROUTER = Path(sys.executable).with_name("vllm-router")
 NAME = "pd-loop"
 TIMER_S, WINDOW_S, LONG_WINDOW_S = 5.0, 20.0, 60.0
 SLO_TTFT_MS, SLO_ITL_MS = 2000, 60
@@ -77,7 +77,7 @@ def _within(load: dict[str, Any], since: dict[str, Any]) -> tuple[int, int, int,
 
 @pytest.fixture
 def work(tmp_path: Path) -> Iterator[Path]:
-    if not ROUTER.exists():
+    if not ROUTER_BINARY.exists():
         pytest.fail(f"vllm-router is not installed beside {sys.executable} (the dev extras install it)", pytrace=False)
     if not Path(DEFAULT_BINARY).exists():
         pytest.fail(f"this test needs Prometheus at {DEFAULT_BINARY}", pytrace=False)
@@ -110,7 +110,7 @@ def test_the_operator_scales_a_disaggregated_fleet_behind_the_real_router(cluste
         while len([r for r in emu.state()["replicas"] if r["serving"]]) < 2:
             assert time.monotonic() < deadline, f"no prefill and decode replica serving: {emu.state()['replicas']}"
             time.sleep(0.5)
-        procs.spawn(router_argv(router_dep, ROUTER, port, free_port()), "router.log")
+        procs.spawn(router_argv(router_dep, ROUTER_BINARY, port, free_port()), "router.log")
 
         # 1. steady load through the router
         while emu.state()["time"] < QUIET_S:

@@ -30,6 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from goodput.api.v1alpha1 import InferenceDeploymentSpec
+from goodput.demo.stack import ROUTER_BINARY
 from goodput.emulator.common import ReplicaConfig
 from goodput.emulator.process import (
     Emulator,
@@ -43,7 +44,6 @@ from goodput.emulator.process import (
 from goodput.model.replica import ReplicaModel
 from goodput.planner.recommend import resolve
 
-ROUTER = Path(sys.executable).with_name("vllm-router")
 N_REQUESTS = 12
 MAX_TOKENS = 24
 # the steady-load run through the rendered router
@@ -129,13 +129,13 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
 
 @pytest.fixture
 def router(emulator: Emulator, tmp_path: Path) -> Iterator[str]:
-    assert ROUTER.exists(), f"vllm-router is not installed beside {sys.executable}: pip install -e '.[dev]'"
+    assert ROUTER_BINARY.exists(), f"vllm-router is not installed beside {sys.executable}: pip install -e '.[dev]'"
     ports = {r.role: [] for r in emulator.replicas.values()}  # type: dict[str, list[int]]
     for r in sorted(emulator.replicas.values(), key=lambda r: r.pod.name):
         assert r.port is not None
         ports[r.role].append(r.port)
     port, metrics_port = _free_port(), _free_port()
-    cmd = [str(ROUTER), "--vllm-pd-disaggregation", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [str(ROUTER_BINARY), "--vllm-pd-disaggregation", "--host", "127.0.0.1", "--port", str(port),
            "--policy", "round_robin", "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
            "--worker-startup-timeout-secs", "60"]
     for p in ports["prefill"]:
@@ -239,22 +239,6 @@ def test_a_decode_whose_kv_cannot_be_read_is_refused(emulator: Emulator) -> None
 # ------------------------------------------------------------------------------------------
 # what the operator renders, in a real control plane: the router finds the pods through Kubernetes
 # ------------------------------------------------------------------------------------------
-def _until_served(url: str, deadline_s: float) -> int:
-    """Send a small request until the router answers 200 (it has found a prefill and a decode pod); the
-    number of requests that were served (1)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            status, raw = _post(f"{url}/v1/completions", {"model": "llama", "prompt": "a b c", "max_tokens": 2},
-                                timeout_s=5)
-        except OSError as exc:
-            status, raw = 0, str(exc).encode()
-        if status == 200:
-            return 1
-        assert time.monotonic() < deadline, f"the router serves nothing yet: {status} {raw[:300]!r}"
-        time.sleep(0.3)
-
-
 def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kubernetes(
         cluster: Any, tmp_path: Path) -> None:
     from goodput.cli.render import render_objects
@@ -267,6 +251,7 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
         install_crd,
         log_tail,
         router_argv,
+        wait_until_router_serves,
     )
     from goodput.devcluster.prometheus import free_port
 
@@ -307,8 +292,9 @@ def test_steady_load_through_the_rendered_router_that_finds_the_pods_through_kub
             time.sleep(0.5)
         # the router starts once the replicas serve (in a cluster, vLLM's readiness probe holds the pods
         # back until then; kwok's pods are Ready at once), and is used once it has found both pools
-        procs.spawn(router_argv(router_dep, ROUTER, port, free_port()), "router.log")
-        probes = _until_served(url, deadline_s=QUIET_S - 1)
+        procs.spawn(router_argv(router_dep, ROUTER_BINARY, port, free_port()), "router.log")
+        wait_until_router_serves(url, "llama", QUIET_S - 1)
+        probes = 1  # the request that first came back 200 (the ones refused before it reached no pod)
         while emu.state()["time"] < QUIET_S + STEADY_S:
             time.sleep(1)
         emu.set_rate(0)

@@ -70,6 +70,7 @@ from goodput.demo.report import (
     replicas_path,
 )
 from goodput.demo.stack import (
+    ROUTER_BINARY,
     EmulatorHandle,
     Processes,
     StackError,
@@ -104,7 +105,6 @@ from goodput.metrics.prometheus import NAMESPACE_LABEL
 # The examples ship inside the package (copies of manifests/examples/, kept equal by a test), so that
 # `goodput demo` works from an installed package, not only from the source tree.
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "examples"
-ROUTER_BINARY = Path(sys.executable).with_name("vllm-router")  # PyPI vllm-router, beside this Python
 BUNDLED_EXAMPLES = tuple(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml")))
 DEFAULT_EXAMPLE = EXAMPLES_DIR / "aggregated-small.yaml"
 

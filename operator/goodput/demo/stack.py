@@ -112,6 +112,9 @@ def no_proxy_for_loopback() -> Callable[[], None]:
     return restore
 
 
+ROUTER_BINARY = Path(sys.executable).with_name("vllm-router")  # PyPI vllm-router's launcher, beside this Python
+
+
 def router_argv(router_deployment: Mapping[str, Any], binary: Path, port: int, metrics_port: int) -> list[str]:
     """The rendered vllm-router container's command line as a process of this machine: ``binary``
     listening on loopback ``port`` (its metrics on ``metrics_port``)."""
@@ -278,6 +281,7 @@ def set_min_ready(cluster: LocalCluster, namespace: str, deployment: str, second
 
 __all__ = [
     "CRD_NAME",
+    "ROUTER_BINARY",
     "EmulatorHandle",
     "Processes",
     "StackError",

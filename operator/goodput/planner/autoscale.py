@@ -472,11 +472,12 @@ def plan_with_prior(spec: InferenceDeploymentSpec, resolved: ResolvedSpec, workl
 
 
 def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: Efficiency,
-              state: AutoscalerState, sized_for: ResolvedSpec | None = None,
+              state: AutoscalerState, cold_start_s: float, sized_for: ResolvedSpec | None = None,
               ) -> tuple[Recommendation, tuple[engine_args.Rollout, ...]]:
     """Metric-driven decisions keep the running engine arguments (a change restarts every pod),
-    unless a rollout pays for itself (`goodput.planner.engine_args`); a kept pool's capacity is
-    the running arguments' own. A pool with no replicas running keeps nothing: no pod restarts."""
+    unless a rollout pays for itself (`goodput.planner.engine_args`; ``cold_start_s``: what each
+    restarted pod costs, the horizon the demand was planned over); a kept pool's capacity is the
+    running arguments' own. A pool with no replicas running keeps nothing: no pod restarts."""
     shape, obs = inp.shape, inp.observation
     target = sized_for or inp.resolved
     if shape is None or inp.spec_changed:
@@ -502,7 +503,7 @@ def keep_args(rec: Recommendation, inp: PlannerInput, workload: Workload, eff: E
             pm = obs.pools.get(p.role) if obs is not None else None
             why = engine_args.batch_at_cap(pm, running[1]) or engine_args.rollout_gain(
                 target, p, workload, eff, running, inp.current.get(p.role, p.replicas),
-                state.cold_starts.horizon(float(inp.spec.scaling.cold_start_seconds))[0], rec.demand_rps)
+                cold_start_s, rec.demand_rps)
         if why and _persistent(state, p.role, wanted, inp.now, settle_s):
             change = engine_args.changed_args(running, wanted)
             rollouts.append(engine_args.Rollout(p.role, wanted, f"{p.role} {change}: {why}"))
@@ -707,7 +708,7 @@ def autoscale(inp: PlannerInput) -> AutoscaleResult:
     best = state.calibration.efficiency(base)  # the calibrated model: what "the model says" means below
     keep = None if inp.spec_changed else inp.shape
     rec, relaxed, sized_for, eff, prior = plan_with_prior(spec, inp.resolved, workload, base, keep, state.calibration)
-    rec, rollouts = keep_args(rec, inp, workload, eff, state, sized_for)
+    rec, rollouts = keep_args(rec, inp, workload, eff, state, cold_start[0], sized_for)
     ttft_scale = state.calibration.scale("ttft")
     rec = dataclasses.replace(rec, predicted_ttft_ms=rec.predicted_ttft_ms * ttft_scale)
     unattainable = unattainable_slos(inp.resolved, rec, workload, best, state.calibration) if relaxed or \
